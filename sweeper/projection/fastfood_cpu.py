@@ -1,0 +1,166 @@
+"""Fused CPU Fastfood: one pass per block, B/G/Π regenerated in the loop, nothing D-sized kept.
+
+A chain of PyTorch ops (pad, multiply, FWHT stages, gather, …) streams D floats through memory
+about 2·log2(n) + 6 times; this kernel keeps each n-sized block in cache from load to store.
+The blocks are split into a fixed number of slices (not threads), so the adjoint's partial sums
+are reduced in the same order on every machine: results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from sweeper.projection import generator as gen
+
+SLICES = 16
+
+
+@njit(cache=True, fastmath=True)
+def _fwht(x):
+    """In-place unnormalised WHT: stages 1, 2, 4 in registers, then vectorisable wide stages."""
+    n = x.shape[0]
+    h = 1
+    if n >= 8:
+        for i in range(0, n, 8):
+            a0, a1, a2, a3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            a4, a5, a6, a7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+            b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+            b4, b5, b6, b7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+            c0, c1, c2, c3 = b0 + b2, b1 + b3, b0 - b2, b1 - b3
+            c4, c5, c6, c7 = b4 + b6, b5 + b7, b4 - b6, b5 - b7
+            x[i], x[i + 1], x[i + 2], x[i + 3] = c0 + c4, c1 + c5, c2 + c6, c3 + c7
+            x[i + 4], x[i + 5], x[i + 6], x[i + 7] = c0 - c4, c1 - c5, c2 - c6, c3 - c7
+        h = 8
+    while h < n:
+        for i in range(0, n, 2 * h):
+            lo = x[i : i + h]  # slices (not x[j], x[j + h]) let LLVM vectorise the butterflies
+            hi = x[i + h : i + 2 * h]
+            for j in range(h):
+                p = lo[j]
+                q = hi[j]
+                lo[j] = p + q
+                hi[j] = p - q
+        h *= 2
+
+
+@njit(cache=True)
+def _signs(key, out):
+    skey = gen.stream_key(key, gen.STREAM_SIGN)
+    for k in range(out.shape[0]):
+        out[k] = gen.sign(skey, k)
+
+
+@njit(cache=True)
+def _gauss(key, table, out, scale_of_D):
+    """G · scale into out, where scale = column_norm / (‖G‖ √D) needs all of G first."""
+    skey = gen.stream_key(key, gen.STREAM_GAUSS)
+    total = 0.0
+    for k in range(out.shape[0]):
+        g = table[gen.gauss_index(skey, k)]
+        out[k] = g
+        total += g * g
+    scale = scale_of_D / math.sqrt(total)
+    for k in range(out.shape[0]):
+        out[k] *= scale
+
+
+@njit(parallel=True, cache=True)
+def _forward(theta, out, seed, column_norm, n, table):
+    d = theta.shape[0]
+    D = out.shape[0]
+    m = (D + n - 1) // n
+    chunks = (d + n - 1) // n
+    log2n = int(round(math.log2(n)))
+    slices = min(SLICES, m)
+    per = (m + slices - 1) // slices
+    for s in prange(slices):
+        buf = np.empty(n, theta.dtype)
+        tmp = np.empty(n, theta.dtype)
+        g = np.empty(n, theta.dtype)
+        b = np.empty(n, theta.dtype)
+        acc = np.zeros(n, theta.dtype)
+        for i in range(s * per, min(m, (s + 1) * per)):
+            acc[:] = 0
+            for c in range(chunks):
+                key = gen.block_key(seed, c, i)
+                _signs(key, b)
+                width = min(n, d - c * n)
+                for k in range(width):
+                    buf[k] = theta[c * n + k] * b[k]
+                buf[width:] = 0
+                _fwht(buf)
+                _gauss(key, table, g, column_norm / math.sqrt(D))
+                a, add, mul, shift = gen.perm_params(key, log2n)
+                for k in range(n):
+                    tmp[k] = g[k] * buf[gen.permute(k, a, add, mul, shift, n - 1)]
+                _fwht(tmp)
+                acc += tmp
+            lo = i * n
+            out[lo : min(D, lo + n)] = acc[: min(D, lo + n) - lo]
+
+
+@njit(parallel=True, cache=True)
+def _adjoint(y, partial, d, seed, column_norm, n, table):
+    D = y.shape[0]
+    m = (D + n - 1) // n
+    chunks = (d + n - 1) // n
+    log2n = int(round(math.log2(n)))
+    slices = partial.shape[0]
+    per = (m + slices - 1) // slices
+    for s in prange(slices):
+        w = np.empty(n, y.dtype)
+        z = np.empty(n, y.dtype)
+        g = np.empty(n, y.dtype)
+        b = np.empty(n, y.dtype)
+        for i in range(s * per, min(m, (s + 1) * per)):
+            lo = i * n
+            rows = min(D, lo + n) - lo
+            w[:rows] = y[lo : lo + rows]
+            w[rows:] = 0
+            _fwht(w)  # Hᵀ = H, shared by every chunk of this row block
+            for c in range(chunks):
+                key = gen.block_key(seed, c, i)
+                _gauss(key, table, g, column_norm / math.sqrt(D))
+                a, add, mul, shift = gen.perm_params(key, log2n)
+                for k in range(n):  # Πᵀ scatters where Π gathered
+                    z[gen.permute(k, a, add, mul, shift, n - 1)] = g[k] * w[k]
+                _fwht(z)
+                _signs(key, b)
+                for k in range(min(n, d - c * n)):
+                    partial[s, c * n + k] += b[k] * z[k]
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.contiguous().numpy()
+
+
+def _use_torch_threads() -> None:
+    """Follow torch's thread count, so one Ray trial per CPU does not oversubscribe cores."""
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+
+
+def forward(theta_d: torch.Tensor, D: int, seed: int, column_norm: float, n: int) -> torch.Tensor:
+    """P θ_d as a (D,) tensor of θ_d's dtype."""
+    x = _as_numpy(theta_d)
+    out = np.empty(D, dtype=x.dtype)
+    _use_torch_threads()
+    _forward(x, out, seed, column_norm, n, gen.GAUSS_TABLE)
+    return torch.from_numpy(out).to(theta_d.dtype)
+
+
+def adjoint(y: torch.Tensor, d: int, seed: int, column_norm: float, n: int) -> torch.Tensor:
+    """Pᵀ y as a (d,) tensor of y's dtype."""
+    v = _as_numpy(y)
+    m = -(-v.shape[0] // n)
+    partial = np.zeros((min(SLICES, m), -(-d // n) * n), dtype=v.dtype)
+    _use_torch_threads()
+    _adjoint(v, partial, d, seed, column_norm, n, gen.GAUSS_TABLE)
+    return torch.from_numpy(partial.sum(axis=0)[:d]).to(y.dtype)

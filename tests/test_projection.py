@@ -1,0 +1,188 @@
+"""The maths of every projection: adjoint, gradients, column norms, Fastfood vs its reference."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sweeper.projection import KINDS, make_projection
+from sweeper.projection.fastfood import block_size, fastfood_reference, fwht
+from sweeper.projection.generator import block_states, inverse_perms
+
+# (D, d): D < n, D not a multiple of n, d not a power of two, d = 1, d = D, D = 1
+SHAPES = [(1, 1), (7, 1), (5, 12), (100, 100), (1000, 37), (333, 64), (4096, 1000), (50, 300)]
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def dense_matrix(proj) -> torch.Tensor:
+    """P as an explicit D × d matrix, column by column through matvec."""
+    eye = torch.eye(proj.d, dtype=proj.dtype)
+    return torch.stack([proj.matvec(eye[j]) for j in range(proj.d)], dim=1)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("layout", ["global", "per_tensor"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("D", "d"), SHAPES)
+def test_adjoint_dot_product(kind, layout, dtype, D, d):
+    sizes = None
+    if layout == "per_tensor":
+        if D < 3:
+            pytest.skip("per_tensor needs at least three tensors here")
+        sizes = [1, D // 3, D - 1 - D // 3]
+    proj = make_projection(kind, D, d, seed=11, dtype=dtype, layout=layout, sizes=sizes)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(d, generator=gen, dtype=dtype)
+    y = torch.randn(D, generator=gen, dtype=dtype)
+    lhs = torch.dot(proj.matvec(x), y).item()
+    rhs = torch.dot(x, proj.adjoint(y)).item()
+    scale = proj.matvec(x).norm().item() * y.norm().item()
+    assert abs(lhs - rhs) <= TOL[dtype] * scale
+
+
+@pytest.mark.parametrize(("D", "d", "max_block"), [*[(D, d, 2**15) for D, d in SHAPES], (300, 70, 16)])
+def test_fastfood_forward_matches_reference(D, d, max_block):
+    x = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    proj = make_projection("fastfood", D, d, seed=3, dtype=torch.float64, max_block=max_block)
+    expected = fastfood_reference(x, D, seed=3, max_block=max_block)
+    torch.testing.assert_close(proj.matvec(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_fastfood_float32_matches_float64_reference():
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    proj = make_projection("fastfood", 50_000, 1000, seed=9)
+    got = proj.matvec(x).double()
+    expected = fastfood_reference(x.double(), 50_000, seed=9)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize(("D", "d", "max_block"), [(200, 13, 2**15), (64, 64, 2**15), (90, 40, 16)])
+def test_fastfood_adjoint_matches_transpose(D, d, max_block):
+    """The backward is Pᵀ exactly: no 1/√n left over from a normalised Hadamard backward."""
+    proj = make_projection("fastfood", D, d, seed=5, dtype=torch.float64, max_block=max_block)
+    p = dense_matrix(proj)
+    y = torch.randn(D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(proj.adjoint(y), p.T @ y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize(("D", "d"), [(9, 4), (40, 7), (16, 16)])
+def test_gradcheck(kind, D, d):
+    proj = make_projection(kind, D, d, seed=2, dtype=torch.float64)
+    x = torch.randn(d, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(proj, (x,))
+
+
+def test_gradcheck_per_tensor_layout():
+    proj = make_projection(
+        "fastfood", 30, 8, seed=2, dtype=torch.float64, layout="per_tensor", sizes=[3, 20, 7]
+    )
+    x = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(proj, (x,))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize(("D", "d"), [(10_000, 50), (20_000, 100), (12_345, 200)])
+def test_mean_column_norm_is_one(kind, D, d):
+    proj = make_projection(kind, D, d, seed=0, dtype=torch.float64)
+    norms = dense_matrix(proj).norm(dim=0)
+    assert abs(norms.mean().item() - 1.0) < 0.03
+    assert norms.min().item() > 0.8  # no column left out or collapsed
+
+
+def test_per_tensor_layout_has_unit_columns_overall():
+    sizes = [4000, 6000, 30]
+    proj = make_projection("fastfood", sum(sizes), 64, seed=1, layout="per_tensor", sizes=sizes)
+    assert abs(dense_matrix(proj).norm(dim=0).mean().item() - 1.0) < 0.03
+
+
+def test_fastfood_columns_are_nearly_orthogonal():
+    """A collapsed Π (commuting with H) would leave columns correlated or duplicated."""
+    p = dense_matrix(make_projection("fastfood", 2**14, 64, seed=7, dtype=torch.float64))
+    gram = p.T @ p
+    off = gram - torch.diag(torch.diag(gram))
+    assert off.abs().max().item() < 6 / math.sqrt(2**14)
+
+
+def test_tensor_smaller_than_d_uses_every_coordinate():
+    """The public code truncates θ_d to a tensor's size when the tensor is smaller than d."""
+    proj = make_projection(
+        "fastfood", 205, 50, seed=3, dtype=torch.float64, layout="per_tensor", sizes=[5, 200]
+    )
+    small = dense_matrix(proj)[:5]  # the 5-value tensor's rows
+    assert (small.abs().sum(dim=0) > 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64, 1024, 2**15])
+def test_permutation_is_a_bijection_with_closed_form_inverse(n):
+    blocks = np.arange(20)
+    _, _, perm = block_states(123, 0, blocks, n)
+    inv = inverse_perms(123, 0, blocks, n)
+    for i in range(len(blocks)):
+        assert np.array_equal(np.sort(perm[i]), np.arange(n))
+        assert np.array_equal(inv[i][perm[i]], np.arange(n))
+
+
+def test_permutations_differ_across_blocks():
+    _, _, perm = block_states(0, 0, np.arange(50), 256)
+    assert len({tuple(p) for p in perm}) == 50
+
+
+def test_random_state_statistics():
+    b, g, _ = block_states(42, 0, np.arange(64), 1024)
+    assert set(np.unique(b)) == {-1.0, 1.0}
+    assert abs(b.mean()) < 0.02
+    assert abs(g.mean()) < 0.02 and abs(g.std() - 1) < 0.02
+
+
+def test_fwht_is_hadamard_matrix():
+    n = 16
+    h = torch.tensor([[1.0]])
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    x = torch.randn(3, n, dtype=torch.float64)
+    torch.testing.assert_close(fwht(x), x @ h.T.double())
+
+
+def test_block_size_is_next_power_of_two_capped():
+    assert [block_size(d) for d in (1, 2, 3, 1000, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
+    assert block_size(100_000) == 2**15 and block_size(100, max_block=16) == 16
+
+
+def test_fastfood_stores_no_random_state():
+    proj = make_projection("fastfood", 10_000_000, 1000, seed=0)
+    assert not any(isinstance(v, torch.Tensor | np.ndarray) for v in vars(proj).values())
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_same_seed_same_output_different_seed_different(kind):
+    x = torch.randn(20, generator=torch.Generator().manual_seed(0))
+    a = make_projection(kind, 500, 20, seed=1).matvec(x)
+    assert torch.equal(a, make_projection(kind, 500, 20, seed=1).matvec(x))
+    assert not torch.allclose(a, make_projection(kind, 500, 20, seed=2).matvec(x))
+
+
+def test_same_seed_same_output_across_processes():
+    code = (
+        "import torch; from sweeper.projection import make_projection as m;"
+        "x = torch.linspace(-1, 1, 30);"
+        "print(repr(m('fastfood', 1000, 30, seed=77).matvec(x).double().sum().item()))"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    here = make_projection("fastfood", 1000, 30, seed=77).matvec(torch.linspace(-1, 1, 30))
+    assert runs[0].stdout == runs[1].stdout == repr(here.double().sum().item()) + "\n"
+
+
+def test_bad_arguments_are_rejected_with_a_reason():
+    with pytest.raises(ValueError, match="unknown projection kind"):
+        make_projection("gaussian", 10, 2, seed=0)
+    with pytest.raises(ValueError, match="sizes"):
+        make_projection("fastfood", 10, 2, seed=0, layout="per_tensor", sizes=[3, 3])
+    with pytest.raises(ValueError, match="d must be"):
+        make_projection("fastfood", 10, 0, seed=0)
