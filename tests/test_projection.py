@@ -45,7 +45,9 @@ def test_adjoint_dot_product(kind, layout, dtype, D, d):
     assert abs(lhs - rhs) <= TOL[dtype] * scale
 
 
-@pytest.mark.parametrize(("D", "d", "max_block"), [*[(D, d, 2**15) for D, d in SHAPES], (300, 70, 16)])
+@pytest.mark.parametrize(
+    ("D", "d", "max_block"), [*[(D, d, 2**15) for D, d in SHAPES], (300, 70, 16)]
+)
 def test_fastfood_forward_matches_reference(D, d, max_block):
     x = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     proj = make_projection("fastfood", D, d, seed=3, dtype=torch.float64, max_block=max_block)
@@ -173,8 +175,10 @@ def test_same_seed_same_output_across_processes():
         "x = torch.linspace(-1, 1, 30);"
         "print(repr(m('fastfood', 1000, 30, seed=77).matvec(x).double().sum().item()))"
     )
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
     here = make_projection("fastfood", 1000, 30, seed=77).matvec(torch.linspace(-1, 1, 30))
     assert runs[0].stdout == runs[1].stdout == repr(here.double().sum().item()) + "\n"
 

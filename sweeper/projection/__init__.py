@@ -73,7 +73,7 @@ def make_projection(
         raise ValueError(f"unknown projection kind {kind!r}; choose one of {sorted(KINDS)}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
-    if not 1 <= d:
+    if not d >= 1:
         raise ValueError(f"d must be ≥ 1, got {d}")
     extra = {"max_block": max_block} if kind == "fastfood" else {}
     if layout == "global":

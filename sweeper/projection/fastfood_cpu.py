@@ -69,13 +69,12 @@ def _gauss(key, table, out, scale_of_D):
         out[k] *= scale
 
 
-@njit(parallel=True, cache=True)
-def _forward(theta, out, seed, column_norm, n, table):
+def _forward_impl(theta, out, seed, column_norm, n, table):
     d = theta.shape[0]
     D = out.shape[0]
     m = (D + n - 1) // n
     chunks = (d + n - 1) // n
-    log2n = int(round(math.log2(n)))
+    log2n = round(math.log2(n))
     slices = min(SLICES, m)
     per = (m + slices - 1) // slices
     for s in prange(slices):
@@ -104,12 +103,11 @@ def _forward(theta, out, seed, column_norm, n, table):
             out[lo : min(D, lo + n)] = acc[: min(D, lo + n) - lo]
 
 
-@njit(parallel=True, cache=True)
-def _adjoint(y, partial, d, seed, column_norm, n, table):
+def _adjoint_impl(y, partial, d, seed, column_norm, n, table):
     D = y.shape[0]
     m = (D + n - 1) // n
     chunks = (d + n - 1) // n
-    log2n = int(round(math.log2(n)))
+    log2n = round(math.log2(n))
     slices = partial.shape[0]
     per = (m + slices - 1) // slices
     for s in prange(slices):
@@ -135,6 +133,14 @@ def _adjoint(y, partial, d, seed, column_norm, n, table):
                     partial[s, c * n + k] += b[k] * z[k]
 
 
+# Small transforms run serially: waking a thread pool costs more than they do.
+PARALLEL_MIN_WORK = 2**20
+_forward_par = njit(parallel=True, cache=True)(_forward_impl)
+_forward_seq = njit(cache=True)(_forward_impl)
+_adjoint_par = njit(parallel=True, cache=True)(_adjoint_impl)
+_adjoint_seq = njit(cache=True)(_adjoint_impl)
+
+
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
     if t.dtype not in (torch.float32, torch.float64):
@@ -142,17 +148,21 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().numpy()
 
 
-def _use_torch_threads() -> None:
-    """Follow torch's thread count, so one Ray trial per CPU does not oversubscribe cores."""
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+def _parallel(D: int, d: int, n: int) -> bool:
+    """Run threaded (as many threads as torch uses) only when the transform is big enough."""
+    threads = min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())
+    if threads < 2 or D * -(-d // n) < PARALLEL_MIN_WORK:
+        return False
+    numba.set_num_threads(threads)
+    return True
 
 
 def forward(theta_d: torch.Tensor, D: int, seed: int, column_norm: float, n: int) -> torch.Tensor:
     """P θ_d as a (D,) tensor of θ_d's dtype."""
     x = _as_numpy(theta_d)
     out = np.empty(D, dtype=x.dtype)
-    _use_torch_threads()
-    _forward(x, out, seed, column_norm, n, gen.GAUSS_TABLE)
+    kernel = _forward_par if _parallel(D, x.shape[0], n) else _forward_seq
+    kernel(x, out, seed, column_norm, n, gen.GAUSS_TABLE)
     return torch.from_numpy(out).to(theta_d.dtype)
 
 
@@ -161,6 +171,6 @@ def adjoint(y: torch.Tensor, d: int, seed: int, column_norm: float, n: int) -> t
     v = _as_numpy(y)
     m = -(-v.shape[0] // n)
     partial = np.zeros((min(SLICES, m), -(-d // n) * n), dtype=v.dtype)
-    _use_torch_threads()
-    _adjoint(v, partial, d, seed, column_norm, n, gen.GAUSS_TABLE)
+    kernel = _adjoint_par if _parallel(v.shape[0], d, n) else _adjoint_seq
+    kernel(v, partial, d, seed, column_norm, n, gen.GAUSS_TABLE)
     return torch.from_numpy(partial.sum(axis=0)[:d]).to(y.dtype)

@@ -33,7 +33,9 @@ class SparseProjection(Projection):
             0, coo.indices()[1], coo.values() ** 2
         )
         values = coo.values() * self.column_norm / norms.sqrt().clamp_min(1e-300)[coo.indices()[1]]
-        coo = torch.sparse_coo_tensor(coo.indices(), values.to(dtype), (D, d)).coalesce()
+        coo = torch.sparse_coo_tensor(
+            coo.indices(), values.to(dtype), (D, d), check_invariants=True
+        ).coalesce()
         with warnings.catch_warnings():  # "CSR support is in beta": CSR matvec is all we use
             warnings.simplefilter("ignore", UserWarning)
             self.matrix = coo.to_sparse_csr()

@@ -1,0 +1,80 @@
+"""A compressed fine-tuned model: (model ref, subspace config, θ_d, λ) in a few-KB file.
+
+P is never saved — it is regenerated from the config's seed — and θ0 is rebuilt from the model
+reference, so the file holds only what training produced. Safetensors, not pickle: loading a
+file can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sweeper.subspace import SubspaceConfig, SubspaceModel
+from sweeper.tasks import Problem, build_problem
+
+FORMAT = "sweeper-subspace/1"
+
+
+@dataclass
+class Compressed:
+    model_ref: dict[str, Any]
+    config: SubspaceConfig
+    tensors: dict[str, torch.Tensor]  # theta_d, lam (SAID), head.* (if trained directly)
+    metrics: dict[str, float]
+
+
+def save_compressed(
+    path: str | Path, model: SubspaceModel, model_ref: dict, metrics: dict | None = None
+) -> None:
+    tensors = {"theta_d": model.theta_d.detach().contiguous()}
+    if model.lam is not None:
+        tensors["lam"] = model.lam.detach().contiguous()
+    for name, p in model.base.named_parameters():
+        if p.requires_grad:
+            tensors[f"head.{name}"] = p.detach().contiguous()
+    meta = {
+        "format": FORMAT,
+        "model_ref": json.dumps(model_ref, sort_keys=True),
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_compressed(path: str | Path) -> Compressed:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a sweeper compressed model (format {meta.get('format')!r})"
+        )
+    return Compressed(
+        model_ref=json.loads(meta["model_ref"]),
+        config=SubspaceConfig(**json.loads(meta["config"])),
+        tensors=load_file(str(path)),
+        metrics=json.loads(meta["metrics"]),
+    )
+
+
+def restore(path: str | Path) -> tuple[Problem, SubspaceModel]:
+    """Rebuild θ0 from the model ref, regenerate P, and load θ_d, λ and any trained head."""
+    c = load_compressed(path)
+    ref = c.model_ref
+    problem = build_problem(ref["task"], ref["model"], ref.get("options", {}))
+    model = SubspaceModel(problem.model, c.config, head=problem.head)
+    with torch.no_grad():
+        model.theta_d.copy_(c.tensors["theta_d"])
+        if model.lam is not None:
+            model.lam.copy_(c.tensors["lam"])
+        for key, value in c.tensors.items():
+            if key.startswith("head."):
+                model.base.get_parameter(key.removeprefix("head.")).copy_(value)
+    return problem, model

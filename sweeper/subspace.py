@@ -1,0 +1,123 @@
+"""Subspace training: θ = θ0 + P θ_d (DID), or θ_t = θ0_t + λ_g (P θ_{d−T})_t per group g (SAID).
+
+The wrapped module keeps its own parameters as the frozen θ0; the forward builds the effective
+weights and runs the module through `torch.func.functional_call`, so any `nn.Module` works (MLP,
+CNN, HF transformer) without hooks that rebuild weights by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from sweeper.projection import make_projection
+
+_LAYER = re.compile(r"^(.*?\.layers?\.\d+)\.")
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """What a subspace fine-tune trains and how P is built.
+
+    d: the budget — the number of trainable subspace values, SAID's λ scalars included.
+    method: 'did' (one P θ_d over all projected weights) or 'said' (plus a λ per group).
+    projection: 'fastfood' (default; O(D log d), no stored state), 'sparse' or 'dense'.
+    layout: 'global' (one P over all D) or 'per_tensor' (one P per tensor, shared θ_d).
+    seed: seeds P; the same seed always regenerates the same P.
+    said_groups: 'layer' (one λ per layer: each transformer layer, else each module) or 'tensor'.
+    train_head: False projects the head too (Li et al.); True trains it directly (Aghajanyan
+        et al.) — its parameters then count as trainable.
+    """
+
+    d: int
+    method: Literal["did", "said"] = "did"
+    projection: Literal["dense", "sparse", "fastfood"] = "fastfood"
+    layout: Literal["global", "per_tensor"] = "global"
+    seed: int = 0
+    said_groups: Literal["layer", "tensor"] = "layer"
+    train_head: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_group(name: str) -> str:
+    """The layer a parameter belongs to: `encoder.layer.3` for transformers, else its module."""
+    match = _LAYER.match(name)
+    if match:
+        return match.group(1)
+    if ".embeddings." in f".{name}":
+        return name[: name.index("embeddings") + len("embeddings")]
+    return name.rpartition(".")[0] or name
+
+
+def _is_head(name: str, head: Iterable[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in head)
+
+
+class SubspaceModel(nn.Module):
+    """`base` re-parametrised as θ0 + P θ_d; only θ_d (and λ, and the head if asked) train."""
+
+    def __init__(self, base: nn.Module, config: SubspaceConfig, head: Iterable[str] = ()) -> None:
+        super().__init__()
+        head = tuple(head)
+        self.base = base
+        self.config = config
+        named = [(n, p) for n, p in base.named_parameters()]
+        self.projected = [n for n, _ in named if not (config.train_head and _is_head(n, head))]
+        if not self.projected:
+            raise ValueError("no parameters left to project")
+        for n, p in named:
+            p.requires_grad_(config.train_head and _is_head(n, head))
+        params = dict(named)
+        self.sizes = [params[n].numel() for n in self.projected]
+        self.D = sum(self.sizes)
+        keys = [layer_group(n) if config.said_groups == "layer" else n for n in self.projected]
+        groups = list(dict.fromkeys(keys))
+        self.group_names = groups if config.method == "said" else []
+        self.group_of = [groups.index(k) for k in keys]
+        n_lambda = len(self.group_names)
+        if config.d - n_lambda < 1:
+            raise ValueError(
+                f"d={config.d} leaves no room for θ_d: SAID spends {n_lambda} of d on λ scalars; "
+                f"use d > {n_lambda}"
+            )
+        if config.d > self.D + n_lambda:
+            raise ValueError(f"d={config.d} exceeds the number of projected weights D={self.D}")
+        dtype = params[self.projected[0]].dtype
+        self.theta_d = nn.Parameter(torch.zeros(config.d - n_lambda, dtype=dtype))
+        self.lam = nn.Parameter(torch.ones(n_lambda, dtype=dtype)) if n_lambda else None
+        self.projection = make_projection(
+            config.projection,
+            self.D,
+            config.d - n_lambda,
+            config.seed,
+            dtype=dtype,
+            layout=config.layout,
+            sizes=self.sizes,
+        )
+
+    @property
+    def trainable_params(self) -> int:
+        """The true count: θ_d, λ, and any parameter trained directly."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def effective_parameters(self) -> dict[str, torch.Tensor]:
+        """θ0 + (λ ·) P θ_d for every projected parameter, by name."""
+        delta = self.projection(self.theta_d).split(self.sizes)
+        base = dict(self.base.named_parameters())
+        out = {}
+        for name, piece, group in zip(self.projected, delta, self.group_of, strict=True):
+            if self.lam is not None:
+                piece = self.lam[group] * piece
+            out[name] = base[name] + piece.view_as(base[name])
+        return out
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.base, self.effective_parameters(), args, kwargs, strict=False)

@@ -1,0 +1,223 @@
+"""One trial, top to bottom: build the task, wrap the model for the method, train, evaluate.
+
+A plain loop (nanoGPT-style): no trainer framework, so what a probe measured is readable here.
+The reported metric is the best evaluation seen: a probe asks "does training in this subspace
+*reach* the bar", and early stopping on a pass makes the best value the natural one anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweeper.errors import SpecError
+from sweeper.projection import KINDS, LAYOUTS
+from sweeper.subspace import SubspaceConfig, SubspaceModel
+from sweeper.tasks import Problem, TrainSettings, build_problem, get_task
+
+METHODS = ("full", "did", "said", "lora")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
+
+# report(step, metrics) is called after every evaluation; returning True stops the trial.
+Reporter = Callable[[int, dict[str, float]], bool | None]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that determines one trial's result (and nothing else)."""
+
+    task: str
+    model: str
+    method: str
+    dim: int | None = None  # d for did/said, r for lora, None for full
+    seed: int = 0
+    task_options: dict[str, Any] = field(default_factory=dict)
+    projection: str = "fastfood"
+    layout: str = "global"
+    said_groups: str = "layer"
+    train_head: bool = False
+    lora_alpha: float | None = None  # None: alpha = 2r
+    lora_dropout: float = 0.0
+    train: TrainSettings | None = None  # None: the task's defaults for this method
+    threshold: float | None = None  # stop as soon as the metric reaches it (a pass)
+
+
+@dataclass
+class TrialResult:
+    outcome: str  # pass | fail | diverged | stopped | completed (no threshold given)
+    metric: float  # best evaluation of the task's metric
+    metric_name: str
+    D: int
+    trainable_params: int
+    steps: int
+    loss: float
+    seconds: float
+    history: list[dict[str, float]]
+    module: nn.Module | None = None  # the trained (wrapped) model, for saving
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+
+def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
+    """The model as the method trains it: all weights, a subspace, or LoRA adapters."""
+    if spec.method == "full":
+        return problem.model
+    if spec.method in ("did", "said"):
+        config = SubspaceConfig(
+            d=spec.dim,
+            method=spec.method,
+            projection=spec.projection,
+            layout=spec.layout,
+            seed=spec.seed,
+            said_groups=spec.said_groups,
+            train_head=spec.train_head,
+        )
+        return SubspaceModel(problem.model, config, head=problem.head)
+    if spec.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if not problem.lora_targets:
+            raise ValueError(f"task {spec.task!r} has no layers LoRA can adapt")
+        config = LoraConfig(
+            r=spec.dim,
+            lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else 2 * spec.dim,
+            lora_dropout=spec.lora_dropout,
+            target_modules=list(problem.lora_targets),
+            modules_to_save=list(problem.head) or None,
+        )
+        return get_peft_model(problem.model, config)
+    raise ValueError(f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
+
+
+def check_trial(spec: TrialSpec) -> None:
+    """Raise SpecError for anything that would make the trial fail, before any training."""
+    try:
+        info = get_task(spec.task)
+        build_problem(spec.task, spec.model, spec.task_options)
+    except KeyError as e:
+        raise SpecError("task", e.args[0]) from None
+    except ValueError as e:
+        field = "model" if "models" in str(e) else "task_options"
+        raise SpecError(field, str(e)) from None
+    if spec.method not in METHODS:
+        raise SpecError("method", f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
+    if spec.method not in info.methods:
+        raise SpecError("method", f"task {spec.task!r} supports {list(info.methods)}")
+    if spec.method == "full":
+        return
+    if spec.dim is None or spec.dim < 1:
+        raise SpecError("dim", f"{spec.method} needs a dimension ≥ 1, got {spec.dim}")
+    if spec.method in ("did", "said"):
+        if spec.projection not in KINDS:
+            raise SpecError("projection", f"choose one of {sorted(KINDS)}")
+        if spec.layout not in LAYOUTS:
+            raise SpecError("layout", f"choose one of {list(LAYOUTS)}")
+        try:  # builds P too: cheap for fastfood, and the only exact check of d against D
+            wrap(build_problem(spec.task, spec.model, spec.task_options), spec)
+        except ValueError as e:
+            raise SpecError("dim", str(e)) from None
+    if spec.train is not None and spec.train.optimizer not in OPTIMIZERS:
+        raise SpecError("train.optimizer", f"choose one of {list(OPTIMIZERS)}")
+
+
+def trainable_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    name = settings.optimizer
+    if name == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
+    if name == "lbfgs":
+        return torch.optim.LBFGS(
+            params,
+            lr=settings.lr,
+            max_iter=20,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-16,
+        )
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+
+
+def run_trial(
+    spec: TrialSpec, report: Reporter | None = None, threads: int | None = None
+) -> TrialResult:
+    """Train one (task, model, method, dim, seed) and say whether it reached the threshold."""
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    problem = build_problem(spec.task, spec.model, spec.task_options, spec.seed)
+    D = sum(p.numel() for p in problem.model.parameters())
+    module = wrap(problem, spec)
+    settings = spec.train or problem.train_defaults(spec.method)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = make_optimizer(settings, params)
+    batches = problem.batches(settings.batch_size, spec.seed)
+
+    def compute_loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = problem.loss(module, batch)
+        loss.backward()
+        return loss
+
+    history: list[dict[str, float]] = []
+    best, loss_value, outcome, step = -math.inf, math.nan, None, 0
+    module.train()
+    for step in range(1, settings.steps + 1):
+        batch = next(batches)
+        if settings.optimizer == "lbfgs":
+            # Restarted L-BFGS: a fresh curvature memory each step. Kept across steps, it fits
+            # SAID's bilinear λ·θ_d valley and stalls (toy-sums at d = groups + T: 13/15
+            # solved with memory, 15/15 restarted).
+            optimizer = make_optimizer(settings, params)
+            loss_value = float(optimizer.step(compute_loss).detach())
+        else:
+            loss_value = float(compute_loss().detach())
+            optimizer.step()
+        if not math.isfinite(loss_value):
+            outcome = "diverged"
+            break
+        if step % settings.eval_every and step != settings.steps:
+            continue
+        module.eval()
+        metrics = problem.evaluate(module)
+        module.train()
+        history.append({"step": step, "train/loss": loss_value, **metrics})
+        best = max(best, metrics[problem.metric])
+        if report is not None and report(step, metrics):
+            outcome = "stopped"
+            break
+        if spec.threshold is not None and metrics[problem.metric] >= spec.threshold:
+            break
+    if outcome is None:
+        if spec.threshold is None:
+            outcome = "completed"
+        else:
+            outcome = "pass" if best >= spec.threshold else "fail"
+    return TrialResult(
+        outcome=outcome,
+        metric=best if math.isfinite(best) else math.nan,
+        metric_name=problem.metric,
+        D=D,
+        trainable_params=trainable_count(module),
+        steps=step,
+        loss=loss_value,
+        seconds=time.perf_counter() - started,
+        history=history,
+        module=module,
+    )

@@ -1,0 +1,150 @@
+"""`sweeper train`: one trial from the command line, and clear errors for misuse."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sweeper.cli import main
+from sweeper.compressed import load_compressed, restore
+from sweeper.train import TrialSpec, run_trial
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_prints_one_json_object(capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "toy-sums",
+        "--task-option",
+        "groups=12",
+        "--method",
+        "did",
+        "--d",
+        "12",
+        "--seed",
+        "0",
+        "--json",
+    )
+    record = json.loads(out)
+    assert code == 0
+    assert record["task"] == "toy-sums" and record["method"] == "did" and record["d"] == 12
+    assert record["D"] == 1200 and record["trainable_params"] == 12
+    assert record["metric"] == 1.0 and record["passed"] is True
+
+
+def test_train_digits_reports_accuracy(capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "digits",
+        "--method",
+        "said",
+        "--d",
+        "100",
+        "--steps",
+        "50",
+        "--json",
+    )
+    record = json.loads(out)
+    assert code == 0 and record["metric_name"] == "accuracy" and 0.1 < record["metric"] <= 1
+    assert record["trainable_params"] == 100 and record["passed"] is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--task", "nope", "--method", "did", "--d", "3"], "--task"),
+        (["--task", "toy-sums", "--method", "did", "--d", "0"], "--d"),
+        (["--task", "toy-sums", "--method", "did", "--d", "5000"], "--d"),
+        (["--task", "toy-sums", "--method", "did"], "--d"),
+        (["--task", "digits", "--method", "lora", "--r", "-1"], "--r"),
+        (
+            ["--task", "toy-sums", "--task-option", "groups", "--method", "did", "--d", "3"],
+            "--task-option",
+        ),
+        (
+            ["--task", "toy-sums", "--task-option", "colour=1", "--method", "did", "--d", "3"],
+            "--task-option",
+        ),
+        (
+            ["--task", "toy-sums", "--task-option", "groups=0", "--method", "did", "--d", "3"],
+            "--task-option",
+        ),
+        (["--task", "toy-sums", "--method", "lora", "--r", "2"], "--method"),
+        (["--task", "digits", "--model", "resnet", "--method", "did", "--d", "3"], "--model"),
+        (["--task", "digits", "--method", "did", "--d", "3", "--steps", "0"], "--steps"),
+        (["--task", "digits", "--method", "did", "--d", "3", "--lr", "-1"], "--lr"),
+    ],
+)
+def test_misuse_exits_2_naming_the_argument(capsys, argv, names):
+    code, out, err = run_cli(capsys, "train", *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and names in err
+
+
+def test_argparse_misuse_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--task", "digits", "--method", "bogus"])
+    assert exc.value.code == 2
+
+
+def test_diverged_trial_is_reported_as_diverged():
+    from sweeper.tasks import TrainSettings
+
+    spec = TrialSpec(
+        "digits", "mlp", "did", 50, train=TrainSettings(optimizer="sgd", lr=1e30, steps=20)
+    )
+    result = run_trial(spec)
+    assert result.outcome == "diverged" and not result.passed
+    assert math.isnan(result.metric) or result.metric < 0.5
+
+
+@pytest.mark.parametrize("method", ["did", "said"])
+def test_compressed_model_round_trip_reproduces_the_metric(tmp_path, capsys, method):
+    path = tmp_path / "model.safetensors"
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "digits",
+        "--method",
+        method,
+        "--d",
+        "64",
+        "--steps",
+        "60",
+        "--save",
+        str(path),
+        "--json",
+    )
+    assert code == 0
+    assert path.stat().st_size < 8 * 1024  # kilobytes, not megabytes
+    saved = json.loads(out)
+    problem, model = restore(path)
+    model.eval()
+    assert problem.evaluate(model)["accuracy"] == pytest.approx(saved["metric"], abs=1e-6)
+    assert load_compressed(path).config.method == method
+
+
+def test_compressed_model_with_trained_head_round_trip(tmp_path):
+    from sweeper.compressed import save_compressed
+    from sweeper.tasks import TrainSettings, build_problem
+
+    settings = TrainSettings(optimizer="adam", lr=0.05, steps=50, eval_every=25)
+    spec = TrialSpec("digits", "mlp", "did", 32, train_head=True, train=settings)
+    result = run_trial(spec)
+    path = tmp_path / "m.safetensors"
+    save_compressed(path, result.module, build_problem("digits", "mlp", {}).model_ref)
+    problem, model = restore(path)
+    model.eval()
+    assert problem.evaluate(model)["accuracy"] == pytest.approx(result.history[-1]["accuracy"])
