@@ -1,0 +1,21 @@
+"""Pure search core for d90 / r90: no Ray, no MLflow (DESIGN.md §4)."""
+
+from sweeper.search.estimate import estimate_threshold_crossing
+from sweeper.search.threshold import (
+    Probe,
+    ProbeResult,
+    SearchResult,
+    SearchSettings,
+    SearchStatus,
+    ThresholdSearch,
+)
+
+__all__ = [
+    "Probe",
+    "ProbeResult",
+    "SearchResult",
+    "SearchSettings",
+    "SearchStatus",
+    "ThresholdSearch",
+    "estimate_threshold_crossing",
+]

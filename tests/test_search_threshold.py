@@ -1,0 +1,403 @@
+"""Specification of the threshold searcher (DESIGN.md §4) against synthetic oracles."""
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeper.search import Probe, ProbeResult, SearchSettings, ThresholdSearch
+
+Oracle = Callable[[Probe], ProbeResult]
+
+
+def step_oracle(answer: int) -> Oracle:
+    """Noise-free: a point passes exactly when it is ≥ answer."""
+
+    def run(probe: Probe) -> ProbeResult:
+        ok = probe.point >= answer
+        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+
+    return run
+
+
+def logistic_oracle(answer: int, steepness: float, noise_seed: int) -> Oracle:
+    """Noisy: pass probability is a logistic in log(point), 1/2 at ``answer``.
+
+    The draw depends only on (noise_seed, point, seed), so a probe always gives the same
+    result however often or in whatever order it is run, like a seeded trial.
+    """
+
+    def run(probe: Probe) -> ProbeResult:
+        p_pass = 1.0 / (1.0 + math.exp(-steepness * math.log(probe.point / answer)))
+        u = random.Random(f"{noise_seed}:{probe.point}:{probe.seed}").random()
+        diverged = u > 0.98  # a few runs blow up; a nan metric is a fail
+        metric = math.nan if diverged else p_pass + (u - 0.5) / 10
+        return ProbeResult(probe.point, probe.seed, metric, not diverged and u < p_pass)
+
+    return run
+
+
+def drive(
+    search: ThresholdSearch, oracle: Oracle, workers: int, completion_seed: int = 0
+) -> list[list[Probe]]:
+    """Simulate ``workers`` workers finishing trials in a random order; return the rounds.
+
+    Each step offers the free workers to ``propose`` (even mid-round), then finishes a random
+    non-empty subset of the running trials, shuffled.  A probe proposed twice fails at once.
+    """
+    rng = random.Random(completion_seed)
+    running: list[Probe] = []
+    rounds: list[list[Probe]] = []
+    proposed: set[Probe] = set()
+    for _ in range(10_000):
+        if search.finished:
+            assert not running
+            return rounds
+        free = workers - len(running)
+        new = search.propose(free) if free > 0 else []
+        assert len(new) <= free, "proposed more probes than free workers"
+        assert not proposed & set(new), "proposed a probe twice"
+        proposed |= set(new)
+        if new:
+            rounds.append(new)
+        running += new
+        assert running, "searcher stalled: nothing running, nothing proposed, not finished"
+        rng.shuffle(running)
+        n_done = rng.randint(1, len(running))
+        for probe in running[:n_done]:
+            search.record(oracle(probe))
+        running = running[n_done:]
+    raise AssertionError("search did not finish")
+
+
+def run_rounds(search: ThresholdSearch, oracle: Oracle, workers: int, n_rounds: int) -> None:
+    """Run ``n_rounds`` whole rounds (or until finished), recording each round completely."""
+    for _ in range(n_rounds):
+        if search.finished:
+            return
+        for probe in search.propose(workers):
+            search.record(oracle(probe))
+
+
+def all_results(search: ThresholdSearch) -> list[ProbeResult]:
+    return [
+        ProbeResult(
+            r["point"], r["seed"], math.nan if r["metric"] is None else r["metric"], r["passed"]
+        )
+        for r in search.state_dict()["results"]
+    ]
+
+
+@st.composite
+def search_problems(draw: st.DrawFn) -> tuple[SearchSettings, int]:
+    """A bracket [lo, hi] spanning 2x to 2000x, and a true answer in [lo + 1, hi]."""
+    lo = draw(st.integers(1, 200))
+    hi = lo * draw(st.integers(2, 2000)) + draw(st.integers(0, lo - 1))
+    answer = draw(st.integers(lo + 1, hi))
+    search_settings = SearchSettings(
+        lo=lo,
+        hi=hi,
+        threshold=0.5,
+        tolerance=draw(st.floats(0.01, 0.5)),
+        probe_seeds=draw(st.integers(1, 3)),
+        boundary_seeds=draw(st.integers(1, 4)),
+        max_probes=1000,
+    )
+    return search_settings, answer
+
+
+workers = st.integers(1, 8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(search_problems(), workers, st.integers(0, 2**16))
+def test_searcher_finds_known_answer_within_tolerance(problem, n_workers, completion_seed):
+    search_settings, answer = problem
+    search = ThresholdSearch(search_settings)
+    drive(search, step_oracle(answer), n_workers, completion_seed)
+
+    result = search.result()
+    assert result.outcome == "found"
+    lo, hi = result.bracket
+    assert lo < answer <= hi
+    assert hi - lo <= 1 or hi <= lo * (1 + search_settings.tolerance)
+    assert answer <= result.answer <= answer * (1 + search_settings.tolerance)
+    assert result.interval[0] <= result.answer <= result.interval[1]
+    assert result.probes < search_settings.max_probes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    search_problems(),
+    workers,
+    st.floats(2.0, 30.0),
+    st.integers(0, 2**16),
+    st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 3)), max_size=6),
+)
+def test_searcher_never_reprobes_a_finished_point(
+    problem, n_workers, steepness, noise_seed, replayed
+):
+    search_settings, answer = problem
+    oracle = logistic_oracle(answer, steepness, noise_seed)
+    search = ThresholdSearch(search_settings)
+    for point, seed in replayed:  # finished before a crash, replayed from the store
+        search.record(oracle(Probe(point, seed)))
+
+    proposed = [p for round_ in drive(search, oracle, n_workers, noise_seed) for p in round_]
+
+    assert len(proposed) == len(set(proposed))
+    assert not set(proposed) & {Probe(point, seed) for point, seed in replayed}
+
+
+@settings(max_examples=60, deadline=None)
+@given(search_problems(), workers, st.integers(1, 40), st.integers(0, 2**16))
+def test_searcher_respects_budget(problem, n_workers, max_probes, noise_seed):
+    search_settings, answer = problem
+    budget = dataclasses.replace(search_settings, max_probes=max_probes)
+    search = ThresholdSearch(budget)
+
+    rounds = drive(search, logistic_oracle(answer, 8.0, noise_seed), n_workers, noise_seed)
+
+    assert sum(len(r) for r in rounds) <= max_probes
+    assert search.result().probes <= max_probes
+
+
+def test_budget_exhausted_still_reports_bracket_and_estimate():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=10_000, threshold=0.5, max_probes=6))
+    drive(search, step_oracle(777), workers=2)
+
+    result = search.result()
+    assert result.outcome == "budget_exhausted"
+    lo, hi = result.bracket
+    assert lo < 777 <= hi
+    assert result.answer == hi
+    assert result.probes == 6
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5000), st.integers(2, 8), st.integers(0, 3), workers)
+def test_searcher_reports_lo_passes_honestly(lo, widen_factor, max_widen, n_workers):
+    search_settings = SearchSettings(
+        lo=lo, hi=lo * 10, threshold=0.5, widen_factor=widen_factor, max_widen=max_widen
+    )
+    search = ThresholdSearch(search_settings)
+    proposed = [p.point for r in drive(search, step_oracle(1), n_workers) for p in r]
+
+    result = search.result()
+    assert (result.outcome, result.answer, result.interval, result.bracket) == (
+        "not_bracketed_lo_passes",
+        None,
+        None,
+        None,
+    )
+    assert min(proposed) == max(1, lo // widen_factor**max_widen)  # widened as far as allowed
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 5000),
+    st.integers(2, 8),
+    st.integers(0, 3),
+    st.one_of(st.none(), st.integers(0, 10**6)),
+    workers,
+)
+def test_searcher_reports_hi_fails_honestly(lo, widen_factor, max_widen, headroom, n_workers):
+    hi = lo * 10
+    hard_hi = None if headroom is None else hi + headroom
+    search = ThresholdSearch(
+        SearchSettings(
+            lo=lo,
+            hi=hi,
+            threshold=0.5,
+            widen_factor=widen_factor,
+            max_widen=max_widen,
+            hard_hi=hard_hi,
+        )
+    )
+    proposed = [p.point for r in drive(search, step_oracle(10**12), n_workers) for p in r]
+
+    result = search.result()
+    assert (result.outcome, result.answer, result.interval, result.bracket) == (
+        "not_bracketed_hi_fails",
+        None,
+        None,
+        None,
+    )
+    widest = hi * widen_factor**max_widen
+    assert max(proposed) == (widest if hard_hi is None else min(widest, hard_hi))
+
+
+@pytest.mark.parametrize("answer", [7, 60, 100, 1001, 5000, 16_000])
+def test_searcher_widens_to_bracket_an_answer_outside_the_range(answer):
+    search = ThresholdSearch(
+        SearchSettings(lo=100, hi=1000, threshold=0.5, widen_factor=4, max_widen=2)
+    )
+    drive(search, step_oracle(answer), workers=3)
+
+    result = search.result()
+    assert result.outcome == "found"
+    assert result.bracket[0] < answer <= result.bracket[1]
+
+
+def test_widening_up_stops_at_hard_hi():
+    search = ThresholdSearch(SearchSettings(lo=10, hi=100, threshold=0.5, hard_hi=250))
+    drive(search, step_oracle(240), workers=2)
+
+    assert search.result().outcome == "found"
+    assert max(r["point"] for r in search.state_dict()["results"]) == 250
+
+
+@settings(max_examples=40, deadline=None)
+@given(search_problems(), workers, st.integers(0, 2**16), st.integers(0, 12))
+def test_replaying_results_in_any_order_gives_same_state(problem, n_workers, noise_seed, n_rounds):
+    search_settings, answer = problem
+    oracle = logistic_oracle(answer, 10.0, noise_seed)
+    original = ThresholdSearch(search_settings)
+    run_rounds(original, oracle, n_workers, n_rounds)  # then crash between rounds
+
+    results = all_results(original)
+    random.Random(noise_seed).shuffle(results)
+    replayed = ThresholdSearch(search_settings)
+    for result in results:
+        replayed.record(result)
+    restored = ThresholdSearch.from_state_dict(json.loads(json.dumps(original.state_dict())))
+
+    assert replayed.state_dict() == original.state_dict() == restored.state_dict()
+    assert replayed.status() == original.status() == restored.status()
+    for search in (original, replayed, restored):  # and they carry on identically
+        drive(search, oracle, n_workers)
+    assert replayed.state_dict() == original.state_dict() == restored.state_dict()
+    assert replayed.result() == original.result() == restored.result()
+
+
+@settings(max_examples=40, deadline=None)
+@given(search_problems(), workers, st.integers(0, 2**16), st.integers(0, 2**16))
+def test_search_is_deterministic_regardless_of_completion_order(
+    problem, n_workers, noise_seed, other_seed
+):
+    search_settings, answer = problem
+    oracle = logistic_oracle(answer, 10.0, noise_seed)
+    first, second = ThresholdSearch(search_settings), ThresholdSearch(search_settings)
+
+    first_rounds = drive(first, oracle, n_workers, completion_seed=noise_seed)
+    second_rounds = drive(second, oracle, n_workers, completion_seed=other_seed)
+
+    assert first_rounds == second_rounds
+    assert first.state_dict() == second.state_dict()
+    assert first.result() == second.result()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 10_000), st.integers(2, 8))
+def test_more_workers_take_fewer_rounds(answer, n_workers):
+    def rounds(w: int) -> int:
+        search = ThresholdSearch(SearchSettings(lo=1, hi=10_000, threshold=0.5, tolerance=0.05))
+        return len(drive(search, step_oracle(answer), w))
+
+    assert rounds(n_workers) < rounds(1)
+
+
+def test_eight_workers_take_at_most_half_the_rounds_of_one():
+    def rounds(w: int) -> int:
+        search = ThresholdSearch(SearchSettings(lo=1, hi=10_000, threshold=0.5, tolerance=0.05))
+        return len(drive(search, step_oracle(1234), w))
+
+    assert 2 * rounds(8) <= rounds(1)
+
+
+def test_boundary_reprobes_reopen_bracket_after_a_spurious_pass():
+    answer = 400
+
+    def lucky_seed_zero(probe: Probe) -> ProbeResult:
+        """Seed 0 passes spuriously on [200, 400); the other seeds tell the truth."""
+        ok = probe.point >= answer or (probe.seed == 0 and probe.point >= 200)
+        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+
+    search = ThresholdSearch(
+        SearchSettings(lo=10, hi=10_000, threshold=0.5, boundary_seeds=3, max_probes=500)
+    )
+    drive(search, lucky_seed_zero, workers=4)
+
+    result = search.result()
+    assert result.outcome == "found"
+    assert result.bracket[0] < answer <= result.bracket[1]
+    assert answer <= result.answer <= answer * 1.1
+    seeds_in_band: dict[int, set[int]] = {}
+    for r in all_results(search):
+        if 200 <= r.point < answer:
+            seeds_in_band.setdefault(r.point, set()).add(r.seed)
+    assert {0, 1, 2} in seeds_in_band.values()  # a lucky pass was re-probed and overturned
+
+
+def test_propose_waits_for_the_whole_round():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
+    oracle = step_oracle(100)
+    first = search.propose(4)
+    assert [(p.point, p.seed) for p in first] == [(1, 0), (1000, 0)]
+    search.record(oracle(first[0]))
+    assert search.propose(4) == []
+    search.record(oracle(first[1]))
+    assert len(search.propose(4)) == 4
+
+
+def test_probe_seeds_beyond_free_workers_are_spread_over_rounds():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5, probe_seeds=3))
+    oracle = step_oracle(100)
+    seen = []
+    for _ in range(3):
+        (probe,) = search.propose(1)
+        seen.append((probe.point, probe.seed))
+        search.record(oracle(probe))
+    assert seen == [(1, 0), (1, 1), (1, 2)]
+
+
+def test_state_dict_is_strict_json_even_with_diverged_runs():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
+    search.propose(2)
+    search.record(ProbeResult(1, 0, math.nan, False))
+
+    state = json.loads(json.dumps(search.state_dict(), allow_nan=False))
+    restored = ThresholdSearch.from_state_dict(state)
+
+    assert restored.state_dict() == search.state_dict()
+    assert restored.status().probes_pending == 1
+    assert restored.propose(2) == []
+
+
+def test_record_accepts_an_identical_replay_and_rejects_a_conflicting_one():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
+    search.record(ProbeResult(5, 0, math.nan, False))
+    search.record(ProbeResult(5, 0, math.nan, False))
+    with pytest.raises(ValueError, match="conflicting"):
+        search.record(ProbeResult(5, 0, 0.9, True))
+
+
+def test_result_before_the_search_finishes_is_an_error():
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
+    search.propose(2)
+    assert search.status().phase == "bracketing"
+    with pytest.raises(RuntimeError, match="not finished"):
+        search.result()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"lo": 0}, "lo"),
+        ({"hi": 1}, "hi"),
+        ({"threshold": math.nan}, "threshold"),
+        ({"tolerance": 0.0}, "tolerance"),
+        ({"probe_seeds": 0}, "probe_seeds"),
+        ({"max_probes": 0}, "max_probes"),
+        ({"widen_factor": 1}, "widen_factor"),
+        ({"hard_hi": 5}, "hard_hi"),
+    ],
+)
+def test_settings_reject_values_that_cannot_work(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        SearchSettings(**{"lo": 1, "hi": 10, "threshold": 0.5, **overrides})
