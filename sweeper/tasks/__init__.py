@@ -13,7 +13,7 @@ from sweeper.tasks.base import Problem, TrainSettings
 class TaskInfo:
     name: str
     models: tuple[str, ...]
-    options: tuple[str, ...]  # accepted option keys
+    options: dict[str, int]  # accepted integer options → their smallest allowed value
     build: Callable[[str, dict, int], Problem]
     methods: tuple[str, ...] = ("full", "did", "said", "lora")
 
@@ -22,11 +22,11 @@ TASKS: dict[str, TaskInfo] = {
     "toy-sums": TaskInfo(
         "toy-sums",
         ("vector",),
-        ("groups", "group_size", "init_seed"),
+        {"groups": 1, "group_size": 1, "init_seed": 0},
         toy_sums.build,
         methods=("full", "did", "said"),
     ),
-    "digits": TaskInfo("digits", ("mlp",), ("hidden", "init_seed"), digits.build),
+    "digits": TaskInfo("digits", ("mlp",), {"hidden": 1, "init_seed": 0}, digits.build),
 }
 
 

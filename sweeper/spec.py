@@ -1,0 +1,329 @@
+"""Job specs: YAML in, a validated `JobSpec` out, or one `SpecError` naming the field to fix.
+
+Specs are data: YAML is safe-loaded (no tags, no Python objects), duplicate keys are errors,
+and nothing in a spec is ever imported, evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sweeper.errors import SpecError
+from sweeper.tasks import TASKS
+
+SEARCHED = ("did", "said", "lora")
+Scalar = int | float | str | bool
+
+
+class _Strict(BaseModel):
+    # strict: no "2" → 2 or true → 1 coercions; no inf/nan sneaking into rates or budgets
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class SearchRange(_Strict):
+    """The log-scaled integer range searched for d (or r): `lo` should fail, `hi` pass."""
+
+    lo: Annotated[int, Field(ge=1)]
+    hi: Annotated[int, Field(ge=2)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if self.lo >= self.hi:
+            raise ValueError(f"lo ({self.lo}) must be smaller than hi ({self.hi})")
+        return self
+
+
+class LRSearch(_Strict):
+    """Optuna (TPE) search of the learning rate, log-uniform in [low, high], per probe point."""
+
+    low: Annotated[float, Field(gt=0)]
+    high: Annotated[float, Field(gt=0)]
+    tries: Annotated[int, Field(ge=1, le=50)] = 4
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LRSearch:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class TrainSpec(_Strict):
+    """Training settings; anything left out takes the task's default for the method."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "lbfgs"] | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    lr_search: LRSearch | None = None
+    steps: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] | None = None
+    eval_every: Annotated[int, Field(ge=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_lr_rule(self) -> TrainSpec:
+        if self.lr is not None and self.lr_search is not None:
+            raise ValueError("give either lr (fixed) or lr_search, not both")
+        return self
+
+    def merged(self, override: TrainSpec) -> TrainSpec:
+        """`override`'s fields where set, else ours; a fixed lr and lr_search replace each other."""
+        data = self.model_dump(exclude_none=True)
+        mine = override.model_dump(exclude_none=True)
+        if "lr" in mine or "lr_search" in mine:
+            data.pop("lr", None)
+            data.pop("lr_search", None)
+        return TrainSpec(**{**data, **mine})
+
+
+class MethodSpec(_Strict):
+    """One method: what is searched (`search`) and how its trials train."""
+
+    search: SearchRange | None = None
+    projection: Literal["fastfood", "sparse", "dense"] = "fastfood"
+    layout: Literal["global", "per_tensor"] = "global"
+    said_groups: Literal["layer", "tensor"] = "layer"
+    train_head: bool = False
+    lora_alpha: Annotated[float, Field(gt=0)] | None = None
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    train: TrainSpec = TrainSpec()
+
+
+class Methods(_Strict):
+    """`full` is the baseline (always run); the others are searched where a task supports them."""
+
+    full: MethodSpec = MethodSpec()
+    did: MethodSpec | None = None
+    said: MethodSpec | None = None
+    lora: MethodSpec | None = None
+
+    def searched(self) -> dict[str, MethodSpec]:
+        return {name: getattr(self, name) for name in SEARCHED if getattr(self, name)}
+
+
+class TaskRef(_Strict):
+    name: str
+    options: dict[str, Scalar] = {}
+
+
+class GridBlock(_Strict):
+    """Every model here runs every task here."""
+
+    models: Annotated[list[str], Field(min_length=1)]
+    tasks: Annotated[list[TaskRef], Field(min_length=1)]
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _plain_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class Seeds(_Strict):
+    baseline: Annotated[int, Field(ge=1, le=20)] = 3
+    probe: Annotated[int, Field(ge=1, le=20)] = 1
+    boundary: Annotated[int, Field(ge=1, le=20)] = 3
+
+
+class Resources(_Strict):
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None  # default: all that fit
+
+
+class Budget(_Strict):
+    max_probes: Annotated[int, Field(ge=2)] = 40  # per search
+    max_wall_seconds: Annotated[float, Field(gt=0)] | None = None  # whole job
+
+
+class EarlyStop(_Strict):
+    on_pass: bool = True  # stop a probe as soon as it reaches the threshold
+
+
+class Tracking(_Strict):
+    """Where results go. Defaults: runs/<name>/mlflow.db (SQLite) and runs/<name>/artifacts."""
+
+    run_dir: str | None = None
+    uri: str | None = None
+    artifact_location: str | None = None
+
+
+class JobSpec(_Strict):
+    """A sweep: for each (model, task) of the grid, d90 / r90 for each method."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    grid: Annotated[list[GridBlock], Field(min_length=1)]
+    methods: Methods
+    threshold_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+    tolerance: Annotated[float, Field(gt=0, le=10)] = 0.1
+    seeds: Seeds = Seeds()
+    train: TrainSpec = TrainSpec()
+    resources: Resources = Resources()
+    budget: Budget = Budget()
+    early_stop: EarlyStop = EarlyStop()
+    tracking: Tracking = Tracking()
+
+    def pairs(self) -> list[tuple[str, TaskRef]]:
+        """The (model, task) pairs, in spec order, without repeats."""
+        seen: dict[str, tuple[str, TaskRef]] = {}
+        for block in self.grid:
+            for model in block.models:
+                for task in block.tasks:
+                    seen.setdefault(_canonical([model, task.model_dump()]), (model, task))
+        return list(seen.values())
+
+    def searches(self) -> list[tuple[str, TaskRef, str]]:
+        """(model, task, method) for every method a pair's task supports."""
+        return [
+            (model, task, method)
+            for model, task in self.pairs()
+            for method in self.methods.searched()
+            if method in TASKS[task.name].methods
+        ]
+
+    def train_for(self, method: str) -> TrainSpec:
+        spec = getattr(self.methods, method)
+        return self.train.merged(spec.train)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.tracking.run_dir or f"runs/{self.name}")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def digest(value: Any) -> str:
+    """A stable hash of JSON-able data: cache keys for baselines and probes."""
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # YAML merge keys (<<) stay allowed
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            mark = key_node.start_mark
+            try:
+                hash(key)
+            except TypeError:
+                raise SpecError(
+                    f"line {mark.line + 1}", "a mapping key must be a plain name, not a list or map"
+                ) from None
+            if key in keys:
+                raise SpecError(
+                    f"line {mark.line + 1}", f"duplicate key {key!r}; keep only one of them"
+                )
+            keys.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if part in _UNION_TAGS or part == "[key]":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _check_names(spec: JobSpec) -> None:
+    """Names pydantic cannot know: tasks, models per task, task options."""
+    for b, block in enumerate(spec.grid):
+        for t, task in enumerate(block.tasks):
+            where = f"grid[{b}].tasks[{t}]"
+            info = TASKS.get(task.name)
+            if info is None:
+                raise SpecError(
+                    f"{where}.name", f"unknown task {task.name!r}; built-in: {sorted(TASKS)}"
+                )
+            unknown = sorted(set(task.options) - set(info.options))
+            if unknown:
+                raise SpecError(
+                    f"{where}.options",
+                    f"unknown option(s) {unknown}; accepted: {list(info.options)}",
+                )
+            for key, value in task.options.items():
+                if not (type(value) is int and value >= info.options[key]):
+                    raise SpecError(
+                        f"{where}.options.{key}",
+                        f"must be an integer ≥ {info.options[key]}, got {value!r}",
+                    )
+            for m, model in enumerate(block.models):
+                if model not in info.models:
+                    raise SpecError(
+                        f"grid[{b}].models[{m}]",
+                        f"task {task.name!r} runs on {list(info.models)}, not {model!r}",
+                    )
+    if spec.methods.full.search is not None:
+        raise SpecError("methods.full.search", "the baseline has no search range; remove it")
+    named = [name for name in SEARCHED if getattr(spec.methods, name) is not None]
+    if not named:
+        raise SpecError("methods", "name at least one of did, said, lora to search")
+    for name in named:
+        if getattr(spec.methods, name).search is None:
+            raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
+    if not spec.searches():
+        raise SpecError("methods", "no task in the grid supports any of the methods named")
+
+
+def parse_spec(data: Any) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError("(top level)", "a job spec is a YAML mapping (name:, grid:, methods:, …)")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling against the README's annotated example"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise SpecError(_field_path(first["loc"]), message + more) from None
+    _check_names(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a job spec file; every problem is a SpecError naming the field."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SpecError(str(path), f"cannot read the job spec ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise SpecError(_yaml_where(e, text), f"YAML syntax error: {_one_line(e)}") from None
+    except RecursionError:
+        raise SpecError(str(path), "nested too deeply to be a job spec") from None
+    return parse_spec(data)
+
+
+def _yaml_where(error: yaml.YAMLError, text: str) -> str:
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    position = getattr(error, "position", None)  # reader errors: bad characters
+    if position is not None:
+        return f"line {text.count(chr(10), 0, position) + 1}"
+    return "YAML"
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    message = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
+    return " ".join(str(message).split())
