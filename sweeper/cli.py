@@ -100,6 +100,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.4g}"  # nan → "-"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from sweeper.spec import load_spec
+
+    spec = load_spec(args.job)
+    print(f"{args.job}: valid job {spec.name!r}")
+    for model, task, method in spec.searches():
+        m = getattr(spec.methods, method).search
+        dim = "r" if method == "lora" else "d"
+        print(f"  search {model}/{task.name}/{method}: {dim} in [{m.lo}, {m.hi}]")
+    skipped = [
+        f"{model}/{task.name}/{method}"
+        for model, task in spec.pairs()
+        for method in spec.methods.searched()
+        if (model, task, method) not in spec.searches()
+    ]
+    if skipped:
+        print(f"  skipped (task does not support the method): {', '.join(skipped)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweeper.driver import install_signal_handlers, run_job
+    from sweeper.spec import load_spec
+
+    spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
+    install_signal_handlers()
+    console = Console()
+    summary = run_job(spec, resume=args.command == "resume", console=console)
+    table = Table(title=f"{spec.name}: answers (threshold = {spec.threshold_fraction} × perf_full)")
+    for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
+        table.add_column(col)
+    table.add_column("perf_full", justify="right")
+    table.add_column("threshold", justify="right")
+    for s in summary.searches:
+        answer = f"{s.dim_name}90 = {s.answer}" if s.answer is not None else "-"
+        interval = f"[{s.interval[0]}, {s.interval[1]}]" if s.interval else "-"
+        probes = f"{s.probes} ({s.reused} reused)" if s.reused else str(s.probes)
+        table.add_row(
+            s.model,
+            s.task,
+            s.method,
+            answer,
+            interval,
+            s.status,
+            probes,
+            _fmt(s.perf_full),
+            _fmt(s.threshold),
+        )
+    console.print(table)
+    console.print(
+        f"{summary.trials_run} trials in {summary.seconds:.0f}s · job {summary.job_id} · "
+        f"run dir {summary.run_dir}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}", soft_wrap=True
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", help="write the compressed model (θ_d, λ) here")
     train.add_argument("--json", action="store_true", help="print one JSON object")
     train.set_defaults(func=cmd_train)
+
+    validate = sub.add_parser("validate", help="check a job spec; touches no cluster or store")
+    validate.add_argument("job", help="job spec YAML")
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="run a job locally (embedded Ray, SQLite MLflow)")
+    run.add_argument("job", help="job spec YAML")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
+    resume.add_argument("job", help="the job spec YAML it was started with")
+    resume.set_defaults(func=cmd_run)
     return parser
 
 
@@ -136,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"sweeper {args.command}: interrupted; `sweeper resume` continues", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -29,22 +29,30 @@ class Compressed:
     metrics: dict[str, float]
 
 
-def save_compressed(
-    path: str | Path, model: SubspaceModel, model_ref: dict, metrics: dict | None = None
-) -> None:
-    tensors = {"theta_d": model.theta_d.detach().contiguous()}
+def tensors(model: SubspaceModel) -> dict[str, torch.Tensor]:
+    """What training produced: θ_d, λ (SAID), and any parameter trained directly."""
+    out = {"theta_d": model.theta_d.detach().contiguous()}
     if model.lam is not None:
-        tensors["lam"] = model.lam.detach().contiguous()
+        out["lam"] = model.lam.detach().contiguous()
     for name, p in model.base.named_parameters():
         if p.requires_grad:
-            tensors[f"head.{name}"] = p.detach().contiguous()
-    meta = {
+            out[f"head.{name}"] = p.detach().contiguous()
+    return out
+
+
+def metadata(model: SubspaceModel, model_ref: dict, metrics: dict | None = None) -> dict[str, str]:
+    return {
         "format": FORMAT,
         "model_ref": json.dumps(model_ref, sort_keys=True),
         "config": json.dumps(model.config.to_dict(), sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
     }
-    save_file(tensors, str(path), metadata=meta)
+
+
+def save_compressed(
+    path: str | Path, model: SubspaceModel, model_ref: dict, metrics: dict | None = None
+) -> None:
+    save_file(tensors(model), str(path), metadata=metadata(model, model_ref, metrics))
 
 
 def load_compressed(path: str | Path) -> Compressed:

@@ -57,6 +57,17 @@ def layer_group(name: str) -> str:
     return name.rpartition(".")[0] or name
 
 
+def group_keys(names: Iterable[str], said_groups: str) -> list[str]:
+    """SAID's group (one λ each) of every projected parameter."""
+    return [layer_group(n) if said_groups == "layer" else n for n in names]
+
+
+def projected_names(base: nn.Module, config: SubspaceConfig, head: Iterable[str]) -> list[str]:
+    """The parameters P writes to: all of them, less the head when it trains directly."""
+    head = tuple(head)
+    return [n for n, _ in base.named_parameters() if not (config.train_head and _is_head(n, head))]
+
+
 def _is_head(name: str, head: Iterable[str]) -> bool:
     return any(name == h or name.startswith(h + ".") for h in head)
 
@@ -69,8 +80,8 @@ class SubspaceModel(nn.Module):
         head = tuple(head)
         self.base = base
         self.config = config
-        named = [(n, p) for n, p in base.named_parameters()]
-        self.projected = [n for n, _ in named if not (config.train_head and _is_head(n, head))]
+        named = list(base.named_parameters())
+        self.projected = projected_names(base, config, head)
         if not self.projected:
             raise ValueError("no parameters left to project")
         for n, p in named:
@@ -78,7 +89,7 @@ class SubspaceModel(nn.Module):
         params = dict(named)
         self.sizes = [params[n].numel() for n in self.projected]
         self.D = sum(self.sizes)
-        keys = [layer_group(n) if config.said_groups == "layer" else n for n in self.projected]
+        keys = group_keys(self.projected, config.said_groups)
         groups = list(dict.fromkeys(keys))
         self.group_names = groups if config.method == "said" else []
         self.group_of = [groups.index(k) for k in keys]

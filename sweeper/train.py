@@ -18,7 +18,7 @@ from torch import nn
 
 from sweeper.errors import SpecError
 from sweeper.projection import KINDS, LAYOUTS
-from sweeper.subspace import SubspaceConfig, SubspaceModel
+from sweeper.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
 from sweeper.tasks import Problem, TrainSettings, build_problem, get_task
 
 METHODS = ("full", "did", "said", "lora")
@@ -126,6 +126,23 @@ def check_trial(spec: TrialSpec) -> None:
             raise SpecError("dim", str(e)) from None
     if spec.train is not None and spec.train.optimizer not in OPTIMIZERS:
         raise SpecError("train.optimizer", f"choose one of {list(OPTIMIZERS)}")
+
+
+def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
+    """Meaningful (smallest, largest) d or r: SAID needs d > T (its λ count), d ≤ D weights,
+    r ≤ the narrowest adapted layer."""
+    if spec.method == "lora":
+        widths = [
+            min(module.in_features, module.out_features)
+            for name, module in problem.model.named_modules()
+            if name.rpartition(".")[2] in problem.lora_targets and isinstance(module, nn.Linear)
+        ]
+        return 1, min(widths, default=1)
+    config = SubspaceConfig(d=1, train_head=spec.train_head, said_groups=spec.said_groups)
+    names = projected_names(problem.model, config, problem.head)
+    sizes = dict((n, p.numel()) for n, p in problem.model.named_parameters())
+    groups = len(set(group_keys(names, spec.said_groups))) if spec.method == "said" else 0
+    return groups + 1, sum(sizes[n] for n in names) + groups
 
 
 def trainable_count(module: nn.Module) -> int:

@@ -184,9 +184,12 @@ class ThresholdSearch:
             outcome=_final_outcome(assessment) if finished else None,
         )
 
-    def result(self) -> SearchResult:
+    def result(self, *, partial: bool = False) -> SearchResult:
+        """The verdict; with ``partial=True`` also mid-search (a wall-time budget ran out):
+        the outcome is then what the probes so far honestly support."""
         assessment = self._assess()
-        if not self._finished(assessment):
+        finished = self._finished(assessment)
+        if not finished and not partial:
             raise RuntimeError(
                 f"search not finished (phase {assessment.phase!r}, "
                 f"{len(self._pending)} probes pending): wait until `finished` is True"
@@ -197,7 +200,7 @@ class ThresholdSearch:
                 list(self._results.values()), self.settings.threshold
             )
         return SearchResult(
-            outcome=_final_outcome(assessment),
+            outcome=_final_outcome(assessment) if finished else assessment.out_of_budget,
             answer=answer,
             interval=interval,
             bracket=assessment.bracket,

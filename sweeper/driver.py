@@ -1,0 +1,266 @@
+"""Run a job: plan → Ray Tune (trials on workers) → MLflow, with live progress in the terminal.
+
+`sweeper run` starts a local Ray in-process (the embedded default); every finished trial is
+written to MLflow at once by the driver, and a rerun or `sweeper resume` replays what MLflow
+already holds, so nothing that finished runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sweeper.plan import JobPlan, Request
+from sweeper.spec import JobSpec, digest
+from sweeper.tracking import Tracker
+
+
+@dataclass
+class SearchSummary:
+    model: str
+    task: str
+    method: str
+    dim_name: str
+    status: str
+    answer: int | None
+    interval: tuple[int, int] | None
+    probes: int
+    reused: int
+    perf_full: float
+    threshold: float
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    tracking_uri: str
+    run_dir: Path
+    searches: list[SearchSummary]
+    trials_run: int
+    seconds: float
+
+
+def job_id(spec: JobSpec) -> str:
+    return f"{spec.name}-{digest(spec.model_dump(mode='json'))[:8]}"
+
+
+def probe_trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: run one probe and report its whole result once."""
+    from ray import tune
+
+    from sweeper.probe import run_probe
+
+    threads = max(1, int(config.get("threads", 1)))
+    tune.report(run_probe(config["request"]["config"], threads=threads))
+
+
+def _workers(spec: JobSpec, cpus: float, gpus: float) -> int:
+    r = spec.resources
+    fit = math.floor(cpus / r.cpus_per_trial)
+    if r.gpus_per_trial > 0:
+        fit = min(fit, math.floor(gpus / r.gpus_per_trial))
+    return max(1, min(fit, r.max_concurrent or fit))
+
+
+class Progress:
+    """The live terminal view: one row per search, plus running and finished counts."""
+
+    def __init__(self, plan: JobPlan, console: Console) -> None:
+        self.plan, self.console = plan, console
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.running: list[Request] = []
+        self.done = 0
+
+    def __rich__(self) -> Group:
+        with self.lock:
+            return self._render()
+
+    def _render(self) -> Group:
+        table = Table(box=None, pad_edge=False)
+        for col in ("search", "phase", "bracket", "probes", "running", "answer"):
+            table.add_column(col)
+        for pair, state in self.plan.searches():
+            running = sum(1 for r in self.running if r.search == state.key)
+            if state.search is None:
+                base = f"{len(pair.results)}/{pair.seeds} baseline seeds"
+                table.add_row(state.key, "baseline", "-", base, str(running), "-")
+                continue
+            status = state.search.status()
+            answer = "-"
+            if status.phase == "done":
+                result = state.search.result()
+                answer = f"{state.dim_name}90={result.answer}" if result.answer else result.outcome
+                answer = answer.replace("not_bracketed_", "not bracketed: ").replace("_", " ")
+            bracket = f"({status.bracket[0]}, {status.bracket[1]}]" if status.bracket else "-"
+            table.add_row(
+                state.key, status.phase, bracket, str(status.probes_done), str(running), answer
+            )
+        elapsed = time.monotonic() - self.started
+        head = Text(
+            f"trials finished {self.done} · running {len(self.running)} · elapsed {elapsed:.0f}s"
+        )
+        return Group(head, table)
+
+
+def _init_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
+    if not address:
+        kwargs["num_cpus"] = os.cpu_count() or 1
+    ray.init(address=address, **kwargs)
+
+
+def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = None) -> JobSummary:
+    """Run (or resume) a job to the end and return its summary; everything is in MLflow."""
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    jid = job_id(spec)
+    tracker = Tracker(spec, jid)
+    cache = tracker.load_cache()
+    if resume and not cache.probes and not cache.baselines:
+        from sweeper.errors import SpecError
+
+        raise SpecError("JOB", f"nothing to resume in {tracker.uri}; start it with `sweeper run`")
+    reused = sum(len(v) for v in cache.probes.values())
+    if reused:
+        console.print(f"resuming: {reused} finished probes found in MLflow will not run again")
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _init_ray(spec)
+    import ray
+    from ray import tune
+
+    resources = ray.cluster_resources()
+    workers = _workers(spec, resources.get("CPU", 1), resources.get("GPU", 0))
+    plan = JobPlan(spec, workers=workers, cache=cache)
+    progress = Progress(plan, console)
+    trials_run = 0
+
+    logged: set[str] = set()
+
+    def finish_ready() -> None:
+        """Write each baseline and search verdict to MLflow as soon as it is final."""
+        for pair in plan.pairs:
+            if pair.done and not pair.pending and pair.key not in logged:
+                tracker.finish_baseline(pair)
+                logged.add(pair.key)
+        for pair, state in plan.searches():
+            if state.search is not None and state.search.finished and state.key not in logged:
+                tracker.finish_search(state, pair, plan.result(state))
+                logged.add(state.key)
+
+    def on_result(request: Request, result: dict[str, Any]) -> None:
+        nonlocal trials_run
+        with progress.lock:
+            row = plan.record(request, result)
+            trials_run += 1
+            progress.done += 1
+        if request.kind == "baseline":
+            parent = tracker.baseline_parent(plan._pair(request.search.rpartition("/")[0]))
+        else:
+            parent = tracker.search_parent(plan._search(request.search))
+        row["run_id"] = tracker.log_trial(parent, request, result)
+        finish_ready()
+
+    def on_change() -> None:
+        with progress.lock:
+            progress.running = searcher.running()
+
+    from sweeper.tune_searcher import PlanSearcher
+
+    searcher = PlanSearcher(plan, on_result, on_change)
+    finish_ready()
+    if not plan.finished:
+        r = spec.resources
+        trainable = tune.with_resources(
+            probe_trainable,
+            {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"threads": max(1, int(r.cpus_per_trial))},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=-1,
+                max_concurrent_trials=workers,
+                reuse_actors=True,
+                time_budget_s=spec.budget.max_wall_seconds,
+            ),
+            run_config=tune.RunConfig(
+                name=jid,
+                storage_path=str((spec.run_dir / "ray_results").resolve()),
+                verbose=0,
+                log_to_file=True,
+            ),
+        )
+        with Live(progress, console=console, refresh_per_second=2, transient=False):
+            tuner.fit()
+        out_of_time = (
+            spec.budget.max_wall_seconds is not None
+            and time.monotonic() - started >= spec.budget.max_wall_seconds
+        )
+        if not plan.finished and not out_of_time:
+            # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
+            raise KeyboardInterrupt("the job stopped before its searches finished")
+    for pair, state in plan.searches():  # a wall-time budget may have cut searches short
+        if state.search is not None and state.key not in logged:
+            tracker.finish_search(state, pair, plan.result(state))
+    summaries = []
+    for pair, state in plan.searches():
+        result = plan.result(state)
+        summaries.append(
+            SearchSummary(
+                model=state.model,
+                task=state.task.name,
+                method=state.method,
+                dim_name=state.dim_name,
+                status=result.outcome if result else "no_baseline",
+                answer=result.answer if result else None,
+                interval=result.interval if result else None,
+                probes=result.probes if result else 0,
+                reused=sum(1 for r in state.records if r.get("reused")),
+                perf_full=pair.perf_full,
+                threshold=state.search.settings.threshold if state.search else math.nan,
+            )
+        )
+    return JobSummary(
+        job_id=jid,
+        tracking_uri=tracker.uri,
+        run_dir=spec.run_dir.resolve(),
+        searches=summaries,
+        trials_run=trials_run,
+        seconds=time.monotonic() - started,
+    )
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM ends the driver like Ctrl-C: Ray shuts down, MLflow keeps every finished probe."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)

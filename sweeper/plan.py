@@ -1,0 +1,303 @@
+"""The job plan: which probes a job still needs, as a pure function of the results so far.
+
+Baselines first (full fine-tuning × seeds → perf_full → threshold), then one ThresholdSearch per
+(model, task, method). Results already in the tracking store (this job interrupted, or another
+job with the same baseline) are replayed in, so nothing that finished is run again. No Ray, no
+MLflow here: the Tune searcher and the tracker are thin shells around this class.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeper.probe import trial_spec
+from sweeper.search import ProbeResult, SearchResult, SearchSettings, ThresholdSearch
+from sweeper.spec import JobSpec, TaskRef, digest
+from sweeper.tasks import TASKS, build_problem
+from sweeper.train import dimension_range
+
+
+def family(config: dict[str, Any]) -> str:
+    """Hash of a trial config less its point and seed: one search, or one baseline."""
+    return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})
+
+
+@dataclass(frozen=True)
+class Request:
+    """One trial to run: a baseline seed or a search probe, with its full probe config."""
+
+    kind: str  # "baseline" | "probe"
+    search: str  # "model/task/method"
+    seed: int
+    point: int | None
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Identity of the probe: a hash of everything that determines its result."""
+        return digest(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("kind", "search", "seed", "point", "config")}
+
+
+@dataclass
+class Cache:
+    """Finished results found in the tracking store, by the hash of the config they ran."""
+
+    baselines: dict[str, dict[int, float]] = field(default_factory=dict)  # hash → seed → metric
+    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # search hash → records
+
+
+@dataclass
+class SearchState:
+    key: str
+    model: str
+    task: TaskRef
+    method: str
+    base_config: dict[str, Any]  # the probe config without point, seed, threshold
+    search: ThresholdSearch | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    search_hash: str | None = None
+
+    @property
+    def dim_name(self) -> str:
+        return "r" if self.method == "lora" else "d"
+
+
+@dataclass
+class PairState:
+    key: str
+    model: str
+    task: TaskRef
+    baseline_config: dict[str, Any]
+    baseline_hash: str
+    seeds: int
+    results: dict[int, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reused: bool = False
+    pending: set[int] = field(default_factory=set)
+    searches: list[SearchState] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) >= self.seeds
+
+    @property
+    def perf_full(self) -> float:
+        finite = [v for v in self.results.values() if math.isfinite(v)]
+        return statistics.fmean(finite) if finite else math.nan
+
+    @property
+    def perf_full_std(self) -> float:
+        finite = [v for v in self.results.values() if math.isfinite(v)]
+        return statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
+    m = getattr(spec.methods, method)
+    train = spec.train_for(method).model_dump(exclude_none=True)
+    lr_search = train.pop("lr_search", None)
+    config = {
+        "task": task.name,
+        "model": model,
+        "task_options": dict(task.options),
+        "method": method,
+        "train": train,
+        "lr_search": lr_search,
+        "stop_on_pass": spec.early_stop.on_pass,
+    }
+    if method in ("did", "said"):
+        config |= {
+            "projection": m.projection,
+            "layout": m.layout,
+            "said_groups": m.said_groups,
+            "train_head": m.train_head,
+        }
+    if method == "lora":
+        config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
+    return config
+
+
+class JobPlan:
+    def __init__(self, spec: JobSpec, workers: int, cache: Cache | None = None) -> None:
+        self.spec = spec
+        self.workers = max(1, workers)
+        self.cache = cache or Cache()
+        self.pairs: list[PairState] = []
+        for model, task in spec.pairs():
+            config = _trial_config(spec, model, task, "full")
+            pair = PairState(
+                key=f"{model}/{task.name}",
+                model=model,
+                task=task,
+                baseline_config=config,
+                baseline_hash=family(config),
+                seeds=spec.seeds.baseline,
+            )
+            for method in spec.methods.searched():
+                if method in TASKS[task.name].methods:
+                    pair.searches.append(
+                        SearchState(
+                            key=f"{model}/{task.name}/{method}",
+                            model=model,
+                            task=task,
+                            method=method,
+                            base_config=_trial_config(spec, model, task, method),
+                        )
+                    )
+            cached = self.cache.baselines.get(pair.baseline_hash, {})
+            for seed in range(pair.seeds):
+                if seed in cached:
+                    pair.results[seed] = cached[seed]
+                    pair.reused = True
+            self.pairs.append(pair)
+            self.start_searches(pair)
+
+    # --- proposing and recording ------------------------------------------------------------
+
+    def propose(self) -> list[Request]:
+        """Every trial that can start now: missing baseline seeds, then each search's round."""
+        out: list[Request] = []
+        for pair in self.pairs:
+            for seed in range(pair.seeds):
+                if seed not in pair.results and seed not in pair.pending:
+                    pair.pending.add(seed)
+                    config = {**pair.baseline_config, "seed": seed, "dim": None}
+                    out.append(Request("baseline", pair.key + "/full", seed, None, config))
+        for pair in self.pairs:
+            for state in pair.searches:
+                if state.search is None:
+                    continue
+                for probe in state.search.propose(self.workers):
+                    config = {
+                        **state.base_config,
+                        "threshold": state.search.settings.threshold,
+                        "dim": probe.point,
+                        "seed": probe.seed,
+                    }
+                    out.append(Request("probe", state.key, probe.seed, probe.point, config))
+        return out
+
+    def record(self, request: Request, result: dict[str, Any]) -> dict[str, Any]:
+        """Take a finished trial's result (see `probe.run_probe`; errors come as nan metrics).
+        Returns the row it adds to the probe table."""
+        row = _record(request, result, reused=False)
+        if request.kind == "baseline":
+            pair = self._pair(request.search.rpartition("/")[0])
+            pair.pending.discard(request.seed)
+            pair.results[request.seed] = row["metric"]
+            pair.records.append(row)
+            self.start_searches(pair)
+            return row
+        state = self._search(request.search)
+        state.search.record(ProbeResult(request.point, request.seed, row["metric"], row["passed"]))
+        state.records.append(row)
+        return row
+
+    def start_searches(self, pair: PairState) -> None:
+        """Once a pair's baseline is complete: its threshold, and a search per method."""
+        if not pair.done:
+            return
+        threshold = self.spec.threshold_fraction * pair.perf_full
+        for state in pair.searches:
+            if state.search is not None or not math.isfinite(threshold):
+                continue
+            m = getattr(self.spec.methods, state.method).search
+            floor, limit = dimension_range(
+                build_problem(pair.task.name, pair.model, pair.task.options),
+                trial_spec({**state.base_config, "seed": 0, "dim": 1}),
+            )
+            hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
+            state.search = ThresholdSearch(
+                SearchSettings(
+                    lo=min(max(m.lo, floor), hi - 1),
+                    hi=hi,
+                    hard_hi=max(limit, hi),
+                    threshold=threshold,
+                    tolerance=self.spec.tolerance,
+                    probe_seeds=self.spec.seeds.probe,
+                    boundary_seeds=self.spec.seeds.boundary,
+                    max_probes=self.spec.budget.max_probes,
+                )
+            )
+            state.search_hash = family({**state.base_config, "threshold": threshold})
+            for record in self.cache.probes.get(state.search_hash, []):
+                state.search.record(
+                    ProbeResult(record["point"], record["seed"], record["metric"], record["passed"])
+                )
+                state.records.append({**record, "reused": True})
+
+    # --- what the job knows now -------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        for pair in self.pairs:
+            if not pair.done or pair.pending:
+                return False
+            for state in pair.searches:
+                if state.search is not None and not state.search.finished:
+                    return False
+        return True
+
+    def search_hash(self, search: str) -> str | None:
+        return self._search(search).search_hash
+
+    def result(self, state: SearchState) -> SearchResult | None:
+        """The search's verdict (partial if a wall-time budget stopped it); None: no baseline."""
+        if state.search is None:
+            return None
+        return state.search.result(partial=True)
+
+    def searches(self) -> list[tuple[PairState, SearchState]]:
+        return [(pair, state) for pair in self.pairs for state in pair.searches]
+
+    def _pair(self, key: str) -> PairState:
+        return next(p for p in self.pairs if p.key == key)
+
+    def _search(self, key: str) -> SearchState:
+        return next(s for p in self.pairs for s in p.searches if s.key == key)
+
+
+def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str, Any]:
+    return {
+        "point": request.point,
+        "seed": request.seed,
+        "metric": float(result.get("metric", math.nan)),
+        "passed": bool(result.get("passed", False)),
+        "outcome": result.get("outcome", "error"),
+        "lr": result.get("lr"),
+        "steps": result.get("steps"),
+        "seconds": result.get("seconds"),
+        "trainable_params": result.get("trainable_params"),
+        "reused": reused,
+    }
+
+
+def plan_state(plan: JobPlan) -> dict[str, Any]:
+    """The plan as plain JSON: baseline results and each search's state (pending dropped —
+    a restored job re-runs whatever was in flight)."""
+    return {
+        "baselines": {p.key: {str(s): m for s, m in p.results.items()} for p in plan.pairs},
+        "searches": {
+            s.key: {"state": s.search.state_dict(), "records": s.records}
+            for _, s in plan.searches()
+            if s.search is not None
+        },
+    }
+
+
+def load_plan_state(plan: JobPlan, state: dict[str, Any]) -> None:
+    for pair in plan.pairs:
+        for seed, metric in state["baselines"].get(pair.key, {}).items():
+            pair.results[int(seed)] = math.nan if metric is None else float(metric)
+        plan.start_searches(pair)
+    for _, search in plan.searches():
+        saved = state["searches"].get(search.key)
+        if saved is None or search.search is None:
+            continue
+        search.search = ThresholdSearch.from_state_dict({**saved["state"], "pending": []})
+        search.records = list(saved["records"])

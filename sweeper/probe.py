@@ -1,0 +1,117 @@
+"""One probe as a Tune trial sees it: a JSON config in, a JSON result out.
+
+A probe is one (search, point, seed): train at d (or r) — with the job's fixed learning rate or
+the best of a small Optuna search over it — and say whether the metric reached the threshold.
+Everything here is plain data so that the same config runs in-process, in a Ray worker, or
+again after a crash with the same result.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import asdict, replace
+from typing import Any
+
+from sweeper.tasks import TrainSettings, build_problem
+from sweeper.train import TrialResult, TrialSpec, run_trial
+
+
+def trial_spec(config: dict[str, Any], lr: float | None = None) -> TrialSpec:
+    """The TrialSpec a probe config describes; `lr` overrides its learning rate."""
+    problem = build_problem(config["task"], config["model"], config["task_options"])
+    train = TrainSettings(**{**asdict(problem.train_defaults(config["method"])), **config["train"]})
+    if lr is not None:
+        train = replace(train, lr=lr)
+    return TrialSpec(
+        task=config["task"],
+        model=config["model"],
+        method=config["method"],
+        dim=config.get("dim"),
+        seed=config["seed"],
+        task_options=config["task_options"],
+        projection=config.get("projection", "fastfood"),
+        layout=config.get("layout", "global"),
+        said_groups=config.get("said_groups", "layer"),
+        train_head=config.get("train_head", False),
+        lora_alpha=config.get("lora_alpha"),
+        lora_dropout=config.get("lora_dropout", 0.0),
+        train=train,
+        threshold=config.get("threshold") if config.get("stop_on_pass", True) else None,
+    )
+
+
+def _compressed_b64(result: TrialResult, config: dict[str, Any]) -> str | None:
+    """θ_d (and λ) of a passing subspace probe, as a base64 safetensors file of a few KB."""
+    if config["method"] not in ("did", "said") or result.module is None:
+        return None
+    from safetensors.torch import save
+
+    from sweeper.compressed import metadata, tensors
+
+    problem = build_problem(config["task"], config["model"], config["task_options"])
+    meta = metadata(result.module, problem.model_ref, {result.metric_name: result.metric})
+    return base64.b64encode(save(tensors(result.module), metadata=meta)).decode()
+
+
+def _summary(result: TrialResult, config: dict[str, Any], lr: float) -> dict[str, Any]:
+    threshold = config.get("threshold")
+    passed = threshold is not None and math.isfinite(result.metric) and result.metric >= threshold
+    outcome = result.outcome
+    if outcome in ("pass", "fail", "completed") and threshold is not None:
+        outcome = "pass" if passed else "fail"
+    return {
+        "metric": result.metric,
+        "metric_name": result.metric_name,
+        "passed": passed,
+        "outcome": outcome,
+        "D": result.D,
+        "trainable_params": result.trainable_params,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "lr": lr,
+        "history": result.history,
+        "compressed": _compressed_b64(result, config) if passed else None,
+    }
+
+
+def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Train the probe; with an LR search, the best of `tries` Optuna-chosen rates counts."""
+    search = config.get("lr_search")
+    if not search:
+        spec = trial_spec(config)
+        return _summary(run_trial(spec, threads=threads), config, spec.train.lr)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config["seed"])
+    )
+    best: tuple[TrialResult, float] | None = None
+    seconds = 0.0
+    for _ in range(search["tries"]):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", search["low"], search["high"], log=True)
+        result = run_trial(trial_spec(config, lr), threads=threads)
+        seconds += result.seconds
+        if math.isfinite(result.metric):
+            study.tell(trial, result.metric)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if best is None or (result.metric > best[0].metric) or not math.isfinite(best[0].metric):
+            best = (result, lr)
+        if result.passed:
+            break
+    result, lr = best
+    summary = _summary(result, config, lr)
+    summary["seconds"] = seconds
+    summary["lr_tries"] = len(study.trials)
+    return summary
+
+
+def decode_compressed(b64: str, path: str) -> None:
+    """Write a probe's base64 compressed model to `path`."""
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(b64))
+

@@ -1,0 +1,72 @@
+"""The Ray Tune `Searcher`: a thin shell that feeds `JobPlan` requests to Tune as trials.
+
+Tune asks `suggest` whenever a worker is free; the plan decides what to run (baseline seeds,
+then each search's k-section rounds). Finished trials go back to the plan and to `on_result`
+(the driver's MLflow + progress hook), all in the driver process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from sweeper.plan import JobPlan, Request, load_plan_state, plan_state
+
+ResultHook = Callable[[Request, dict[str, Any]], None]
+
+
+def error_result(message: str = "trial raised an error") -> dict[str, Any]:
+    """What a crashed trial counts as: a failed probe with no metric (never a pass)."""
+    return {"metric": math.nan, "passed": False, "outcome": "error", "error": message}
+
+
+class PlanSearcher(Searcher):
+    def __init__(self, plan: JobPlan, on_result: ResultHook, on_change: Callable[[], None]):
+        super().__init__(metric="metric", mode="max")
+        self.plan = plan
+        self.on_result = on_result
+        self.on_change = on_change
+        self.queue: deque[Request] = deque()
+        self.live: dict[str, Request] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.queue:
+            self.queue.extend(self.plan.propose())
+        if self.queue:
+            request = self.queue.popleft()
+            self.live[trial_id] = request
+            self.on_change()
+            return {"request": request.to_dict()}
+        if not self.live:
+            # Nothing running and nothing to propose: the plan is finished (or a budget ended).
+            return Searcher.FINISHED
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        request = self.live.pop(trial_id, None)
+        if request is None:
+            return
+        if error or not result or "outcome" not in result:
+            result = error_result()
+        self.on_result(request, result)
+        self.on_change()
+
+    def running(self) -> list[Request]:
+        return list(self.live.values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its searcher with the experiment; the driver's hooks stay behind."""
+        return {**self.__dict__, "on_result": None, "on_change": None, "queue": deque(), "live": {}}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(plan_state(self.plan), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            load_plan_state(self.plan, json.load(f))

@@ -1,0 +1,190 @@
+"""The sweep engine end to end: real Ray, real MLflow (SQLite), real signals. No mocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sweeper.driver import run_job
+from sweeper.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+GROUPS = 6
+
+
+def toy_job(run_dir: Path, name: str = "toy", methods=("did", "said"), **extra) -> dict:
+    return {
+        "name": name,
+        "grid": [
+            {"models": ["vector"], "tasks": [{"name": "toy-sums", "options": {"groups": GROUPS}}]}
+        ],
+        "methods": {m: {"search": {"lo": 2, "hi": 64}} for m in methods},
+        "seeds": {"baseline": 1, "probe": 1, "boundary": 2},
+        "tolerance": 0.05,
+        "budget": {"max_probes": 20},
+        "tracking": {"run_dir": str(run_dir)},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, ray_session):
+    run_dir = tmp_path_factory.mktemp("toy")
+    spec = parse_spec(toy_job(run_dir))
+    return spec, run_job(spec)
+
+
+def runs(uri: str, filter_string: str) -> list:
+    client = MlflowClient(uri)
+    exp = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exp, filter_string, max_results=10_000)
+
+
+def test_toy_sums_answers_are_exact(toy_run):
+    _, summary = toy_run
+    answers = {s.method: (s.status, s.answer) for s in summary.searches}
+    assert answers["did"] == ("found", GROUPS)
+    assert answers["said"] == ("found", GROUPS + 1)  # T = 1 λ on the one-tensor problem
+
+
+def test_mlflow_holds_one_parent_per_search_and_one_child_per_probe(toy_run):
+    _, summary = toy_run
+    parents = runs(summary.tracking_uri, "tags.kind = 'search'")
+    assert sorted(p.data.tags["method"] for p in parents) == ["did", "said"]
+    for parent in parents:
+        data = parent.data
+        assert parent.info.status == "FINISHED" and data.tags["status"] == "found"
+        assert data.metrics["d90"] in (GROUPS, GROUPS + 1)
+        assert data.metrics["perf_full"] == 1.0 and data.metrics["threshold"] == 0.9
+        assert {"d90_lo", "d90_hi", "probes"} <= set(data.metrics)
+        children = runs(summary.tracking_uri, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert len(children) == data.metrics["probes"]
+        keys = [c.data.tags["config_hash"] for c in children]
+        assert len(set(keys)) == len(keys)  # every probe exactly once
+        for child in children:
+            params = child.data.params
+            assert {
+                "method",
+                "d",
+                "lr",
+                "seed",
+                "projection",
+                "model",
+                "task",
+                "D",
+                "trainable_params",
+            } <= set(params)
+            assert child.data.tags["outcome"] in ("pass", "fail", "diverged", "stopped")
+            assert "eval/solved" in child.data.metrics and "train/loss" in child.data.metrics
+            assert child.data.tags["job_id"] == summary.job_id
+
+
+def test_probe_table_and_smallest_passing_theta_d_are_artifacts(toy_run, tmp_path):
+    _, summary = toy_run
+    client = MlflowClient(summary.tracking_uri)
+    parent = runs(summary.tracking_uri, "tags.kind = 'search' and tags.method = 'did'")[0]
+    table = pq.read_table(client.download_artifacts(parent.info.run_id, "probes.parquet", tmp_path))
+    rows = table.to_pylist()
+    assert len(rows) == parent.data.metrics["probes"]
+    assert min(r["point"] for r in rows if r["passed"]) == GROUPS
+    compressed = client.download_artifacts(parent.info.run_id, "compressed", tmp_path)
+    from sweeper.compressed import restore
+
+    problem, model = restore(Path(compressed) / "theta_d.safetensors")
+    assert model.config.d == GROUPS
+    assert problem.evaluate(model)["solved"] == 1.0  # the few-KB file reproduces the result
+
+
+def test_second_job_reuses_the_cached_baseline(toy_run):
+    spec, first = toy_run
+    job = toy_job(spec.run_dir, name="toy-again", methods=("did",))
+    job["tracking"]["uri"] = first.tracking_uri
+    summary = run_job(parse_spec(job))
+    baseline = runs(first.tracking_uri, "tags.kind = 'baseline'")
+    assert any(b.data.tags.get("reused") == "true" for b in baseline)
+    assert summary.trials_run == summary.searches[0].probes  # probes only: no baseline trial
+    assert summary.searches[0].answer == GROUPS
+
+
+def _finished_probe_runs(uri: str) -> list:
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    try:
+        return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
+    except Exception:
+        return []
+
+
+def test_resume_after_sigterm_reruns_nothing_and_matches(tmp_path, toy_run):
+    _, uninterrupted = toy_run
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(toy_job(tmp_path / "run")))
+    uri = f"sqlite:///{(tmp_path / 'run' / 'mlflow.db').resolve()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "sweeper.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "run", str(job_file)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 240
+    while len(_finished_probe_runs(uri)) < 4:
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    before = {r.data.tags["config_hash"] for r in _finished_probe_runs(uri)}
+    assert proc.returncode != 0 and before
+
+    done = subprocess.run(
+        [*cmd, "resume", str(job_file)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "will not run again" in done.stdout + done.stderr
+    after = _finished_probe_runs(uri)
+    hashes = [r.data.tags["config_hash"] for r in after]
+    assert len(hashes) == len(set(hashes))  # no finished probe ran twice
+    assert before <= set(hashes)
+    parents = runs(uri, "tags.kind = 'search'")
+    answers = {p.data.tags["method"]: p.data.metrics.get("d90") for p in parents}
+    expected = {s.method: s.answer for s in uninterrupted.searches}
+    assert answers == expected
+
+
+def test_resume_without_a_previous_run_is_a_usage_error(tmp_path):
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(toy_job(tmp_path / "run", name="never-ran")))
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "resume", str(job_file)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "nothing to resume" in done.stderr
