@@ -109,6 +109,7 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
         "train": train,
         "lr_search": lr_search,
         "stop_on_pass": spec.early_stop.on_pass,
+        "patience": spec.early_stop.hopeless_patience,
     }
     if method in ("did", "said"):
         config |= {

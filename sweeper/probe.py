@@ -38,6 +38,7 @@ def trial_spec(config: dict[str, Any], lr: float | None = None) -> TrialSpec:
         lora_dropout=config.get("lora_dropout", 0.0),
         train=train,
         threshold=config.get("threshold") if config.get("stop_on_pass", True) else None,
+        patience=config.get("patience"),
     )
 
 

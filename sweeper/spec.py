@@ -143,6 +143,10 @@ class Budget(_Strict):
 
 class EarlyStop(_Strict):
     on_pass: bool = True  # stop a probe as soon as it reaches the threshold
+    # Stop a probe whose metric has not improved for this many evaluations while below the
+    # threshold (counts as a fail). Off by default: its effect on answers is measured in
+    # bench/search.py, not assumed.
+    hopeless_patience: Annotated[int, Field(ge=1)] | None = None
 
 
 class Tracking(_Strict):

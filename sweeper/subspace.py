@@ -132,3 +132,18 @@ class SubspaceModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return functional_call(self.base, self.effective_parameters(), args, kwargs, strict=False)
+
+    @torch.no_grad()
+    def rebalance(self) -> None:
+        """Move SAID's scale symmetry back to mean |λ| = 1 without changing the function.
+
+        λ_g · P(θ_d) = (λ_g / c) · P(c θ_d) for any c > 0 (P is linear). An optimiser can
+        drift along that valley towards λ → 0, where θ_d's gradient vanishes; restarted
+        L-BFGS calls this before each restart.
+        """
+        if self.lam is None:
+            return
+        scale = self.lam.abs().mean()
+        if scale > 0 and torch.isfinite(scale):
+            self.lam.div_(scale)
+            self.theta_d.mul_(scale)

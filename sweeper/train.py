@@ -46,6 +46,7 @@ class TrialSpec:
     lora_dropout: float = 0.0
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # stop as soon as the metric reaches it (a pass)
+    patience: int | None = None  # stop below threshold after this many evals without a new best
 
 
 @dataclass
@@ -161,8 +162,8 @@ def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch
         return torch.optim.LBFGS(
             params,
             lr=settings.lr,
-            max_iter=20,
-            history_size=50,
+            max_iter=100,
+            history_size=100,
             line_search_fn="strong_wolfe",
             tolerance_grad=1e-12,
             tolerance_change=1e-16,
@@ -193,14 +194,17 @@ def run_trial(
         return loss
 
     history: list[dict[str, float]] = []
-    best, loss_value, outcome, step = -math.inf, math.nan, None, 0
+    best, loss_value, outcome, step, stale = -math.inf, math.nan, None, 0, 0
     module.train()
     for step in range(1, settings.steps + 1):
         batch = next(batches)
         if settings.optimizer == "lbfgs":
-            # Restarted L-BFGS: a fresh curvature memory each step. Kept across steps, it fits
-            # SAID's bilinear λ·θ_d valley and stalls (toy-sums at d = groups + T: 13/15
-            # solved with memory, 15/15 restarted).
+            # Restarted L-BFGS (a fresh memory every step of up to 100 iterations), with
+            # SAID's λ·θ_d scale symmetry rebalanced at each restart: otherwise it drifts to
+            # λ → 0 and stalls. Measured on toy-sums (groups 5–30, 4 seeds, DID at groups and
+            # SAID at groups + 1, each also one below): 64/64 right; 58/64 with 20 iterations.
+            if isinstance(module, SubspaceModel):
+                module.rebalance()
             optimizer = make_optimizer(settings, params)
             loss_value = float(optimizer.step(compute_loss).detach())
         else:
@@ -215,11 +219,15 @@ def run_trial(
         metrics = problem.evaluate(module)
         module.train()
         history.append({"step": step, "train/loss": loss_value, **metrics})
+        stale = stale + 1 if metrics[problem.metric] <= best else 0
         best = max(best, metrics[problem.metric])
         if report is not None and report(step, metrics):
             outcome = "stopped"
             break
         if spec.threshold is not None and metrics[problem.metric] >= spec.threshold:
+            break
+        if spec.patience is not None and stale >= spec.patience:
+            outcome = "stopped"  # a plateau below the bar: it is not going to get there
             break
     if outcome is None:
         if spec.threshold is None:

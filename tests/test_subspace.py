@@ -96,3 +96,15 @@ def test_every_projection_and_layout_trains(layout, projection):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_rebalance_keeps_the_function_and_sets_mean_lambda_to_one():
+    model = SubspaceModel(Tiny(), SubspaceConfig(d=10, method="said"))
+    with torch.no_grad():
+        model.theta_d.normal_()
+        model.lam.copy_(torch.tensor([0.01, 0.03]))
+    x = torch.randn(4, 4)
+    before = model(x)
+    model.rebalance()
+    torch.testing.assert_close(model(x), before)
+    assert model.lam.abs().mean().item() == pytest.approx(1.0)

@@ -148,3 +148,12 @@ def test_compressed_model_with_trained_head_round_trip(tmp_path):
     problem, model = restore(path)
     model.eval()
     assert problem.evaluate(model)["accuracy"] == pytest.approx(result.history[-1]["accuracy"])
+
+
+def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
+    from sweeper.tasks import TrainSettings
+
+    settings = TrainSettings(optimizer="adam", lr=0.05, steps=400, eval_every=10)
+    spec = TrialSpec("digits", "mlp", "did", 3, train=settings, threshold=0.99, patience=2)
+    result = run_trial(spec)
+    assert result.outcome == "stopped" and result.steps < 400 and not result.passed

@@ -1,0 +1,225 @@
+"""Adaptive threshold search vs the papers' protocol, and Ray's per-trial overhead.
+
+    python bench/search.py [--quick]
+
+For each case: the compute (probes, trial-seconds) our searcher spends to reach its answer
+versus a 10-point log grid from lo to hi with every point × seeds (Li et al.; Aghajanyan et
+al.), same baseline, same trial code, same run. Trials are memoised by config, and each protocol
+is charged the seconds of every probe it uses, so sharing a probe saves wall time, not charge.
+Then the Ray Tune overhead per trial: one small job through `sweeper run`'s driver, its wall
+time × workers against the trials' own seconds. Prints tables, writes bench/results/search.json.
+Goal (issue 3): ≤ 40 % of the grid's compute for the same answer (± tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweeper.plan import JobPlan, Request
+from sweeper.probe import run_probe
+from sweeper.spec import digest, parse_spec
+
+_memo: dict[str, dict] = {}
+
+
+def probe(config: dict) -> dict:
+    key = digest(config)
+    if key not in _memo:
+        _memo[key] = run_probe(config, threads=1)
+    return _memo[key]
+
+
+def job(task: dict, model: str, method: str, lo: int, hi: int, **extra) -> dict:
+    return {
+        "name": "bench",
+        "grid": [{"models": [model], "tasks": [task]}],
+        "methods": {method: {"search": {"lo": lo, "hi": hi}}},
+        "seeds": {"baseline": 2, "probe": 1, "boundary": 3},
+        "tolerance": 0.1,
+        "budget": {"max_probes": 60},
+        **extra,
+    }
+
+
+def adaptive(spec_dict: dict, workers: int = 2) -> dict:
+    plan = JobPlan(parse_spec(spec_dict), workers=workers)
+    charged, probes = 0.0, 0
+    while not plan.finished:
+        requests: list[Request] = plan.propose()
+        if not requests:
+            break
+        for request in requests:
+            result = probe(request.config)
+            plan.record(request, result)
+            if request.kind == "probe":
+                charged += result["seconds"]
+                probes += 1
+    ((_, state),) = plan.searches()
+    result = plan.result(state)
+    return {
+        "answer": result.answer,
+        "interval": result.interval,
+        "outcome": result.outcome,
+        "probes": probes,
+        "trial_seconds": charged,
+        "plan": plan,
+        "state": state,
+    }
+
+
+def grid(plan: JobPlan, state, lo: int, hi: int, seeds: int, points: int = 10) -> dict:
+    settings = state.search.settings
+    grid_points = sorted({round(float(x)) for x in np.geomspace(settings.lo, settings.hi, points)})
+    charged, probes, answer = 0.0, 0, None
+    for point in grid_points:
+        passes = 0
+        for seed in range(seeds):
+            config = {
+                **state.base_config,
+                "threshold": settings.threshold,
+                "dim": point,
+                "seed": seed,
+            }
+            result = probe(config)
+            charged += result["seconds"]
+            probes += 1
+            passes += bool(result["passed"])
+        if answer is None and 2 * passes >= seeds:
+            answer = point
+    return {"answer": answer, "probes": probes, "trial_seconds": charged, "points": grid_points}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer cases")
+    parser.add_argument("--out", default="bench/results/search.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cases = [
+        ("toy-sums g=5", {"name": "toy-sums", "options": {"groups": 5}}, "vector", "did", 2, 1000),
+        (
+            "toy-sums g=10",
+            {"name": "toy-sums", "options": {"groups": 10}},
+            "vector",
+            "did",
+            2,
+            1000,
+        ),
+        (
+            "toy-sums g=20",
+            {"name": "toy-sums", "options": {"groups": 20}},
+            "vector",
+            "did",
+            2,
+            1000,
+        ),
+        ("digits did", {"name": "digits"}, "mlp", "did", 2, 4096),
+    ]
+    if args.quick:
+        cases = cases[1:2] + cases[3:]
+    rows = []
+    print(
+        f"{'case':<16}{'answer':>8}{'grid ans':>9}{'probes':>8}{'grid pr':>8}"
+        f"{'trial-s':>9}{'grid s':>8}{'fraction':>9}"
+    )
+    for name, task, model, method, lo, hi in cases:
+        a = adaptive(job(task, model, method, lo, hi))
+        g = grid(a["plan"], a["state"], lo, hi, seeds=3)
+        fraction = a["trial_seconds"] / g["trial_seconds"]
+        rows.append(
+            {
+                "case": name,
+                **{k: v for k, v in a.items() if k not in ("plan", "state")},
+                "grid": g,
+                "fraction_of_grid_compute": fraction,
+            }
+        )
+        print(
+            f"{name:<16}{a['answer']!s:>8}{g['answer']!s:>9}{a['probes']:>8}{g['probes']:>8}"
+            f"{a['trial_seconds']:>9.1f}{g['trial_seconds']:>8.1f}{fraction:>9.2f}",
+            flush=True,
+        )
+
+    # Hopeless-probe stopping: same case, with and without, answer and compute side by side.
+    digits = {"name": "digits"}
+    off = adaptive(job(digits, "mlp", "did", 2, 4096))
+    on = adaptive(job(digits, "mlp", "did", 2, 4096, early_stop={"hopeless_patience": 3}))
+    hopeless = {
+        "answer_off": off["answer"],
+        "answer_on": on["answer"],
+        "trial_seconds_off": off["trial_seconds"],
+        "trial_seconds_on": on["trial_seconds"],
+    }
+    print(
+        f"hopeless-stop (patience 3) on digits did: answer {off['answer']} → {on['answer']}, "
+        f"trial-seconds {off['trial_seconds']:.1f} → {on['trial_seconds']:.1f}"
+    )
+
+    overhead = measure_ray_overhead()
+    print(
+        f"ray: {overhead['trials']} trials, wall {overhead['wall_seconds']:.1f}s on "
+        f"{overhead['workers']} workers, trial-seconds {overhead['trial_seconds']:.1f}; "
+        f"overhead {overhead['overhead_per_trial']:.2f}s per trial = "
+        f"{overhead['overhead_share']:.0%} of mean trial time {overhead['mean_trial']:.2f}s"
+    )
+    out = {"cases": rows, "hopeless_stop": hopeless, "ray": overhead}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {args.out}")
+
+
+def measure_ray_overhead() -> dict:
+    """Wall × workers − Σ trial seconds, per trial, for a small job through the real driver."""
+    from rich.console import Console
+
+    from sweeper import driver
+
+    seconds: list[float] = []
+    original = driver.Tracker.log_trial
+
+    def counting(self, parent_id, request, result):
+        seconds.append(float(result.get("seconds", math.nan)))
+        return original(self, parent_id, request, result)
+
+    driver.Tracker.log_trial = counting
+    run_dir = Path(tempfile.mkdtemp(prefix="sweeper-bench-"))
+    spec = parse_spec(
+        {
+            **job({"name": "toy-sums", "options": {"groups": 8}}, "vector", "did", 2, 256),
+            "tracking": {"run_dir": str(run_dir)},
+        }
+    )
+    driver._init_ray(spec)
+    import ray
+
+    workers = int(ray.cluster_resources().get("CPU", 1))
+    started = time.perf_counter()
+    summary = driver.run_job(spec, console=Console(quiet=True))
+    wall = time.perf_counter() - started
+    driver.Tracker.log_trial = original
+    shutil.rmtree(run_dir, ignore_errors=True)
+    trial_seconds = sum(seconds)
+    n = max(1, summary.trials_run)
+    per_trial = (wall * workers - trial_seconds) / n
+    return {
+        "wall_seconds": wall,
+        "trials": summary.trials_run,
+        "workers": workers,
+        "trial_seconds": trial_seconds,
+        "overhead_per_trial": per_trial,
+        "mean_trial": trial_seconds / n,
+        "overhead_share": per_trial / (trial_seconds / n),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The README's main job, as a newcomer runs it (in a temporary run dir): real Ray and MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeper.driver import run_job
+from sweeper.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+JOB = Path(__file__).parents[1] / "jobs" / "quickstart.yaml"
+
+
+def test_quickstart_finds_the_known_answers_and_compares_d90_with_r90(tmp_path):
+    import ray
+
+    data = yaml.safe_load(JOB.read_text())
+    data["tracking"] = {"run_dir": str(tmp_path)}
+    try:
+        summary = run_job(parse_spec(data))
+    finally:
+        ray.shutdown()
+    found = {(s.task, s.method): s for s in summary.searches}
+    assert found["toy-sums", "did"].answer == 10  # groups: the exact intrinsic dimension
+    assert found["toy-sums", "said"].answer == 11  # groups + its one λ
+    for method in ("did", "said"):
+        search = found["digits", method]
+        assert search.status == "found" and 2 < search.answer < 1024
+        assert search.interval[0] <= search.answer <= search.interval[1]
+    assert found["digits", "lora"].status in ("found", "not_bracketed_lo_passes")
+    assert summary.seconds < 600  # the issue's bound for the quickstart on 2 cores
