@@ -50,22 +50,35 @@ def _fwht(x):
 
 @njit(cache=True)
 def _signs(key, out):
+    """B into out: one hash per 32 elements (as `generator.sign`)."""
     skey = gen.stream_key(key, gen.STREAM_SIGN)
-    for k in range(out.shape[0]):
-        out[k] = gen.sign(skey, k)
+    n = out.shape[0]
+    for w in range((n + 31) // 32):
+        word = gen.bits(skey, w)
+        for t in range(min(32, n - 32 * w)):
+            out[32 * w + t] = 1.0 - 2.0 * ((word >> t) & 1)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def _gauss(key, table, out, scale_of_D):
-    """G · scale into out, where scale = column_norm / (‖G‖ √D) needs all of G first."""
+    """G · scale into out (as `generator.gauss_index`), where scale = column_norm / (‖G‖ √D)
+    needs all of G first. One hash per two elements; fastmath only reorders the ‖G‖² sum."""
     skey = gen.stream_key(key, gen.STREAM_GAUSS)
+    n = out.shape[0]
     total = 0.0
-    for k in range(out.shape[0]):
-        g = table[gen.gauss_index(skey, k)]
-        out[k] = g
-        total += g * g
+    for p in range(n // 2):
+        word = gen.bits(skey, p)
+        g0 = table[word & 0xFFFF]
+        g1 = table[(word >> gen.GAUSS_BITS) & 0xFFFF]
+        out[2 * p] = g0
+        out[2 * p + 1] = g1
+        total += g0 * g0 + g1 * g1
+    if n & 1:  # n = 1
+        g0 = table[gen.bits(skey, n // 2) & 0xFFFF]
+        out[n - 1] = g0
+        total += g0 * g0
     scale = scale_of_D / math.sqrt(total)
-    for k in range(out.shape[0]):
+    for k in range(n):
         out[k] *= scale
 
 
