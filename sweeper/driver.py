@@ -180,9 +180,9 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
             trials_run += 1
             progress.done += 1
         if request.kind == "baseline":
-            parent = tracker.baseline_parent(plan._pair(request.search.rpartition("/")[0]))
+            parent = tracker.baseline_parent(plan.pair_of(request))
         else:
-            parent = tracker.search_parent(plan._search(request.search))
+            parent = tracker.search_parent(plan.search_of(request))
         row["run_id"] = tracker.log_trial(parent, request, result)
         finish_ready()
 

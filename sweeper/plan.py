@@ -188,13 +188,13 @@ class JobPlan:
         Returns the row it adds to the probe table."""
         row = _record(request, result, reused=False)
         if request.kind == "baseline":
-            pair = self._pair(request.search.rpartition("/")[0])
+            pair = self.pair_of(request)
             pair.pending.discard(request.seed)
             pair.results[request.seed] = row["metric"]
             pair.records.append(row)
             self.start_searches(pair)
             return row
-        state = self._search(request.search)
+        state = self.search_of(request)
         state.search.record(ProbeResult(request.point, request.seed, row["metric"], row["passed"]))
         state.records.append(row)
         return row
@@ -244,9 +244,6 @@ class JobPlan:
                     return False
         return True
 
-    def search_hash(self, search: str) -> str | None:
-        return self._search(search).search_hash
-
     def result(self, state: SearchState) -> SearchResult | None:
         """The search's verdict (partial if a wall-time budget stopped it); None: no baseline."""
         if state.search is None:
@@ -256,11 +253,12 @@ class JobPlan:
     def searches(self) -> list[tuple[PairState, SearchState]]:
         return [(pair, state) for pair in self.pairs for state in pair.searches]
 
-    def _pair(self, key: str) -> PairState:
+    def pair_of(self, request: Request) -> PairState:
+        key = request.search.rpartition("/")[0] if request.kind == "baseline" else None
         return next(p for p in self.pairs if p.key == key)
 
-    def _search(self, key: str) -> SearchState:
-        return next(s for p in self.pairs for s in p.searches if s.key == key)
+    def search_of(self, request: Request) -> SearchState:
+        return next(s for p in self.pairs for s in p.searches if s.key == request.search)
 
 
 def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str, Any]:

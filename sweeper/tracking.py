@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +89,6 @@ class Tracker:
             seeds = cache.baselines.setdefault(run.data.tags["baseline_hash"], {})
             seeds[int(run.data.params["seed"])] = run.data.metrics.get("metric", math.nan)
         return cache
-
-    def count_finished(self, kind: str = "probe") -> dict[str, int]:
-        """Finished child runs per config hash (to check that nothing ran twice)."""
-        counts: dict[str, int] = defaultdict(int)
-        for run in self._runs(
-            [self.experiment_id], f"tags.kind = '{kind}' and attributes.status = 'FINISHED'"
-        ):
-            counts[run.data.tags["config_hash"]] += 1
-        return dict(counts)
 
     # --- writing ----------------------------------------------------------------------------
 
