@@ -219,6 +219,8 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
         )
         with Live(progress, console=console, refresh_per_second=2, transient=False):
             tuner.fit()
+        if searcher.failure is not None:
+            raise searcher.failure
         out_of_time = (
             spec.budget.max_wall_seconds is not None
             and time.monotonic() - started >= spec.budget.max_wall_seconds

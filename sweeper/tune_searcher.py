@@ -33,8 +33,11 @@ class PlanSearcher(Searcher):
         self.on_change = on_change
         self.queue: deque[Request] = deque()
         self.live: dict[str, Request] = {}
+        self.failure: BaseException | None = None  # a driver-side error: end the job, re-raise
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.failure is not None:
+            return Searcher.FINISHED
         if not self.queue:
             self.queue.extend(self.plan.propose())
         if self.queue:
@@ -53,15 +56,19 @@ class PlanSearcher(Searcher):
             return
         if error or not result or "outcome" not in result:
             result = error_result()
-        self.on_result(request, result)
-        self.on_change()
+        try:
+            self.on_result(request, result)
+            self.on_change()
+        except Exception as e:  # Tune would log and carry on; a lost result must stop the job
+            self.failure = e
 
     def running(self) -> list[Request]:
         return list(self.live.values())
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its searcher with the experiment; the driver's hooks stay behind."""
-        return {**self.__dict__, "on_result": None, "on_change": None, "queue": deque(), "live": {}}
+        hooks = {"on_result": None, "on_change": None, "failure": None}
+        return {**self.__dict__, **hooks, "queue": deque(), "live": {}}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:
