@@ -14,16 +14,28 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from sweeper.plan import Cache, PairState, Request, SearchState, family
-from sweeper.search import SearchResult
-from sweeper.spec import JobSpec
+if TYPE_CHECKING:  # the dashboard reads through this module without importing torch
+    from sweeper.plan import Cache, PairState, Request, SearchState
+    from sweeper.search import SearchResult
+    from sweeper.spec import JobSpec
 
 PAGE = 10_000
+
+
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run matching the filter, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def default_uris(spec: JobSpec) -> tuple[str, str]:
@@ -54,18 +66,12 @@ class Tracker:
     # --- reading back -----------------------------------------------------------------------
 
     def _runs(self, experiment_ids: list[str], filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs(
-                experiment_ids, filter_string, max_results=PAGE, page_token=token
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return all_runs(self.client, experiment_ids, filter_string)
 
     def load_cache(self) -> Cache:
         """Finished probes of this experiment, and finished baseline seeds of any experiment."""
+        from sweeper.plan import Cache
+
         cache = Cache()
         finished = "attributes.status = 'FINISHED'"
         for run in self._runs([self.experiment_id], f"tags.kind = 'probe' and {finished}"):
@@ -147,6 +153,8 @@ class Tracker:
             "passed": str(bool(result.get("passed"))).lower(),
             "point": str(request.point),
         }
+        from sweeper.plan import family
+
         tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)
         params = {
             "method": config["method"],
@@ -159,6 +167,7 @@ class Tracker:
             "projection": config.get("projection", "-"),
             "layout": config.get("layout", "-"),
             "optimizer": config["train"].get("optimizer", "task default"),
+            "metric_name": result.get("metric_name"),
         }
         if request.point is not None:
             params[dim_name] = request.point

@@ -1,0 +1,197 @@
+"""`sweeper report` and `sweeper dashboard`: MLflow → one HTML file, or the same views live.
+
+`register(subparsers)` adds both subcommands to the main `sweeper` parser; misuse raises
+`SpecError` naming the argument, which the CLI turns into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sweeper.errors import SpecError
+
+DEFAULT_PORT = 8050
+
+
+def register(subparsers) -> None:
+    from sweeper.dashboard.data import DEFAULT_MLFLOW_UI
+
+    report = subparsers.add_parser(
+        "report", help="write one self-contained HTML report (charts, table) from MLflow"
+    )
+    report.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="job name(s)")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
+    report.add_argument("--csv", metavar="PATH", help="also write the summary table as CSV")
+    report.add_argument("--parquet", metavar="PATH", help="also write it as Parquet")
+    dashboard = subparsers.add_parser(
+        "dashboard", help="serve the report's views live on loopback, refreshed from MLflow"
+    )
+    dashboard.add_argument(
+        "experiments", nargs="*", metavar="EXPERIMENT", help="job name(s); default: all"
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free one")
+    dashboard.add_argument(
+        "--refresh", type=float, default=5.0, metavar="SECONDS", help="page refresh interval"
+    )
+    for parser in (report, dashboard):
+        parser.add_argument(
+            "--tracking-uri",
+            help="MLflow store (default: $MLFLOW_TRACKING_URI, else runs/EXPERIMENT/mlflow.db)",
+        )
+        parser.add_argument(
+            "--mlflow-ui",
+            default=DEFAULT_MLFLOW_UI,
+            metavar="URL",
+            help=f"base URL of `mlflow ui` for the run links (default {DEFAULT_MLFLOW_UI})",
+        )
+    report.set_defaults(func=cmd_report)
+    dashboard.set_defaults(func=cmd_dashboard)
+
+
+def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
+    """The store to read: the argument, $MLFLOW_TRACKING_URI, or the embedded default's file."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        candidates = {Path("runs", e, "mlflow.db").resolve() for e in experiments}
+        found = sorted(p for p in candidates if p.is_file())
+        if len(found) != 1:
+            why = "several stores match" if found else "runs/EXPERIMENT/mlflow.db does not exist"
+            raise SpecError(
+                "--tracking-uri",
+                f"not given and {why}; pass e.g. --tracking-uri sqlite:///runs/quickstart/mlflow.db",
+            )
+        uri = f"sqlite:///{found[0]}"
+    if uri.startswith("sqlite:"):
+        path = Path(uri.removeprefix("sqlite:").removeprefix("///"))
+        if not path.is_absolute():
+            path = Path.cwd() / path
+        if not path.is_file():  # MLflow would create an empty store there: refuse instead
+            raise SpecError("--tracking-uri", f"no MLflow store at {path}")
+    return uri
+
+
+def _check_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SpecError(
+            "--mlflow-ui", f"expected an http(s) URL like http://127.0.0.1:5000, got {value!r}"
+        )
+    return value
+
+
+def _writable(flag: str, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.parent.resolve().is_dir():
+        raise SpecError(flag, f"folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SpecError(flag, f"{path} is a folder; give a file name")
+    return path
+
+
+def _loader(uri: str, experiments: Sequence[str], ui_base: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sweeper.dashboard.data import read_snapshot, view_data
+
+    client = MlflowClient(tracking_uri=uri)
+
+    def load() -> dict:
+        try:
+            snapshot = read_snapshot(client, experiments)
+        except MlflowException as e:
+            first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
+            raise SpecError("--tracking-uri", f"cannot read {uri}: {first}") from None
+        return view_data(snapshot, ui_base)
+
+    return load
+
+
+def _quiet_mlflow() -> None:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sweeper.dashboard.export import write_csv, write_parquet
+    from sweeper.dashboard.render import render_page
+
+    ui_base = _check_url(args.mlflow_ui)
+    output = _writable("--output", args.output)
+    csv_path = _writable("--csv", args.csv)
+    parquet_path = _writable("--parquet", args.parquet)
+    uri = tracking_uri(args.tracking_uri, args.experiments)
+    _quiet_mlflow()
+    data = _loader(uri, args.experiments, ui_base)()
+    title = f"sweeper report: {', '.join(args.experiments)}"
+    output.write_text(render_page(data, title=title), encoding="utf-8")
+    print(f"wrote {output} ({len(data['summary'])} searches)")
+    if csv_path:
+        write_csv(data["summary"], csv_path)
+        print(f"wrote {csv_path}")
+    if parquet_path:
+        write_parquet(data["summary"], parquet_path)
+        print(f"wrote {parquet_path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from sweeper.dashboard.server import DashboardServer
+
+    ui_base = _check_url(args.mlflow_ui)
+    if not 0 <= args.port <= 65535:
+        raise SpecError("--port", f"{args.port} is not a port (0–65535; 0 picks a free one)")
+    if args.refresh < 1:
+        raise SpecError("--refresh", f"{args.refresh} s is too often; use ≥ 1 second")
+    uri = tracking_uri(args.tracking_uri, args.experiments)
+    _quiet_mlflow()
+    load = _loader(uri, args.experiments, ui_base)
+    load()  # unknown experiments and unreadable stores fail here, before anything is served
+    title = f"sweeper dashboard: {', '.join(args.experiments) or 'all experiments'}"
+    try:
+        server = DashboardServer((args.host, args.port), load, title=title, refresh_s=args.refresh)
+    except OSError as e:
+        where = f"{args.host}:{args.port}"
+        raise SpecError("--port", f"cannot listen on {where}: {e.strerror}") from None
+    if not _loopback(args.host):
+        print(f"warning: {args.host} is not loopback; anyone who reaches it sees the runs")
+    print(f"sweeper dashboard on {server.url} (reading {uri}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sweeper.dashboard report|dashboard …`, the same as `sweeper report|dashboard`."""
+    parser = argparse.ArgumentParser(prog="sweeper")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,450 @@
+"""The dashboards' data layer on a real MLflow SQLite store laid out as `sweeper.tracking` writes
+it (DESIGN.md §5): what every view gets, and the gaps (not bracketed, no baseline, an empty
+experiment, NaN metrics) said in words. No browser here; see test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from sweeper.dashboard.cli import main
+from sweeper.dashboard.data import (
+    SUMMARY_COLUMNS,
+    ProbeView,
+    bracket_so_far,
+    read_snapshot,
+    view_data,
+)
+from sweeper.dashboard.render import render_page
+from sweeper.dashboard.server import DashboardServer
+from sweeper.errors import SpecError
+
+UI = "http://mlflow.test:5000"
+
+# --- a store written the way sweeper.tracking writes it -----------------------------------------
+
+
+def add_probe(client, experiment_id, parent, *, method, model, task, D, point, seed, metric,
+              outcome, seconds=1.0):  # fmt: skip
+    """One finished probe child run; `metric` None logs no metric (as a diverged probe)."""
+    dim = "r" if method == "lora" else "d"
+    now = int(time.time() * 1000)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{method} {dim}={point} seed={seed}",
+        tags={
+            "mlflow.parentRunId": parent,
+            "kind": "probe",
+            "job_id": "test-job",
+            "config_hash": f"{parent[:8]}-{point}-{seed}",
+            "search": f"{model}/{task}/{method}",
+            "search_hash": parent[:16],
+            "outcome": outcome,
+            "passed": str(outcome == "pass").lower(),
+            "point": str(point),
+        },
+    )
+    metrics = [Metric("seconds", seconds, now, 0), Metric("steps", 10.0, now, 0)]
+    if metric is not None:
+        metrics += [Metric("metric", metric, now, 0), Metric("eval/accuracy", metric, now, 10)]
+    params = {"method": method, "model": model, "task": task, "seed": seed, "lr": 0.01}
+    params |= {"D": D, "trainable_params": point, dim: point, "projection": "fastfood"}
+    client.log_batch(
+        run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]
+    )
+    client.set_terminated(run.info.run_id, "FAILED" if outcome == "error" else "FINISHED")
+    return run.info.run_id
+
+
+def add_search(client, experiment_id, *, model, task, method, D, probes, answer=None,
+               interval=None, status="found", perf_full=1.0, threshold=0.9,
+               running=False) -> str:  # fmt: skip
+    """A search parent and its probes, `probes` = [(point, seed, metric, outcome, seconds)]."""
+    dim = "r" if method == "lora" else "d"
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"{model}/{task}/{method}",
+        tags={"kind": "search", "search_hash": f"{model}{task}{method}", "job_id": "test-job"}
+        | {"model": model, "task": task, "method": method},
+    ).info.run_id
+    for point, seed, metric, outcome, seconds in probes:
+        add_probe(
+            client, experiment_id, parent, method=method, model=model, task=task, D=D,
+            point=point, seed=seed, metric=metric, outcome=outcome, seconds=seconds,
+        )  # fmt: skip
+    if running:
+        return parent
+    metrics = {"perf_full": perf_full, "threshold": threshold, "probes": len(probes)}
+    if answer is not None:
+        metrics[f"{dim}90"] = answer
+    if interval is not None:
+        metrics[f"{dim}90_lo"], metrics[f"{dim}90_hi"] = interval
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    bracket = None
+    if status == "found":
+        bracket = [max(p for p, _, _, o, _ in probes if o != "pass" and p < answer), answer]
+    for key, value in {
+        "status": status,
+        "bracket": str(bracket),
+        "threshold_fraction": "0.9",
+        "dim_name": dim,
+    }.items():
+        client.set_tag(parent, key, value)
+    client.set_terminated(parent, "FINISHED")
+    return parent
+
+
+def add_baseline(client, experiment_id, *, model, task, perf_full, running=False) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{model}/{task}/full",
+        tags={"kind": "baseline", "model": model, "task": task, "method": "full"},
+    )
+    if perf_full is not None:
+        client.log_metric(run.info.run_id, "perf_full", perf_full)
+    if not running:
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+MODELS = {"bert-base": 110_000_000, "bert-large": 335_000_000, "roberta-large": 355_000_000}
+TRUE_ANSWER = {"did": 900, "said": 600, "lora": 4}  # for bert-base; larger models need less
+
+
+def synthetic_experiment(client, name, *, models=MODELS, tasks=("mrpc",), probes_per_search=8,
+                         methods=("did", "said", "lora"), seed=0) -> dict:  # fmt: skip
+    """A finished GLUE-like job: per (model, task, method) a bisection between lo and hi on a
+    noisy metric curve, a second seed at the answer and one diverged probe, like a real search.
+    Returns {parent run id: number of probes}."""
+    rng = random.Random(seed)
+    experiment_id = client.create_experiment(name)
+    perf_full, threshold = 0.86, 0.774
+    counts = {}
+    for task in tasks:
+        for model, D in models.items():
+            add_baseline(client, experiment_id, model=model, task=task, perf_full=perf_full)
+            for method in methods:
+                true = TRUE_ANSWER[method] * (110_000_000 / D) ** 0.7 * rng.uniform(0.7, 1.4)
+
+                def probe(point, seed_, true=true):
+                    level = perf_full / (1 + (true / point) ** 1.5) ** 0.5
+                    metric = min(0.9, max(0.3, level + rng.gauss(0, 0.01)))
+                    outcome = "pass" if metric >= threshold else "fail"
+                    if outcome == "fail" and metric < 0.6 and rng.random() < 0.5:
+                        outcome = "stopped"  # early stop: the curve could not get there
+                    return (point, seed_, metric, outcome, round(rng.uniform(5, 60), 2))
+
+                lo, hi = (1, 64) if method == "lora" else (16, 16384)
+                probes = [probe(lo, 0), probe(hi, 0)]
+                fail, passed = lo, hi
+                while len(probes) < probes_per_search - 2 and passed - fail > 1:
+                    mid = round((fail * passed) ** 0.5)
+                    probes.append(probe(mid, 0))
+                    fail, passed = (fail, mid) if probes[-1][3] == "pass" else (mid, passed)
+                probes.append(probe(passed, 1))  # a second seed at the answer
+                probes.append((max(1, fail // 2), 1, None, "diverged", 2.0))
+                interval = (max(fail, round(passed * 0.8)), passed)
+                parent = add_search(
+                    client, experiment_id, model=model, task=task, method=method, D=D,
+                    probes=probes, answer=passed, interval=interval, perf_full=perf_full,
+                    threshold=threshold,
+                )  # fmt: skip
+                counts[parent] = len(probes)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store: `glue` (two models, did/said/lora, found), `edges` (the gaps), `empty`."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    glue = client.create_experiment("glue")
+    ids = {}
+    for model, D, scale in (("bert-base", 110_000_000, 1), ("bert-large", 335_000_000, 2)):
+        add_baseline(client, glue, model=model, task="mrpc", perf_full=0.86)
+        for method, answer in (("did", 800 // scale), ("said", 500 // scale), ("lora", 8 // scale)):
+            low, high = answer // 4, answer * 4
+            probes = [
+                (low, 0, 0.5, "fail", 10.0),
+                (answer // 2, 0, 0.7, "stopped", 5.0),
+                (answer, 0, 0.8, "pass", 20.0),
+                (answer, 1, 0.79, "pass", 20.0),
+                (high, 0, 0.85, "pass", 30.0),
+            ]
+            ids[model, method] = add_search(
+                client, glue, model=model, task="mrpc", method=method, D=D, probes=probes,
+                answer=answer, interval=(answer // 2, answer), perf_full=0.86, threshold=0.774,
+            )  # fmt: skip
+    edges = client.create_experiment("edges")
+    add_baseline(client, edges, model="vector", task="toy-sums", perf_full=1.0)
+    ids["lo_passes"] = add_search(
+        client, edges, model="vector", task="toy-sums", method="did", D=600,
+        probes=[(2, 0, 1.0, "pass", 1.0), (64, 0, 1.0, "pass", 1.0)],
+        status="not_bracketed_lo_passes", perf_full=1.0, threshold=0.9,
+    )  # fmt: skip
+    ids["nan"] = add_search(
+        client, edges, model="vector", task="toy-sums", method="said", D=600,
+        probes=[(2, 0, None, "diverged", 1.0), (4, 0, math.nan, "fail", 1.0),
+                (8, 0, 1.0, "pass", math.nan), (16, 0, 1.0, "pass", 2.0)],
+        answer=8, interval=(8, 16), perf_full=math.nan, threshold=math.nan,
+    )  # fmt: skip
+    ids["running"] = add_search(
+        client, edges, model="mlp", task="digits", method="did", D=9_000,
+        probes=[(2, 0, 0.2, "fail", 1.0), (1024, 0, 0.95, "pass", 1.0), (45, 0, 0.5, "fail", 1.0)],
+        running=True,
+    )  # fmt: skip
+    ids["resumed"] = add_search(
+        client, edges, model="mlp", task="digits", method="said", D=9_000,
+        probes=[(2, 0, 0.2, "fail", 1.0), (1024, 0, 0.95, "pass", 1.0)],
+        status="budget_exhausted", perf_full=0.97, threshold=0.873,
+    )  # fmt: skip
+    client.update_run(ids["resumed"], status="RUNNING")  # as Tracker._parent does on resume
+    add_baseline(client, edges, model="mlp", task="digits", perf_full=0.97)
+    add_baseline(client, edges, model="big", task="digits", perf_full=None, running=True)
+    client.create_experiment("empty")
+    return client, ids
+
+
+def snapshot_view(client, *names):
+    return view_data(read_snapshot(client, names), UI)
+
+
+def by_run(rows, run_id):
+    (row,) = [r for r in rows if r["run_id"] == run_id]
+    return row
+
+
+# --- the views ----------------------------------------------------------------------------------
+
+
+def test_every_search_reads_back_with_its_probes_answer_and_interval(store):
+    client, ids = store
+    snapshot = read_snapshot(client, ["glue"])
+    assert len(snapshot.searches) == 6
+    search = next(s for s in snapshot.searches if s.run_id == ids["bert-base", "did"])
+    assert (search.answer, search.interval, search.status) == (800, (400, 800), "found")
+    assert search.dim_name == "d" and search.D == 110_000_000 and len(search.probes) == 5
+    assert [p.outcome for p in search.probes].count("stopped") == 1
+    lora = next(s for s in snapshot.searches if s.run_id == ids["bert-base", "lora"])
+    assert lora.dim_name == "r" and lora.answer == 8
+
+
+def test_curve_has_a_point_per_probe_with_seed_threshold_and_answer(store):
+    client, ids = store
+    curve = by_run(snapshot_view(client, "glue")["curves"], ids["bert-base", "did"])
+    assert len(curve["probes"]) == 5
+    assert sorted((p["x"], p["seed"]) for p in curve["probes"])[2:4] == [(800, 0), (800, 1)]
+    assert curve["threshold"] == 0.774 and curve["answer"] == 800
+    assert curve["interval"] == [400, 800]
+    glue = client.get_experiment_by_name("glue").experiment_id
+    assert curve["url"] == f"{UI}/#/experiments/{glue}/runs/{ids['bert-base', 'did']}"
+    assert {p["outcome"] for p in curve["probes"]} == {"pass", "fail", "stopped"}
+
+
+def test_d90_vs_r90_pairs_each_subspace_answer_with_the_lora_answer_of_its_model_and_task(store):
+    client, ids = store
+    points = snapshot_view(client, "glue")["d_vs_r"]["points"]
+    assert len(points) == 4  # (did, said) x (bert-base, bert-large)
+    base_did = next(p for p in points if p["d_run_id"] == ids["bert-base", "did"])
+    assert (base_did["d90"], base_did["r90"]) == (800, 8)
+    assert base_did["r_run_id"] == ids["bert-base", "lora"]
+    assert base_did["r90_interval"] == [4, 8]
+
+
+def test_answers_vs_model_size_take_D_from_the_probes_one_panel_per_task(store):
+    client, _ = store
+    (panel,) = snapshot_view(client, "glue")["vs_size"]["tasks"]
+    assert panel["task"] == "mrpc" and len(panel["points"]) == 6
+    assert {p["D"] for p in panel["points"]} == {110_000_000, 335_000_000}
+    assert panel["notes"] == []
+
+
+def test_summary_sums_probe_seconds_and_links_the_parent_run(store):
+    client, ids = store
+    rows = snapshot_view(client, "glue")["summary"]
+    row = by_run(rows, ids["bert-large", "said"])
+    assert list(row) == list(SUMMARY_COLUMNS)
+    assert row["compute_seconds"] == 85.0 and row["probes"] == 5
+    assert (row["perf_full"], row["threshold"], row["status"]) == (0.86, 0.774, "found")
+    assert row["url"].endswith(f"/runs/{ids['bert-large', 'said']}")
+    assert row["url"].startswith(f"{UI}/#/experiments/")
+
+
+# --- the gaps, in words -------------------------------------------------------------------------
+
+
+def test_a_search_that_is_not_bracketed_has_no_answer_and_says_why(store):
+    client, ids = store
+    data = snapshot_view(client, "edges")
+    curve = by_run(data["curves"], ids["lo_passes"])
+    assert curve["answer"] is None and curve["interval"] is None
+    assert "no d90: not bracketed: the lowest d tried already passes" in curve["notes"][0]
+    row = by_run(data["summary"], ids["lo_passes"])
+    assert row["answer"] is None and row["status"] == "not_bracketed_lo_passes"
+    (toy_sums,) = [t for t in data["vs_size"]["tasks"] if t["task"] == "toy-sums"]
+    assert "vector · did (edges): no d90: not bracketed" in toy_sums["notes"][0]
+
+
+def test_nan_metrics_become_none_and_the_page_never_says_nan(store):
+    client, ids = store
+    data = snapshot_view(client, "edges")
+    curve = by_run(data["curves"], ids["nan"])
+    ys = {p["x"]: p["y"] for p in curve["probes"]}
+    assert ys[2] is None and ys[4] is None and ys[8] == 1.0
+    assert curve["threshold"] is None and curve["perf_full"] == 1.0  # the baseline's, not NaN
+    assert any("2 probes without a finite metric" in n for n in curve["notes"])
+    assert by_run(data["summary"], ids["nan"])["compute_seconds"] == 4.0  # NaN seconds skipped
+    json.dumps(data, allow_nan=False)  # raises on any NaN left
+    assert "NaN" not in render_page(data, title="t")
+
+
+def test_a_running_search_shows_its_bracket_and_the_probes_finished_so_far(store):
+    client, ids = store
+    data = snapshot_view(client, "edges")
+    running = by_run(data["running"], ids["running"])
+    assert running["probes_done"] == 3
+    assert running["bracket"] == [45, 1024] and running["lowest_pass"] == 1024
+    assert running["seconds_since_last"] is not None and running["seconds_since_last"] >= 0
+    curve = by_run(data["curves"], ids["running"])
+    assert curve["running"] and curve["status_text"].startswith("running")
+    assert "threshold not recorded yet: it is written when the search ends" in curve["notes"]
+    assert curve["perf_full"] == 0.97  # from the baseline, while the search runs
+
+
+def test_a_resumed_search_is_running_not_its_old_verdict(store):
+    client, ids = store
+    data = snapshot_view(client, "edges")
+    assert [r["run_id"] for r in data["running"]] == [ids["running"], ids["resumed"]]
+    row = by_run(data["summary"], ids["resumed"])
+    assert row["status"] == "running" and row["threshold"] == 0.873
+    assert by_run(data["running"], ids["resumed"])["bracket"] == [2, 1024]
+
+
+def test_a_baseline_without_perf_full_is_said_in_words(store):
+    client, _ = store
+    notes = snapshot_view(client, "edges")["notes"]
+    assert any(n.startswith("big · digits (edges): no baseline yet") for n in notes)
+
+
+def test_an_experiment_without_runs_is_said_in_words(store):
+    client, _ = store
+    data = snapshot_view(client, "empty")
+    assert data["notes"] == ["Experiment 'empty' has no runs yet."]
+    assert data["curves"] == data["summary"] == data["running"] == []
+    assert data["d_vs_r"]["notes"][0] == "No r90 yet: none of these experiments has a LoRA search."
+    render_page(data, title="empty")  # renders, nothing to crash on
+
+
+def test_an_unknown_experiment_is_an_error_naming_the_argument(store):
+    client, _ = store
+    with pytest.raises(SpecError) as e:
+        read_snapshot(client, ["glue", "nope"])
+    assert e.value.field == "EXPERIMENT" and "'nope'" in e.value.message
+    assert "it holds: Default, edges, empty, glue" in e.value.message
+
+
+def test_bracket_so_far_follows_the_searchers_majority_vote():
+    def probe(point, seed, passed):
+        return ProbeView("r", point, seed, 0.0, passed, "pass" if passed else "fail", 1.0,
+                         None, None, None, None)  # fmt: skip
+
+    assert bracket_so_far([probe(4, 0, False)]) is None
+    assert bracket_so_far([probe(4, 0, False), probe(16, 0, True)]) == (4, 16)
+    # at 8 one seed of two passes: a tie passes, as in ThresholdSearch
+    votes = [probe(4, 0, False), probe(8, 0, True), probe(8, 1, False), probe(16, 0, True)]
+    assert bracket_so_far(votes) == (4, 8)
+    assert bracket_so_far([probe(4, 0, True), probe(16, 0, True)]) is None  # lo passes
+
+
+# --- the page, the exports and the commands -----------------------------------------------------
+
+
+def test_the_page_is_self_contained(store):
+    client, _ = store
+    page = render_page(snapshot_view(client, "glue", "edges"), title="a </script> title")
+    assert "<script src" not in page and '<link rel="stylesheet"' not in page
+    assert "http://" not in page.replace(UI, "").replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    assert page.count("</script>") == 3  # data, config, code: the title cannot close one
+
+
+def test_report_command_writes_html_csv_and_parquet(store, tmp_path):
+    client, ids = store
+    out = tmp_path / "report.html"
+    args = ["report", "glue", "edges", "--tracking-uri", client.tracking_uri, "-o", str(out)]
+    args += ["--csv", str(tmp_path / "s.csv"), "--parquet", str(tmp_path / "s.parquet")]
+    args += ["--mlflow-ui", UI]
+    assert main(args) == 0
+    assert ids["bert-base", "did"] in out.read_text()
+    with open(tmp_path / "s.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and list(rows[0]) == list(SUMMARY_COLUMNS)
+    lo_passes = next(r for r in rows if r["run_id"] == ids["lo_passes"])
+    assert lo_passes["answer"] == "" and lo_passes["status"] == "not_bracketed_lo_passes"
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.num_rows == 10 and table.schema.field("answer").type == "double"
+    assert table.column("answer").null_count == 3  # not bracketed, running, resumed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "glue", "--tracking-uri", "sqlite:////nowhere/mlflow.db"], "--tracking-uri"),
+        (["report", "nope"], "EXPERIMENT: no experiment 'nope'"),
+        (["report", "glue", "--mlflow-ui", "127.0.0.1:5000"], "--mlflow-ui"),
+        (["report", "glue", "-o", "/nowhere/r.html"], "--output: folder /nowhere"),
+        (["dashboard", "glue", "--port", "70000"], "--port"),
+    ],
+)
+def test_misuse_exits_2_with_one_line_naming_the_argument(store, argv, message, capsys, tmp_path):
+    client, _ = store
+    if "--tracking-uri" not in argv:
+        argv = [*argv, "--tracking-uri", client.tracking_uri]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tracking_uri_defaults_to_the_embedded_store_of_its_experiment(
+    store, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "glue"]) == 2  # runs/glue/mlflow.db does not exist here
+    db = Path(store[0].tracking_uri.removeprefix("sqlite:///"))
+    (tmp_path / "runs" / "glue").mkdir(parents=True)
+    (tmp_path / "runs" / "glue" / "mlflow.db").symlink_to(db)
+    assert main(["report", "glue", "-o", "r.html"]) == 0
+
+
+def test_dashboard_server_serves_the_page_and_fresh_json(store):
+    client, ids = store
+    server = DashboardServer(
+        ("127.0.0.1", 0), lambda: snapshot_view(client, "edges"), title="t", refresh_s=2,
+        min_interval_s=0,
+    )  # fmt: skip
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = urllib.request.urlopen(server.url).read().decode()
+        assert '"endpoint":"/api/data"' in page and ids["running"] in page
+        data = json.loads(urllib.request.urlopen(server.url + "api/data").read())
+        assert data["running"][0]["probes_done"] == 3
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server.url + "favicon.ico")
+        assert e.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
