@@ -37,7 +37,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is not installed: `pip install -e '.[ui]'`"
+    "playwright.sync_api", reason="Playwright is not installed: `pip install -e '.[dev]'`"
 )
 
 from test_dashboard_data import add_probe, add_search, synthetic_experiment  # noqa: E402
