@@ -2,26 +2,31 @@
 
 The maths is `fastfood.py`'s (the reference, and the oracle of the tests); the random state is
 `generator.py`'s, transcribed to tl.uint32 arithmetic, so a θ_d trained here reproduces on the
-numba CPU path. Kernels:
+numba CPU path. Two kernel families, chosen by the block size n:
 
-* `_forward_kernel`: one program per tile of ROWS Fastfood blocks (ROWS > 1 only when n is small,
-  so that a program still holds ~TILE values). For each chunk c of θ_d it regenerates B, G, Π of
-  block (c, i), applies `scale · H G Π H B` in registers and accumulates; the epilogue writes
-  `W = W0 + λ_row · Δ` (or plain Δ), so no intermediate vector goes to global memory.
-* `_backward_kernel`: grid (programs, chunks). A program walks a fixed, strided set of tiles of
-  ∂L/∂W, applies the transposed chain `Bᵀ H Πᵀ G H` (H, B, G symmetric; Πᵀ = Π⁻¹ by the
-  generator's closed-form inverse) to `λ_row · ∂L/∂W`, and keeps the sum in registers; it writes
-  one partial row, and `_sum_rows_kernel` adds the rows in a fixed order. With SAID it also
-  recomputes Δ of its blocks and writes per-(block, group) partial sums of ∂L/∂W · Δ, reduced by
-  `_segment_sum_kernel`. No atomics: results are bitwise reproducible run to run.
+* n ≤ TILE (1024), register path. `_forward_kernel`: one program per tile of ROWS = TILE / n
+  blocks; for each chunk c of θ_d it regenerates B, G, Π of block (c, i) and applies
+  `scale · H G Π H B` in registers (Π by `tl.gather`), summing over chunks; the epilogue writes
+  `W = W0 + λ_row · Δ` (or plain Δ): no intermediate vector leaves the program.
+  `_backward_kernel`: grid (programs, chunks); each program walks a fixed, strided set of tiles
+  of ∂L/∂W, applies the transposed chain `Bᵀ H Πᵀ G H` (H, B, G symmetric; Πᵀ = Π⁻¹ by the
+  generator's closed-form inverse) to `λ_row · ∂L/∂W` and keeps the sum in registers.
+* n > TILE, staged path (`_forward_staged_kernel`, `_backward_staged_kernel`): the same chain on
+  one block at a time, held in a per-program scratch row (see the section comment for why).
 
-Kernels take any tensors when TRITON_INTERPRET=1 is set before this module is imported (the CPU
+Both backward kernels write one partial row per program, added in a fixed order by
+`_sum_rows_kernel`; with SAID they also recompute Δ block by block and write partial sums of
+∂L/∂W · Δ per (block, group), reduced by `_segment_sum_kernel`. No atomics: results are
+bitwise reproducible, and program counts depend only on the sizes, not on the GPU.
+
+Kernels take CPU tensors when TRITON_INTERPRET=1 was set before triton was imported (the CPU
 tests do that); otherwise CUDA tensors go to the kernels and `apply_delta` sends CPU tensors to
 the fused numba path, `fastfood_cpu`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +46,9 @@ TILE = 1024
 # count depends only on the sizes, never on the GPU model, so results match across GPUs.
 PARTIAL_BUDGET = 2**23
 MAX_PROGRAMS = 4096
+# Programs of the staged kernels (n > TILE): each holds 2-3 scratch rows of n values, so 256 of
+# them at n = 2^15 is ~100 MB; 256 is about two programs per SM of an H100 (132 SMs).
+STAGED_PROGRAMS = 256
 
 _GOLDEN: tl.constexpr = tl.constexpr(gen.GOLDEN)
 _SIGN_SALT: tl.constexpr = tl.constexpr((gen.STREAM_SIGN * gen.GOLDEN) & gen.M32)
@@ -280,11 +288,246 @@ def _backward_kernel(
             for j in range(0, max_groups):
                 grp = first + j
                 ok = (grp < groups) & (blk < m)
-                lo = tl.load(offsets_ptr + grp, mask=ok, other=0)[:, None]
-                hi = tl.load(offsets_ptr + grp + 1, mask=ok, other=0)[:, None]
-                part = tl.sum(tl.where((rows >= lo) & (rows < hi), prod, 0), axis=1)
+                lo = tl.load(offsets_ptr + grp, mask=ok, other=0)
+                hi = tl.load(offsets_ptr + grp + 1, mask=ok, other=0)
+                inside = (rows >= lo[:, None]) & (rows < hi[:, None])
+                part = tl.sum(tl.where(inside, prod, 0), axis=1)
+                # only groups that meet the block own a slot: others would overwrite a neighbour's
+                ok = ok & (lo < (blk + 1).to(tl.int64) * N)
                 tl.store(lam_partial_ptr + c * (m + groups) + blk + grp, part, mask=ok)
     tl.store(partial_ptr + pid * (tl.num_programs(1) * N) + c * N + k, tl.sum(acc, axis=0))
+
+
+# --- staged kernels for n > TILE: H_n = H_{N1} ⊗ H_SUB through per-program scratch -------------
+#
+# A 2^15-value block does not fit one program's registers. Held whole, the register path's
+# layouts degrade (warps end up holding replicated data): compiled offline for sm_90 at n = 4096
+# it already needs an 11.7 KB stack frame of spills per thread and ~100 s to compile, where
+# n ≤ 1024 compiles in seconds with none; a tl.dot (H_{N1} X H_{N2}) formulation needs 786 KB of
+# shared memory at 2^15. So a block lives in a scratch row of global memory — one per program,
+# not per block — viewed as an (N1, SUB) row-major matrix X: H_n x = vec(H_{N1} X H_SUB), i.e.
+# SUB-point transforms of the rows in registers, then N1-point transforms of the columns (loaded
+# transposed). Π becomes an indexed load from scratch; barriers order the passes. At n = 2^15
+# the scratch is ~100 MB, more than an H100's L2, so part of this traffic may reach HBM: the
+# speed of this path is unmeasured (bench/kernel.py measures it).
+
+
+@triton.jit
+def _gauss_scale(key, table_ptr, scale_ptr, N1: tl.constexpr, SUB: tl.constexpr):
+    """column_norm / (‖G‖ √D) of one block, G regenerated SUB values at a time."""
+    total = tl.zeros((1, SUB), dtype=table_ptr.dtype.element_ty)
+    for r in range(0, N1):
+        g = _gauss(key, (r * SUB + tl.arange(0, SUB)[None, :]).to(tl.uint32), table_ptr)
+        total += g * g
+    return tl.load(scale_ptr) / tl.sqrt(tl.sum(total))
+
+
+@triton.jit
+def _columns(
+    src,
+    dst,
+    key,
+    keep,
+    SIGN: tl.constexpr,
+    N1: tl.constexpr,
+    LOG2N1: tl.constexpr,
+    SUB: tl.constexpr,
+):
+    """dst = [B ⊙] (H_{N1} ⊗ I_SUB) src (+ dst where k < keep) for one block held as (N1, SUB) in
+    scratch: groups of SUB / N1 columns are loaded transposed, so the N1-point transforms run
+    along axis 1. keep = 0 overwrites dst, keep = N accumulates."""
+    C: tl.constexpr = SUB // N1
+    k0 = tl.arange(0, N1)[None, :] * SUB + tl.arange(0, C)[:, None]
+    for group in range(0, N1):
+        k = k0 + group * C
+        y = _fwht(tl.load(src + k), C, N1, LOG2N1)
+        if SIGN:
+            y *= _signs(key, k.to(tl.uint32)).to(y.dtype)
+        y += tl.load(dst + k, mask=k < keep, other=0)
+        tl.store(dst + k, y)
+
+
+@triton.jit
+def _staged_project(
+    theta_ptr,
+    S,
+    S2,
+    key,
+    gscale,
+    chunk,
+    d,
+    table_ptr,
+    N: tl.constexpr,
+    LOG2N: tl.constexpr,
+    SUB: tl.constexpr,
+    LOG2SUB: tl.constexpr,
+):
+    """One block of chunk `chunk` of θ_d up to the last column stage: S ← H B x, then
+    S2 ← the row stage of H applied to scale · G Π S. The caller runs the last column stage."""
+    compute = table_ptr.dtype.element_ty
+    N1: tl.constexpr = N // SUB
+    lane = tl.arange(0, SUB)[None, :]
+    for r in range(0, N1):
+        k = r * SUB + lane
+        col = chunk * N + k
+        x = tl.load(theta_ptr + col, mask=col < d, other=0).to(compute)
+        x *= _signs(key, k.to(tl.uint32)).to(compute)
+        tl.store(S + k, _fwht(x, 1, SUB, LOG2SUB))
+    tl.debug_barrier()
+    _columns(S, S, key, 0, False, N1, LOG2N - LOG2SUB, SUB)
+    tl.debug_barrier()
+    a, c, b = _perm_params(key)
+    for r in range(0, N1):
+        k = r * SUB + lane
+        ku = k.to(tl.uint32)
+        src = _permute(ku, a, c, b, LOG2N // 2 + 1, N - 1).to(tl.int32)
+        v = gscale * _gauss(key, ku, table_ptr) * tl.load(S + src)
+        tl.store(S2 + k, _fwht(v, 1, SUB, LOG2SUB))
+    tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _forward_staged_kernel(
+    theta_ptr,
+    base_ptr,
+    out_ptr,
+    scratch_ptr,
+    table_ptr,
+    scale_ptr,
+    lam_ptr,
+    offsets_ptr,
+    block_group_ptr,
+    d,
+    D,
+    m,
+    seed,
+    chunks,
+    groups,
+    max_groups,
+    N: tl.constexpr,
+    LOG2N: tl.constexpr,
+    SUB: tl.constexpr,
+    LOG2SUB: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+):
+    """`_forward_kernel` for n > TILE: blocks pid, pid + programs, …; scratch rows S, S2, ACC."""
+    compute = table_ptr.dtype.element_ty
+    N1: tl.constexpr = N // SUB
+    pid = tl.program_id(0)
+    seed = seed.to(tl.uint32, bitcast=True)
+    S = scratch_ptr + pid.to(tl.int64) * (3 * N)
+    S2 = S + N
+    ACC = S2 + N
+    lane = tl.arange(0, SUB)[None, :]
+    for blk in range(pid, m, tl.num_programs(0)):
+        for c in range(0, chunks):
+            key = _block_key(seed, tl.cast(c, tl.uint32), tl.cast(blk, tl.uint32))
+            gscale = _gauss_scale(key, table_ptr, scale_ptr, N1, SUB)
+            _staged_project(theta_ptr, S, S2, key, gscale, c, d, table_ptr, N, LOG2N, SUB, LOG2SUB)
+            _columns(S2, ACC, key, c * N, False, N1, LOG2N - LOG2SUB, SUB)
+            tl.debug_barrier()
+        blkv = tl.cast(blk, tl.int32) + tl.zeros((1,), dtype=tl.int32)
+        for r in range(0, N1):
+            k = r * SUB + lane
+            rows = tl.cast(blk, tl.int64) * N + k
+            live = rows < D
+            acc = tl.load(ACC + k)
+            if HAS_LAM:
+                acc *= _group_scales(
+                    rows, blkv, m, lam_ptr, offsets_ptr, block_group_ptr, groups, max_groups
+                ).to(compute)
+            if HAS_BASE:
+                acc += tl.load(base_ptr + rows, mask=live, other=0).to(compute)
+            tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=live)
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _backward_staged_kernel(
+    grad_ptr,
+    theta_ptr,
+    partial_ptr,
+    lam_partial_ptr,
+    scratch_ptr,
+    table_ptr,
+    scale_ptr,
+    lam_ptr,
+    offsets_ptr,
+    block_group_ptr,
+    d,
+    D,
+    m,
+    seed,
+    groups,
+    max_groups,
+    N: tl.constexpr,
+    LOG2N: tl.constexpr,
+    SUB: tl.constexpr,
+    LOG2SUB: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+    LAM_GRAD: tl.constexpr,
+):
+    """`_backward_kernel` for n > TILE; the partial row itself is the accumulator."""
+    compute = table_ptr.dtype.element_ty
+    N1: tl.constexpr = N // SUB
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    chunks = tl.num_programs(1)
+    seed = seed.to(tl.uint32, bitcast=True)
+    row = pid.to(tl.int64) * chunks + c
+    S = scratch_ptr + row * (2 * N)
+    S2 = S + N
+    ACC = partial_ptr + row * N
+    lane = tl.arange(0, SUB)[None, :]
+    for blk in range(pid, m, tl.num_programs(0)):
+        key = _block_key(seed, c.to(tl.uint32), tl.cast(blk, tl.uint32))
+        gscale = _gauss_scale(key, table_ptr, scale_ptr, N1, SUB)
+        first_row = tl.cast(blk, tl.int64) * N
+        blkv = tl.cast(blk, tl.int32) + tl.zeros((1,), dtype=tl.int32)
+        if LAM_GRAD:
+            _staged_project(theta_ptr, S, S2, key, gscale, c, d, table_ptr, N, LOG2N, SUB, LOG2SUB)
+            _columns(S2, S2, key, 0, False, N1, LOG2N - LOG2SUB, SUB)
+            tl.debug_barrier()
+            first = tl.load(block_group_ptr + blk)
+            for j in range(0, max_groups):
+                grp = first + j
+                ok = grp < groups
+                lo = tl.load(offsets_ptr + grp, mask=ok, other=0)
+                hi = tl.load(offsets_ptr + grp + 1, mask=ok, other=0)
+                part = tl.zeros((1, SUB), dtype=compute)
+                for r in range(0, N1):
+                    k = r * SUB + lane
+                    rows = first_row + k
+                    dw = tl.load(grad_ptr + rows, mask=rows < D, other=0).to(compute)
+                    inside = (rows >= lo) & (rows < hi)
+                    part += tl.where(inside, dw * tl.load(S2 + k), 0)
+                ok = ok & (lo < first_row + N)  # only groups that meet the block own a slot
+                tl.store(lam_partial_ptr + c * (m + groups) + blk + grp, tl.sum(part), mask=ok)
+            tl.debug_barrier()
+        for r in range(0, N1):
+            k = r * SUB + lane
+            rows = first_row + k
+            w = tl.load(grad_ptr + rows, mask=rows < D, other=0).to(compute)
+            if HAS_LAM:
+                w *= _group_scales(
+                    rows, blkv, m, lam_ptr, offsets_ptr, block_group_ptr, groups, max_groups
+                ).to(compute)
+            tl.store(S + k, _fwht(w, 1, SUB, LOG2SUB))
+        tl.debug_barrier()
+        _columns(S, S, key, 0, False, N1, LOG2N - LOG2SUB, SUB)
+        tl.debug_barrier()
+        a, cc, b = _perm_params(key)
+        a_inv = _inverse_odd(a)
+        b_inv = _inverse_odd(b)
+        for r in range(0, N1):
+            k = r * SUB + lane
+            src = _unpermute(k.to(tl.uint32), a_inv, cc, b_inv, LOG2N // 2 + 1, N - 1)
+            z = gscale * _gauss(key, src, table_ptr) * tl.load(S + src.to(tl.int32))
+            tl.store(S2 + k, _fwht(z, 1, SUB, LOG2SUB))
+        tl.debug_barrier()
+        _columns(S2, ACC, key, N, True, N1, LOG2N - LOG2SUB, SUB)
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -323,7 +566,8 @@ INTERPRETED = not isinstance(_forward_kernel, triton.runtime.JITFunction)
 
 @dataclass(frozen=True)
 class _Shape:
-    """Launch geometry of one (D, d, n) problem."""
+    """Launch geometry of one (D, d, n) problem. Program counts depend only on the sizes, never
+    on the GPU model, so the order of every sum (and the result) is the same on every GPU."""
 
     D: int
     d: int
@@ -342,7 +586,18 @@ class _Shape:
         return -(-self.d // self.n)
 
     @property
+    def staged(self) -> bool:
+        """Blocks larger than TILE go through scratch (`_forward_staged_kernel`)."""
+        return self.n > TILE
+
+    @property
+    def sub(self) -> int:
+        """Values one register transform holds: the block, or a TILE-sized row of it."""
+        return min(self.n, TILE)
+
+    @property
     def rows(self) -> int:
+        """Blocks per program in the register path (several when n is small)."""
         return max(1, TILE // self.n)
 
     @property
@@ -351,17 +606,23 @@ class _Shape:
 
     @property
     def num_warps(self) -> int:
-        return min(32, max(4, self.rows * self.n // 1024))
+        return 4  # TILE = 1024 values: 8 per thread
 
     @property
-    def programs(self) -> int:
-        """Backward programs per chunk: bounded so the partial sums stay within budget."""
+    def forward_programs(self) -> int:
+        return min(self.m, STAGED_PROGRAMS) if self.staged else self.tiles
+
+    @property
+    def backward_programs(self) -> int:
+        """Backward programs per chunk: bounded so partial sums and scratch stay small."""
+        if self.staged:
+            return max(1, min(self.m, STAGED_PROGRAMS // self.chunks))
         budget = max(1, PARTIAL_BUDGET // (self.chunks * self.n))
         return max(1, min(self.tiles, budget, MAX_PROGRAMS))
 
 
 def _shape(D: int, d: int, n: int) -> _Shape:
-    if n < 1 or n & (n - 1) or n > MAX_BLOCK:
+    if n < 1 or n & (n - 1) or n > min(MAX_BLOCK, TILE * TILE):
         raise ValueError(f"block size n must be a power of two in [1, {MAX_BLOCK}], got {n}")
     if D < 1 or d < 1:
         raise ValueError(f"need D ≥ 1 and d ≥ 1, got D={D}, d={d}")
@@ -380,6 +641,11 @@ def _check_device(*tensors: torch.Tensor) -> torch.device:
             "in Triton's interpreter"
         )
     return device
+
+
+def _on(device: torch.device):
+    """Launch on the tensors' GPU, not the current one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -453,88 +719,98 @@ def _group_sizes(lam: torch.Tensor | None, group_sizes, D: int) -> tuple[int, ..
     return sizes
 
 
+def _constexprs(shape: _Shape) -> dict:
+    if shape.staged:
+        return {
+            "N": shape.n,
+            "LOG2N": shape.log2n,
+            "SUB": shape.sub,
+            "LOG2SUB": TILE.bit_length() - 1,
+        }
+    return {"N": shape.n, "LOG2N": shape.log2n, "ROWS": shape.rows}
+
+
 def _launch_forward(theta_d, shape, seed, column_norm, out, base=None, lam=None, groups=None):
-    device = _check_device(theta_d, out)
+    """out = base + λ_row · P θ_d (base and λ optional); out may be fp32, bf16 or fp64."""
+    device = _check_device(theta_d, out, *(t for t in (base, lam) if t is not None))
     compute = _compute_dtype(theta_d.dtype)
     table = _table(device, compute)
     g = _groups(groups, shape.n, device) if lam is not None else None
-    dummy = table
-    _forward_kernel[(shape.tiles,)](
+    pointers = [
         theta_d,
-        base if base is not None else dummy,
+        base if base is not None else table,
         out,
         table,
         _scale(column_norm, shape.D, device, compute),
-        lam if lam is not None else dummy,
-        g.offsets if g else dummy,
-        g.block_group if g else dummy,
-        shape.d,
-        shape.D,
-        shape.m,
-        _seed_arg(seed),
-        shape.chunks,
-        g.count if g else 0,
-        g.max_groups if g else 0,
-        N=shape.n,
-        LOG2N=shape.log2n,
-        ROWS=shape.rows,
-        HAS_BASE=base is not None,
-        HAS_LAM=lam is not None,
-        num_warps=shape.num_warps,
-    )
+        lam if lam is not None else table,
+        g.offsets if g else table,
+        g.block_group if g else table,
+    ]
+    sizes = [shape.d, shape.D, shape.m, _seed_arg(seed), shape.chunks]
+    sizes += [g.count, g.max_groups] if g else [0, 0]
+    flags = {"HAS_BASE": base is not None, "HAS_LAM": lam is not None}
+    grid = (shape.forward_programs,)
+    if shape.staged:
+        scratch = torch.empty((grid[0], 3 * shape.n), device=device, dtype=compute)
+        pointers.insert(3, scratch)
+        kernel = _forward_staged_kernel
+    else:
+        kernel = _forward_kernel
+    with _on(device):
+        kernel[grid](*pointers, *sizes, **_constexprs(shape), **flags, num_warps=shape.num_warps)
     return out
 
 
 def _launch_backward(grad, shape, seed, column_norm, theta_d=None, lam=None, groups=None):
-    """(Pᵀ (λ_row grad) as (d,) in the compute dtype, ∂L/∂λ as (T,) or None)."""
-    device = _check_device(grad)
+    """(Pᵀ (λ_row grad) as (d,) in the compute dtype, ∂L/∂λ as (T,) or None).
+
+    ∂L/∂λ is computed (recomputing Δ = P θ_d block by block) when theta_d is given."""
+    device = _check_device(grad, *(t for t in (theta_d, lam) if t is not None))
     compute = _compute_dtype(grad.dtype if theta_d is None else theta_d.dtype)
     table = _table(device, compute)
     g = _groups(groups, shape.n, device) if lam is not None else None
     lam_grad = theta_d is not None and g is not None
-    programs = shape.programs
-    partial = torch.empty((programs, shape.chunks * shape.n), device=device, dtype=compute)
+    programs = shape.backward_programs
+    partial = torch.zeros((programs, shape.chunks * shape.n), device=device, dtype=compute)
     lam_partial = (
         torch.zeros((shape.chunks, shape.m + g.count), device=device, dtype=compute)
         if lam_grad
         else table
     )
-    dummy = table
-    _backward_kernel[(programs, shape.chunks)](
+    pointers = [
         grad,
-        theta_d if theta_d is not None else dummy,
+        theta_d if theta_d is not None else table,
         partial,
         lam_partial,
         table,
         _scale(column_norm, shape.D, device, compute),
-        lam if lam is not None else dummy,
-        g.offsets if g else dummy,
-        g.block_group if g else dummy,
-        shape.d,
-        shape.D,
-        shape.m,
-        _seed_arg(seed),
-        shape.tiles,
-        g.count if g else 0,
-        g.max_groups if g else 0,
-        N=shape.n,
-        LOG2N=shape.log2n,
-        ROWS=shape.rows,
-        HAS_LAM=lam is not None,
-        LAM_GRAD=lam_grad,
-        num_warps=shape.num_warps,
-    )
+        lam if lam is not None else table,
+        g.offsets if g else table,
+        g.block_group if g else table,
+    ]
+    sizes = [shape.d, shape.D, shape.m, _seed_arg(seed)]
+    groups_args = [g.count, g.max_groups] if g else [0, 0]
+    flags = {"HAS_LAM": lam is not None, "LAM_GRAD": lam_grad}
+    grid = (programs, shape.chunks)
+    if shape.staged:
+        scratch = torch.empty((programs, shape.chunks, 2 * shape.n), device=device, dtype=compute)
+        pointers.insert(4, scratch)
+        kernel, sizes = _backward_staged_kernel, sizes + groups_args
+    else:
+        kernel, sizes = _backward_kernel, [*sizes, shape.tiles, *groups_args]
     out = torch.empty(shape.d, device=device, dtype=compute)
-    block = 1024
-    _sum_rows_kernel[(triton.cdiv(shape.d, block),)](
-        partial, out, programs, shape.d, partial.shape[1], BLOCK=block
-    )
-    if not lam_grad:
-        return out, None
-    dlam = torch.empty(g.count, device=device, dtype=compute)
-    _segment_sum_kernel[(g.count,)](
-        lam_partial, g.starts, g.ends, dlam, shape.chunks, shape.m + g.count, BLOCK=256
-    )
+    dlam = torch.empty(g.count, device=device, dtype=compute) if lam_grad else None
+    with _on(device):
+        kernel[grid](*pointers, *sizes, **_constexprs(shape), **flags, num_warps=shape.num_warps)
+        # second pass: fixed-order sums of the per-program partials (no atomics)
+        block = 1024
+        _sum_rows_kernel[(triton.cdiv(shape.d, block),)](
+            partial, out, programs, shape.d, partial.shape[1], BLOCK=block
+        )
+        if lam_grad:
+            _segment_sum_kernel[(g.count,)](
+                lam_partial, g.starts, g.ends, dlam, shape.chunks, shape.m + g.count, BLOCK=256
+            )
     return out, dlam
 
 
@@ -566,6 +842,7 @@ class FastfoodDelta(torch.autograd.Function):
         ctx.args = (shape, sizes, seed, column_norm, backend)
         ctx.save_for_backward(theta_d, lam)
         if backend == "triton":
+            lam = lam.contiguous() if lam is not None else None
             out = torch.empty_like(W0)
             return _launch_forward(
                 theta_d.contiguous(), shape, seed, column_norm, out, W0, lam, sizes
@@ -584,8 +861,10 @@ class FastfoodDelta(torch.autograd.Function):
         grad_w = grad_w.contiguous()
         dlam = None
         if backend == "triton":
+            lam_arg = lam.contiguous() if lam is not None else None
+            theta_arg = theta_d.contiguous() if want_lam else None
             dtheta, dlam = _launch_backward(
-                grad_w, shape, seed, column_norm, theta_d if want_lam else None, lam, sizes
+                grad_w, shape, seed, column_norm, theta_arg, lam_arg, sizes
             )
         else:
             g = grad_w.to(_compute_dtype(theta_d.dtype))
@@ -636,6 +915,8 @@ def apply_delta(
     backend = backend or ("triton" if W0.is_cuda else "cpu")
     if backend not in ("triton", "cpu"):
         raise ValueError(f"backend must be 'triton' or 'cpu', got {backend!r}")
+    if backend == "cpu" and W0.is_cuda:
+        raise ValueError("backend='cpu' (numba) takes CPU tensors; use 'triton' for CUDA tensors")
     return FastfoodDelta.apply(
         W0.contiguous(), theta_d, lam, D, n, sizes, seed, float(column_norm), backend
     )

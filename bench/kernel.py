@@ -1,0 +1,354 @@
+"""Triton Fastfood kernels as ratios to a device-to-device copy, and a RoBERTa-base training step
+of subspace fine-tuning as a ratio to one of full fine-tuning.
+
+    python bench/kernel.py [--D 1e7 1.25e8 3.55e8] [--d 1e3 1e4 1e5] [--steps 10] [--skip-step]
+    python bench/kernel.py --compile-only      # no GPU needed: compile for sm_90, report spills
+
+Kernels (GPU only): for every (D, d), with n = block_size(d), each time is the median of
+`triton.testing.do_bench` and is divided by a copy of D fp32 values measured in the same run:
+  forward  P θ_d                       (writes D values)
+  fused    W = W0 + P θ_d              (`apply_delta`: reads and writes D values)
+  backward Pᵀ g                        (reads D values)
+  said_bwd Pᵀ(λ_row g) and ∂L/∂λ       (100 λ groups; recomputes P θ_d block by block)
+
+Step (GPU only): RobertaForSequenceClassification with RobertaConfig() defaults (RoBERTa-base
+sizes, random weights), batch 32 × 128 tokens, bf16 autocast, AdamW; forward, loss, backward and
+optimiser step, median of --steps after two warm-up steps. Subspace rows use
+`sweeper.subspace.SubspaceModel` (P θ_d, then θ0 + Δ by tensor) and `fused` rows a wrapper
+defined here that builds θ = θ0 + (λ·) P θ_d in one `apply_delta` pass over a flat θ0 and runs
+the model with `torch.func.functional_call`.
+
+Prints tables and writes bench/results/kernel.json (or kernel_compile.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+from sweeper.projection import fastfood_triton as ft
+from sweeper.projection.fastfood import block_size
+
+RESULTS = Path(__file__).parent / "results"
+SEED = 0
+SAID_GROUPS = 100
+BATCH, TOKENS = 32, 128
+
+
+def ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def kernel_rows(Ds: list[int], ds: list[int]) -> list[dict]:
+    rows = []
+    for D in Ds:
+        src = torch.randn(D, device="cuda")
+        dst = torch.empty_like(src)
+        copy = ms(lambda dst=dst, src=src: dst.copy_(src))
+        for d in ds:
+            n = block_size(d)
+            theta = torch.randn(d, device="cuda")
+            sizes = [D // SAID_GROUPS] * (SAID_GROUPS - 1)
+            sizes.append(D - sum(sizes))
+            lam = torch.ones(SAID_GROUPS, device="cuda", requires_grad=True)
+            theta_g = theta.clone().requires_grad_()
+            with torch.no_grad():
+                times = {
+                    "forward": ms(lambda theta=theta, D=D, n=n: ft.forward(theta, D, SEED, 1.0, n)),
+                    "fused": ms(lambda src=src, theta=theta: ft.apply_delta(src, theta, SEED)),
+                    "backward": ms(lambda src=src, d=d, n=n: ft.adjoint(src, d, SEED, 1.0, n)),
+                }
+            W = ft.apply_delta(src, theta_g, SEED, lam=lam, group_sizes=sizes)
+            times["said_bwd"] = ms(
+                lambda W=W, src=src, theta_g=theta_g, lam=lam: torch.autograd.grad(
+                    W, (theta_g, lam), src, retain_graph=True
+                )
+            )
+            shape = ft._shape(D, d, n)
+            row = {"D": D, "d": d, "n": n, "chunks": shape.chunks, "staged": shape.staged}
+            row["copy_ms"] = copy
+            for name, t in times.items():
+                row[f"{name}_ms"] = t
+                row[f"{name}_ratio"] = t / copy
+            rows.append(row)
+            print_kernel_row(row)
+        del src, dst
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_kernel_header() -> None:
+    print(f"{'D':>12}{'d':>8}{'n':>7}{'copy ms':>9}" + "".join(f"{k:>10}" for k in NAMES))
+
+
+NAMES = ("forward", "fused", "backward", "said_bwd")
+
+
+def print_kernel_row(row: dict) -> None:
+    ratios = "".join(f"{row[f'{k}_ratio']:>10.2f}" for k in NAMES)
+    print(f"{row['D']:>12,}{row['d']:>8,}{row['n']:>7}{row['copy_ms']:>9.3f}{ratios}", flush=True)
+
+
+# --- one training step ---------------------------------------------------------------------------
+
+
+class FusedSubspace(torch.nn.Module):
+    """θ = θ0 + (λ_run ·) P θ_d in one `apply_delta` pass over a flat θ0, then functional_call.
+
+    SAID's λ here scales contiguous runs of same-group tensors (one per layer for RoBERTa)."""
+
+    def __init__(self, base: torch.nn.Module, d: int, said: bool) -> None:
+        super().__init__()
+        self.base = base
+        named = list(base.named_parameters())
+        for _, p in named:
+            p.requires_grad_(False)
+        self.names = [name for name, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.register_buffer("theta0", torch.cat([p.detach().reshape(-1) for _, p in named]))
+        self.group_sizes = None
+        n_lambda = 0
+        if said:
+            from sweeper.subspace import layer_group
+
+            runs: list[list] = []
+            for name, size in zip(self.names, self.sizes, strict=True):
+                key = layer_group(name)
+                if runs and runs[-1][0] == key:
+                    runs[-1][1] += size
+                else:
+                    runs.append([key, size])
+            self.group_sizes = tuple(size for _, size in runs)
+            n_lambda = len(runs)
+        self.theta_d = torch.nn.Parameter(torch.zeros(d - n_lambda, device=self.theta0.device))
+        self.lam = (
+            torch.nn.Parameter(torch.ones(n_lambda, device=self.theta0.device)) if said else None
+        )
+
+    def forward(self, **batch):
+        flat = ft.apply_delta(
+            self.theta0, self.theta_d, SEED, lam=self.lam, group_sizes=self.group_sizes
+        )
+        params = {
+            name: piece.view(shape)
+            for name, piece, shape in zip(
+                self.names, flat.split(self.sizes), self.shapes, strict=True
+            )
+        }
+        return torch.func.functional_call(self.base, params, (), batch, strict=False)
+
+
+def step_row(kind: str, d: int | None, steps: int) -> dict:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(num_labels=2)
+    base = RobertaForSequenceClassification(config).cuda()
+    if kind == "full":
+        module = base
+    elif kind in ("did", "said"):
+        from sweeper.subspace import SubspaceConfig, SubspaceModel
+
+        module = SubspaceModel(base, SubspaceConfig(d=d, method=kind)).cuda()
+    else:
+        module = FusedSubspace(base, d, said=kind == "said-fused")
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    batch = {
+        "input_ids": torch.randint(
+            3, config.vocab_size, (BATCH, TOKENS), device="cuda", generator=gen
+        ),
+        "attention_mask": torch.ones(BATCH, TOKENS, dtype=torch.long, device="cuda"),
+        "labels": torch.randint(0, 2, (BATCH,), device="cuda", generator=gen),
+    }
+    module.train()
+
+    def one_step() -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = module(**batch).loss
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(2):  # warm-up: Triton compilation, allocator, cuBLAS heuristics
+        one_step()
+    times = [one_step() for _ in range(steps)]
+    row = {
+        "method": kind,
+        "d": d,
+        "D": sum(p.numel() for p in base.parameters()),
+        "trainable_params": sum(p.numel() for p in params),
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+    }
+    return row
+
+
+def step_rows(ds: list[int], steps: int) -> list[dict]:
+    cases = [("full", None)]
+    cases += [(kind, d) for d in ds for kind in ("did", "did-fused", "said", "said-fused")]
+    rows = []
+    print(f"\nRoBERTa-base step, batch {BATCH}×{TOKENS}, bf16 autocast, AdamW")
+    print(f"{'method':<12}{'d':>9}{'trainable':>13}{'ms/step':>10}{'÷ full':>9}")
+    for kind, d in cases:
+        row = step_row(kind, d, steps)
+        torch.cuda.empty_cache()
+        row["ratio_to_full"] = row["seconds"] / (rows[0]["seconds"] if rows else row["seconds"])
+        rows.append(row)
+        shown = "-" if d is None else f"{d:,}"
+        print(
+            f"{kind:<12}{shown:>9}{row['trainable_params']:>13,}"
+            f"{1e3 * row['seconds']:>10.1f}{row['ratio_to_full']:>9.2f}",
+            flush=True,
+        )
+    return rows
+
+
+# --- compile-only: the kernels built for an H100 without one ----------------------------------
+
+
+def compile_rows(ns: list[int]) -> list[dict]:
+    """Compile every kernel family at each n for sm_90 and read ptxas' register/spill report."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(90).path
+    except Exception:  # an older or newer triton: report without ptxas
+        ptxas = None
+    rows = []
+    print(f"{'kernel':<24}{'n':>7}{'compile s':>11}{'regs':>6}{'spill B':>9}{'smem B':>8}")
+    for n in ns:
+        shape = ft._Shape(10**8, 10**5, n)
+        staged = ["scratch_ptr"] if shape.staged else []
+        fwd_ptrs = [
+            "theta_ptr",
+            "base_ptr",
+            "out_ptr",
+            *staged,
+            "table_ptr",
+            "scale_ptr",
+            "lam_ptr",
+        ]
+        bwd_ptrs = ["grad_ptr", "theta_ptr", "partial_ptr", "lam_partial_ptr", *staged]
+        bwd_ptrs += ["table_ptr", "scale_ptr", "lam_ptr"]
+        tail = ["groups", "max_groups"]
+        bwd_ints = ["d", "D", "m", "seed", *([] if shape.staged else ["tiles"]), *tail]
+        cases = [
+            (
+                ft._forward_staged_kernel if shape.staged else ft._forward_kernel,
+                fwd_ptrs,
+                ["d", "D", "m", "seed", "chunks", *tail],
+                {"HAS_BASE": True, "HAS_LAM": True},
+            ),
+            (
+                ft._backward_staged_kernel if shape.staged else ft._backward_kernel,
+                bwd_ptrs,
+                bwd_ints,
+                {"HAS_LAM": True, "LAM_GRAD": True},
+            ),
+        ]
+        for kernel, ptrs, ints, flags in cases:
+            constexprs = {**ft._constexprs(shape), **flags}
+            signature = {p: "*fp32" for p in ptrs}
+            signature.update(offsets_ptr="*i64", block_group_ptr="*i32")
+            signature.update({i: "i32" for i in ints})
+            signature.update({c: "constexpr" for c in constexprs})
+            start = time.perf_counter()
+            compiled = triton.compile(
+                ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                target=target,
+                options={"num_warps": shape.num_warps},
+            )
+            row = {
+                "kernel": kernel.__name__,
+                "n": n,
+                "compile_s": time.perf_counter() - start,
+                "shared_bytes": compiled.metadata.shared,
+                "registers": None,
+                "spill_bytes": None,
+            }
+            if ptxas:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ptx = Path(tmp) / "k.ptx"
+                    ptx.write_text(compiled.asm["ptx"])
+                    report = subprocess.run(
+                        [ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx) + ".o"],
+                        capture_output=True,
+                        text=True,
+                    ).stderr
+                for line in report.splitlines():
+                    if "spill stores" in line:
+                        row["spill_bytes"] = int(line.split("bytes spill stores")[0].split(",")[-1])
+                    if "Used" in line and "registers" in line:
+                        row["registers"] = int(line.split("Used")[1].split("registers")[0])
+            rows.append(row)
+            print(
+                f"{row['kernel']:<24}{n:>7}{row['compile_s']:>11.1f}{row['registers'] or '-':>6}"
+                f"{row['spill_bytes'] if row['spill_bytes'] is not None else '-':>9}"
+                f"{row['shared_bytes']:>8}",
+                flush=True,
+            )
+    return rows
+
+
+def write(name: str, payload: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / name
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--D", type=float, nargs="+", default=[1e7, 1.25e8, 3.55e8])
+    parser.add_argument("--d", type=float, nargs="+", default=[1e3, 1e4, 1e5])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--skip-step", action="store_true", help="kernels only")
+    parser.add_argument("--compile-only", action="store_true", help="no GPU: sm_90 build report")
+    parser.add_argument("--n", type=int, nargs="+", default=[64, 1024, 2048, 32768])
+    args = parser.parse_args()
+    meta = {"torch": torch.__version__, "triton": triton.__version__, "seed": SEED}
+
+    if args.compile_only:
+        rows = compile_rows(args.n)
+        write("kernel_compile.json", {"meta": {**meta, "target": "sm_90"}, "rows": rows})
+        return
+    if not torch.cuda.is_available():
+        sys.exit(
+            "bench/kernel.py times the Triton kernels and needs a CUDA GPU "
+            "(torch.cuda.is_available() is False here). Without one, "
+            "`python bench/kernel.py --compile-only` still builds them for sm_90."
+        )
+    meta.update(device=torch.cuda.get_device_name(), machine=platform.machine())
+    Ds = [int(D) for D in args.D]
+    ds = [int(d) for d in args.d]
+    print(f"Fastfood kernels on {meta['device']}: time ÷ copy of D fp32 values (same run)")
+    print_kernel_header()
+    kernels = kernel_rows(Ds, ds)
+    steps = [] if args.skip_step else step_rows(ds, args.steps)
+    write("kernel.json", {"meta": meta, "kernels": kernels, "step": steps})
+
+
+if __name__ == "__main__":
+    main()
