@@ -119,16 +119,62 @@ class SubspaceModel(nn.Module):
         """The true count: θ_d, λ, and any parameter trained directly."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    # 'triton' on CUDA tensors; tests set 'cpu' to run the same fused path through numba.
+    fused_backend: str | None = None
+
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         """θ0 + (λ ·) P θ_d for every projected parameter, by name."""
-        delta = self.projection(self.theta_d).split(self.sizes)
         base = dict(self.base.named_parameters())
+        if self._fused():
+            flat = self._fused_weights(base)
+            pieces = flat.split(self.sizes)
+            return {
+                name: piece.view_as(base[name])
+                for name, piece in zip(self.projected, pieces, strict=True)
+            }
+        delta = self.projection(self.theta_d).split(self.sizes)
         out = {}
         for name, piece, group in zip(self.projected, delta, self.group_of, strict=True):
             if self.lam is not None:
                 piece = self.lam[group] * piece
             out[name] = base[name] + piece.view_as(base[name])
         return out
+
+    def _fused(self) -> bool:
+        """Global Fastfood on a GPU (or a forced backend): one kernel writes W = θ0 + λ·PΘ."""
+        c = self.config
+        wanted = self.theta_d.is_cuda or self.fused_backend is not None
+        return wanted and c.projection == "fastfood" and c.layout == "global"
+
+    def _fused_weights(self, base: dict[str, torch.Tensor]) -> torch.Tensor:
+        from sweeper.projection.fastfood_triton import apply_delta
+
+        # θ0 flat, cached per device: the base tensors are frozen, so it never goes stale
+        # (a trained head is never projected). Costs one extra copy of θ0 on the device.
+        key = (self.theta_d.device, self.theta_d.dtype)
+        if getattr(self, "_theta0", (None, None))[0] != key:
+            flat = torch.cat([base[n].detach().reshape(-1) for n in self.projected])
+            self._theta0 = (key, flat)
+        lam, sizes = None, None
+        if self.lam is not None:  # λ per run of consecutive tensors in the same group
+            runs: list[tuple[int, int]] = []
+            for group, size in zip(self.group_of, self.sizes, strict=True):
+                if runs and runs[-1][0] == group:
+                    runs[-1] = (group, runs[-1][1] + size)
+                else:
+                    runs.append((group, size))
+            lam = self.lam[torch.tensor([g for g, _ in runs], device=self.lam.device)]
+            sizes = [size for _, size in runs]
+        return apply_delta(
+            self._theta0[1],
+            self.theta_d,
+            self.config.seed,
+            lam=lam,
+            group_sizes=sizes,
+            column_norm=self.projection.column_norm,
+            max_block=self.projection.max_block,
+            backend=self.fused_backend,
+        )
 
     def forward(self, *args, **kwargs):
         return functional_call(self.base, self.effective_parameters(), args, kwargs, strict=False)

@@ -108,3 +108,27 @@ def test_rebalance_keeps_the_function_and_sets_mean_lambda_to_one():
     model.rebalance()
     torch.testing.assert_close(model(x), before)
     assert model.lam.abs().mean().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["did", "said"])
+def test_fused_fastfood_path_matches_the_plain_one(method):
+    """The GPU path (one fused W = θ0 + λ·PΘ kernel) computes what the plain path does; run
+    here through the fused autograd Function's CPU backend."""
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    results = []
+    for fused in (None, "cpu"):
+        model = SubspaceModel(Tiny(), SubspaceConfig(d=9, method=method, seed=4))
+        model.fused_backend = fused
+        with torch.no_grad():
+            model.theta_d.copy_(torch.linspace(-1, 1, model.theta_d.numel()))
+            if model.lam is not None:
+                model.lam.copy_(torch.tensor([0.5, 2.0]))
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [model.theta_d.grad] + ([model.lam.grad] if model.lam is not None else [])
+        results.append((loss.detach(), grads))
+    (loss_plain, grads_plain), (loss_fused, grads_fused) = results
+    torch.testing.assert_close(loss_fused, loss_plain)
+    for a, b in zip(grads_fused, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
