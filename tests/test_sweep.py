@@ -125,12 +125,11 @@ def test_second_job_reuses_the_cached_baseline(toy_run):
 
 
 def _finished_probe_runs(uri: str) -> list:
-    if not Path(uri.removeprefix("sqlite:///")).exists():
+    # The job creates (and migrates) the SQLite store before it starts Ray: opening the store
+    # while it is being created would race its migration, so wait for Ray's results folder.
+    if not (Path(uri.removeprefix("sqlite:///")).parent / "ray_results").exists():
         return []
-    try:
-        return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
-    except Exception:
-        return []
+    return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
 
 
 def test_resume_after_sigterm_reruns_nothing_and_matches(tmp_path, toy_run):
