@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sweeper.dashboard import DEFAULT_MLFLOW_UI
 from sweeper.errors import SpecError
 
 DEFAULT_PORT = 8050
 
 
 def register(subparsers) -> None:
-    from sweeper.dashboard.data import DEFAULT_MLFLOW_UI
-
     report = subparsers.add_parser(
         "report", help="write one self-contained HTML report (charts, table) from MLflow"
     )

@@ -20,11 +20,11 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeper.dashboard import DEFAULT_MLFLOW_UI
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
 from sweeper.tracking import all_runs
 
-DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 OUTCOMES = ("pass", "fail", "diverged", "stopped", "error")
 STATUS_WORDS = {
     "found": "found",

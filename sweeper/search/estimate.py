@@ -53,7 +53,8 @@ def estimate_threshold_crossing(
         raise ValueError(f"n_boot ({n_boot}) must be ≥ 1")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level ({level}) must lie strictly between 0 and 1, e.g. 0.9")
-    ordered = sorted(results, key=lambda r: (r.point, r.seed))
+    # passed in the key too: duplicated (point, seed) results must not make order matter
+    ordered = sorted(results, key=lambda r: (r.point, r.seed, bool(r.passed)))
     if not ordered:
         return None, None
     grid, index = np.unique([r.point for r in ordered], return_inverse=True)
