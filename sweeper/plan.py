@@ -120,6 +120,9 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
         }
     if method == "lora":
         config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
+        # only when set: a job that leaves them out keeps the config hashes it always had
+        config |= {"lora_targets": m.lora_targets} if m.lora_targets else {}
+        config |= {"rslora": True} if m.rslora else {}
     return config
 
 
@@ -218,6 +221,7 @@ class JobPlan:
                     lo=min(max(m.lo, floor), hi - 1),
                     hi=hi,
                     hard_hi=max(limit, hi),
+                    hard_lo=min(floor, hi - 1),  # widening lo never goes below what can run
                     threshold=threshold,
                     tolerance=self.spec.tolerance,
                     probe_seeds=self.spec.seeds.probe,

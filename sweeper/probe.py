@@ -36,6 +36,8 @@ def trial_spec(config: dict[str, Any], lr: float | None = None) -> TrialSpec:
         train_head=config.get("train_head", False),
         lora_alpha=config.get("lora_alpha"),
         lora_dropout=config.get("lora_dropout", 0.0),
+        lora_targets=tuple(config["lora_targets"]) if config.get("lora_targets") else None,
+        rslora=config.get("rslora", False),
         train=train,
         threshold=config.get("threshold") if config.get("stop_on_pass", True) else None,
         patience=config.get("patience"),
@@ -115,4 +117,3 @@ def decode_compressed(b64: str, path: str) -> None:
     """Write a probe's base64 compressed model to `path`."""
     with open(path, "wb") as f:
         f.write(base64.b64decode(b64))
-

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweeper.errors import SpecError
-from sweeper.tasks import TASKS
+from sweeper.tasks import TASKS, check_task
 
 SEARCHED = ("did", "said", "lora")
 Scalar = int | float | str | bool
@@ -63,11 +63,18 @@ class TrainSpec(_Strict):
     batch_size: Annotated[int, Field(ge=1)] | None = None
     eval_every: Annotated[int, Field(ge=1)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
+    # micro-batches per step (batch_size // grad_accum examples each): memory, not maths
+    grad_accum: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _one_lr_rule(self) -> TrainSpec:
         if self.lr is not None and self.lr_search is not None:
             raise ValueError("give either lr (fixed) or lr_search, not both")
+        if self.grad_accum and self.batch_size and self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
+                f"({self.grad_accum}): a step's batch is split into grad_accum micro-batches"
+            )
         return self
 
     def merged(self, override: TrainSpec) -> TrainSpec:
@@ -90,6 +97,11 @@ class MethodSpec(_Strict):
     train_head: bool = False
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # modules LoRA adapts (PEFT target_modules); null: the task's (query, value for BERT/RoBERTa)
+    lora_targets: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
+    rslora: bool = False  # rank-stabilised LoRA: scale alpha/√r instead of alpha/r
     train: TrainSpec = TrainSpec()
 
 
@@ -244,34 +256,39 @@ def _field_path(loc: tuple) -> str:
     return path or "(top level)"
 
 
-def _check_names(spec: JobSpec) -> None:
-    """Names pydantic cannot know: tasks, models per task, task options."""
+def _grid_field(field: str, b: int, t: int, m: int) -> str:
+    """A task check's field (`model`, `task_options.<key>`, …) as a path in the job spec."""
+    where = f"grid[{b}].tasks[{t}]"
+    if field == "model":
+        return f"grid[{b}].models[{m}]"
+    if field.startswith("task_options"):
+        return where + field.removeprefix("task_").replace("options", ".options", 1)
+    return f"{where}.name"
+
+
+def _check_pairs(spec: JobSpec, check) -> None:
+    """Run `check(task, model, options)` on every pair of the grid; its SpecError's field
+    becomes the path of the offending value in the spec."""
     for b, block in enumerate(spec.grid):
         for t, task in enumerate(block.tasks):
-            where = f"grid[{b}].tasks[{t}]"
-            info = TASKS.get(task.name)
-            if info is None:
-                raise SpecError(
-                    f"{where}.name", f"unknown task {task.name!r}; built-in: {sorted(TASKS)}"
-                )
-            unknown = sorted(set(task.options) - set(info.options))
-            if unknown:
-                raise SpecError(
-                    f"{where}.options",
-                    f"unknown option(s) {unknown}; accepted: {list(info.options)}",
-                )
-            for key, value in task.options.items():
-                if not (type(value) is int and value >= info.options[key]):
-                    raise SpecError(
-                        f"{where}.options.{key}",
-                        f"must be an integer ≥ {info.options[key]}, got {value!r}",
-                    )
             for m, model in enumerate(block.models):
-                if model not in info.models:
-                    raise SpecError(
-                        f"grid[{b}].models[{m}]",
-                        f"task {task.name!r} runs on {list(info.models)}, not {model!r}",
-                    )
+                try:
+                    check(task.name, model, dict(task.options))
+                except SpecError as e:
+                    raise SpecError(_grid_field(e.field, b, t, m), e.message) from None
+
+
+def check_ready(spec: JobSpec) -> None:
+    """What `validate` leaves to the machine that runs the job: its built-in assets are
+    fetched (`sweeper assets fetch NAME`). Call before starting any trial."""
+    from sweeper.tasks import check_ready as check_pair
+
+    _check_pairs(spec, check_pair)
+
+
+def _check_names(spec: JobSpec) -> None:
+    """Names pydantic cannot know: tasks, models per task, task options."""
+    _check_pairs(spec, check_task)
     if spec.methods.full.search is not None:
         raise SpecError("methods.full.search", "the baseline has no search range; remove it")
     named = [name for name in SEARCHED if getattr(spec.methods, name) is not None]
@@ -280,6 +297,12 @@ def _check_names(spec: JobSpec) -> None:
     for name in named:
         if getattr(spec.methods, name).search is None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
+    for name in ("full", *named):
+        try:  # the job's train merged with the method's: each valid alone, maybe not together
+            spec.train_for(name)
+        except ValidationError as e:
+            message = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise SpecError(f"methods.{name}.train", message) from None
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
 

@@ -7,6 +7,7 @@ The reported metric is the best evaluation seen: a probe asks "does training in 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from torch import nn
 from sweeper.errors import SpecError
 from sweeper.projection import KINDS, LAYOUTS
 from sweeper.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
-from sweeper.tasks import Problem, TrainSettings, build_problem, get_task
+from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
 
 METHODS = ("full", "did", "said", "lora")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
@@ -44,6 +45,8 @@ class TrialSpec:
     train_head: bool = False
     lora_alpha: float | None = None  # None: alpha = 2r
     lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
+    rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # stop as soon as the metric reaches it (a pass)
     patience: int | None = None  # stop below threshold after this many evals without a new best
@@ -85,33 +88,50 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        if not problem.lora_targets:
+        targets = lora_targets(problem, spec)
+        if not targets:
             raise ValueError(f"task {spec.task!r} has no layers LoRA can adapt")
         config = LoraConfig(
             r=spec.dim,
             lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else 2 * spec.dim,
             lora_dropout=spec.lora_dropout,
-            target_modules=list(problem.lora_targets),
+            use_rslora=spec.rslora,
+            target_modules=list(targets),
             modules_to_save=list(problem.head) or None,
         )
         return get_peft_model(problem.model, config)
     raise ValueError(f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
 
 
+def lora_targets(problem: Problem, spec: TrialSpec) -> tuple[str, ...]:
+    """The module names LoRA adapts: the spec's, else the task's."""
+    return spec.lora_targets or problem.lora_targets
+
+
+def resolve_device(preference: str) -> torch.device:
+    """'auto': the GPU when there is one (a Ray trial sees only the GPUs it was given)."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (weights and θ_d stay float32), nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def check_trial(spec: TrialSpec) -> None:
     """Raise SpecError for anything that would make the trial fail, before any training."""
-    try:
-        info = get_task(spec.task)
-        build_problem(spec.task, spec.model, spec.task_options)
-    except KeyError as e:
-        raise SpecError("task", e.args[0]) from None
-    except ValueError as e:
-        field = "model" if "models" in str(e) else "task_options"
-        raise SpecError(field, str(e)) from None
+    info = check_task(spec.task, spec.model, spec.task_options)
+    problem = build_problem(spec.task, spec.model, spec.task_options)
     if spec.method not in METHODS:
         raise SpecError("method", f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
     if spec.method not in info.methods:
         raise SpecError("method", f"task {spec.task!r} supports {list(info.methods)}")
+    if spec.train is not None:
+        check_settings(spec.train)
     if spec.method == "full":
         return
     if spec.dim is None or spec.dim < 1:
@@ -122,11 +142,27 @@ def check_trial(spec: TrialSpec) -> None:
         if spec.layout not in LAYOUTS:
             raise SpecError("layout", f"choose one of {list(LAYOUTS)}")
         try:  # builds P too: cheap for fastfood, and the only exact check of d against D
-            wrap(build_problem(spec.task, spec.model, spec.task_options), spec)
+            wrap(problem, spec)
         except ValueError as e:
             raise SpecError("dim", str(e)) from None
-    if spec.train is not None and spec.train.optimizer not in OPTIMIZERS:
+    if spec.method == "lora":
+        names = {name.rpartition(".")[2] for name, _ in problem.model.named_modules()}
+        missing = sorted(set(lora_targets(problem, spec)) - names)
+        if missing:
+            raise SpecError("lora_targets", f"no module named {missing} in {spec.model!r}")
+
+
+def check_settings(settings: TrainSettings) -> None:
+    if settings.optimizer not in OPTIMIZERS:
         raise SpecError("train.optimizer", f"choose one of {list(OPTIMIZERS)}")
+    if settings.batch_size % settings.grad_accum:
+        raise SpecError(
+            "train.grad_accum",
+            f"must divide batch_size ({settings.batch_size}): a step's batch is split into "
+            f"grad_accum micro-batches",
+        )
+    if settings.optimizer == "lbfgs" and settings.grad_accum != 1:
+        raise SpecError("train.grad_accum", "L-BFGS re-evaluates whole batches: use 1")
 
 
 def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
@@ -136,7 +172,8 @@ def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
         widths = [
             min(module.in_features, module.out_features)
             for name, module in problem.model.named_modules()
-            if name.rpartition(".")[2] in problem.lora_targets and isinstance(module, nn.Linear)
+            if name.rpartition(".")[2] in lora_targets(problem, spec)
+            and isinstance(module, nn.Linear)
         ]
         return 1, min(widths, default=1)
     config = SubspaceConfig(d=1, train_head=spec.train_head, said_groups=spec.said_groups)
@@ -147,6 +184,9 @@ def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
 
 
 def trainable_count(module: nn.Module) -> int:
+    """The true count; PEFT's own for LoRA models (its adapters plus modules_to_save)."""
+    if hasattr(module, "get_nb_trainable_parameters"):
+        return module.get_nb_trainable_parameters()[0]
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -181,23 +221,34 @@ def run_trial(
     torch.manual_seed(spec.seed)
     problem = build_problem(spec.task, spec.model, spec.task_options, spec.seed)
     D = sum(p.numel() for p in problem.model.parameters())
-    module = wrap(problem, spec)
+    device = resolve_device(problem.device)
+    module = wrap(problem, spec).to(device)
     settings = spec.train or problem.train_defaults(spec.method)
+    check_settings(settings)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(settings, params)
-    batches = problem.batches(settings.batch_size, spec.seed)
+    accum = settings.grad_accum
+    batches = problem.batches(settings.batch_size // accum, spec.seed)
 
     def compute_loss() -> torch.Tensor:
+        """One step's loss and gradient, summed over its micro-batches (the mean over the
+        whole batch, as if it were one): the closure L-BFGS re-evaluates."""
         optimizer.zero_grad()
-        loss = problem.loss(module, batch)
-        loss.backward()
-        return loss
+        losses = []
+        for micro in step_batches:
+            with autocast(device):
+                loss = problem.loss(module, micro)
+            if accum > 1:
+                loss = loss / accum
+            loss.backward()
+            losses.append(loss.detach())
+        return losses[0] if accum == 1 else torch.stack(losses).sum()
 
     history: list[dict[str, float]] = []
     best, loss_value, outcome, step, stale = -math.inf, math.nan, None, 0, 0
     module.train()
     for step in range(1, settings.steps + 1):
-        batch = next(batches)
+        step_batches = [next(batches) for _ in range(accum)]
         if settings.optimizer == "lbfgs":
             # Restarted L-BFGS (a fresh memory every step of up to 100 iterations), with
             # SAID's λ·θ_d scale symmetry rebalanced at each restart: otherwise it drifts to
@@ -208,7 +259,7 @@ def run_trial(
             optimizer = make_optimizer(settings, params)
             loss_value = float(optimizer.step(compute_loss).detach())
         else:
-            loss_value = float(compute_loss().detach())
+            loss_value = float(compute_loss())
             optimizer.step()
         if not math.isfinite(loss_value):
             outcome = "diverged"
@@ -216,7 +267,8 @@ def run_trial(
         if step % settings.eval_every and step != settings.steps:
             continue
         module.eval()
-        metrics = problem.evaluate(module)
+        with autocast(device):
+            metrics = problem.evaluate(module)
         module.train()
         history.append({"step": step, "train/loss": loss_value, **metrics})
         stale = stale + 1 if metrics[problem.metric] <= best else 0

@@ -252,6 +252,15 @@ def test_widening_up_stops_at_hard_hi():
     assert max(r["point"] for r in search.state_dict()["results"]) == 250
 
 
+def test_widening_down_stops_at_hard_lo():
+    """SAID with 5 λ scalars cannot run at d ≤ 5: a passing lo widens no lower than 6."""
+    search = ThresholdSearch(SearchSettings(lo=10, hi=100, threshold=0.5, hard_lo=6))
+    drive(search, step_oracle(1), workers=2)
+
+    assert search.result().outcome == "not_bracketed_lo_passes"
+    assert min(r["point"] for r in search.state_dict()["results"]) == 6
+
+
 @settings(max_examples=40, deadline=None)
 @given(search_problems(), workers, st.integers(0, 2**16), st.integers(0, 12))
 def test_replaying_results_in_any_order_gives_same_state(problem, n_workers, noise_seed, n_rounds):

@@ -26,11 +26,12 @@ def log_spaced_interior(lo: int, hi: int, k: int) -> list[int]:
     return sorted(p for p in points if lo < p < hi)
 
 
-def widened_down(lo: int, factor: int, times: int) -> list[int]:
-    """Lower ends to try, in order, when ``lo`` already passes: lo//f, lo//f², … (never below 1)."""
+def widened_down(lo: int, factor: int, times: int, floor: int = 1) -> list[int]:
+    """Lower ends to try, in order, when ``lo`` already passes: lo//f, lo//f², … (never below
+    ``floor``)."""
     out: list[int] = []
     for _ in range(times):
-        nxt = max(1, lo // factor)
+        nxt = max(floor, lo // factor)
         if nxt >= lo:
             break
         out.append(nxt)

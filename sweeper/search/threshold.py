@@ -49,6 +49,8 @@ class SearchSettings:
     """...at most this many times on each side, never below 1."""
     hard_hi: int | None = None
     """Ceiling for widening hi (e.g. D, the model size); None = no ceiling."""
+    hard_lo: int = 1
+    """Floor for widening lo (e.g. SAID's λ count + 1: below it there is no θ_d at all)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +63,7 @@ class SearchSettings:
             (self.max_probes >= 1, f"max_probes ({self.max_probes}) must be ≥ 1"),
             (self.widen_factor >= 2, f"widen_factor ({self.widen_factor}) must be ≥ 2"),
             (self.max_widen >= 0, f"max_widen ({self.max_widen}) must be ≥ 0"),
+            (1 <= self.hard_lo <= self.lo, f"hard_lo ({self.hard_lo}) must be in [1, lo]"),
             (
                 self.hard_hi is None or self.hard_hi >= self.hi,
                 f"hard_hi ({self.hard_hi}) must be ≥ hi ({self.hi}), or None for no ceiling",
@@ -295,7 +298,7 @@ class ThresholdSearch:
         if s.lo not in verdict:
             points = [p for p in (s.lo, s.hi) if p not in verdict]
         elif lowest_pass is not None:  # lo (or a widened lo) passes: look lower
-            lower = widened_down(s.lo, s.widen_factor, s.max_widen)
+            lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
             points = [p for p in lower if p < lowest_pass][:1]
         elif s.hi not in verdict:
             points = [s.hi]

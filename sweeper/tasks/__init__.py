@@ -4,29 +4,64 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from sweeper.tasks import digits, toy_sums
-from sweeper.tasks.base import Problem, TrainSettings
+from sweeper.errors import SpecError
+from sweeper.tasks import digits, text, toy_sums
+from sweeper.tasks.base import Option, Problem, TrainSettings
 
 
 @dataclass(frozen=True)
 class TaskInfo:
+    """A built-in task: the models it runs on, the options a job may set, how to build it.
+
+    models: the model names it accepts; None: any Hugging Face model id or local model folder,
+        or a built-in model name (the text tasks; `check` judges the string).
+    default_model: the model when none is named (default: the first of `models`).
+    check: a cheap look at (model, options) that loads no model and no hub data — a model
+        string's form, a local file's columns and labels; raises SpecError with field `model`
+        or `task_options.<key>`.
+    ready: what `check` leaves out because a spec may be validated on another machine than
+        the one that runs it (the built-in assets are fetched); same errors.
+    """
+
     name: str
-    models: tuple[str, ...]
-    options: dict[str, int]  # accepted integer options → their smallest allowed value
+    models: tuple[str, ...] | None
+    options: dict[str, Option]
     build: Callable[[str, dict, int], Problem]
     methods: tuple[str, ...] = ("full", "did", "said", "lora")
+    check: Callable[[str, dict], None] | None = None
+    ready: Callable[[str, dict], None] | None = None
+    default_model: str | None = None
+
+    @property
+    def first_model(self) -> str:
+        return self.default_model or (self.models or ("",))[0]
 
 
 TASKS: dict[str, TaskInfo] = {
     "toy-sums": TaskInfo(
         "toy-sums",
         ("vector",),
-        {"groups": 1, "group_size": 1, "init_seed": 0},
+        {"groups": Option(int, 1), "group_size": Option(int, 1), "init_seed": Option(int, 0)},
         toy_sums.build,
         methods=("full", "did", "said"),
     ),
-    "digits": TaskInfo("digits", ("mlp",), {"hidden": 1, "init_seed": 0}, digits.build),
+    "digits": TaskInfo(
+        "digits", ("mlp",), {"hidden": Option(int, 1), "init_seed": Option(int, 0)}, digits.build
+    ),
+    **{
+        name: TaskInfo(
+            name,
+            None,
+            text.options(name),
+            partial(text.build, name),
+            check=partial(text.check, name),
+            ready=partial(text.ready, name),
+            default_model=text.BUILTIN_MODEL,
+        )
+        for name in text.TASK_NAMES
+    },
 }
 
 
@@ -36,17 +71,62 @@ def get_task(name: str) -> TaskInfo:
     return TASKS[name]
 
 
-def build_problem(task: str, model: str, options: dict | None = None, seed: int = 0) -> Problem:
-    """Build `task` on `model`, checking both names and the option keys."""
-    info = get_task(task)
-    if model not in info.models:
-        raise ValueError(f"task {task!r} runs on models {list(info.models)}, not {model!r}")
-    unknown = set(options or {}) - set(info.options)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for task {task!r}; accepted: {list(info.options)}"
+def check_task(task: str, model: str, options: dict | None = None) -> TaskInfo:
+    """Check the task name, the model for it and the option values, building nothing; then
+    the task's own cheap look (`TaskInfo.check`: a local file's columns and labels, say).
+
+    Raises SpecError with field `task`, `model`, `task_options` (unknown keys) or
+    `task_options.<key>` (a bad value).
+    """
+    info = _check_names(task, model, options or {})
+    if info.check is not None:
+        info.check(model, options or {})
+    return info
+
+
+def _check_names(task: str, model: str, options: dict) -> TaskInfo:
+    if task not in TASKS:
+        raise SpecError(
+            "task", f"unknown task {task!r}; built-in tasks: {', '.join(sorted(TASKS))}"
         )
+    info = TASKS[task]
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        raise SpecError(
+            "task_options",
+            f"unknown option(s) {unknown} for task {task!r}; accepted: {list(info.options)}",
+        )
+    for key, value in options.items():
+        why = info.options[key].problem(value)
+        if why:
+            raise SpecError(f"task_options.{key}", why)
+    if info.models is not None and model not in info.models:
+        raise SpecError("model", f"task {task!r} runs on models {list(info.models)}, not {model!r}")
+    return info
+
+
+def check_ready(task: str, model: str, options: dict | None = None) -> None:
+    """`check_task`, plus what only the machine that runs the task can check (its assets)."""
+    info = check_task(task, model, options)
+    if info.ready is not None:
+        info.ready(model, options or {})
+
+
+def build_problem(task: str, model: str, options: dict | None = None, seed: int = 0) -> Problem:
+    """Build `task` on `model` (names and options checked first; SpecError if wrong; the
+    data's own problems surface as the same SpecErrors while building)."""
+    info = _check_names(task, model, options or {})
     return info.build(model, dict(options or {}), seed)
 
 
-__all__ = ["TASKS", "Problem", "TaskInfo", "TrainSettings", "build_problem", "get_task"]
+__all__ = [
+    "TASKS",
+    "Option",
+    "Problem",
+    "TaskInfo",
+    "TrainSettings",
+    "build_problem",
+    "check_ready",
+    "check_task",
+    "get_task",
+]

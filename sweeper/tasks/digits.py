@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sweeper.tasks.base import Problem, TrainSettings
+from sweeper.tasks.base import Problem, TrainSettings, epochs
 
 HIDDEN = 64
 
@@ -48,12 +48,8 @@ def build(model: str, options: dict, seed: int) -> Problem:
     net = MLP(x_tr.shape[1], int(options.get("hidden", HIDDEN)), 10)
 
     def batches(batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(len(x_tr), generator=gen)
-            for i in range(0, len(order) - batch_size + 1, batch_size):
-                idx = order[i : i + batch_size]
-                yield x_tr[idx], y_tr[idx]
+        for idx in epochs(len(x_tr), batch_size, seed):
+            yield x_tr[idx], y_tr[idx]
 
     def loss(module: nn.Module, batch) -> torch.Tensor:
         x, y = batch

@@ -1,0 +1,109 @@
+"""One training step of DID, SAID and LoRA on MiniLM, as ratios to one step of full fine-tuning.
+
+    python bench/step.py [--threads 1] [--steps 5] [--d 1000 100000] [--r 8]
+
+The real all-MiniLM-L6-v2 (`sweeper assets fetch minilm`), a sequence-classification head, one
+fixed batch of 32 rotten-tomatoes reviews padded to 64 tokens, CPU; every method measured in
+this same process, each the median of `--steps` steps after one warm-up step. A step is what
+`train.run_trial` does: forward, loss, backward, optimiser step (for DID and SAID the forward
+includes P θ_d and the backward Pᵀ). Prints a table and writes bench/results/step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sweeper.tasks import build_problem
+from sweeper.train import TrialSpec, make_optimizer, wrap
+
+BATCH, TOKENS = 32, 64
+
+
+def fixed_batch(problem) -> dict[str, torch.Tensor]:
+    """32 real reviews, padded (or cut) to exactly 64 tokens: every method sees the same."""
+    batch = next(problem.batches(BATCH, 0))
+    out = {}
+    for key, value in batch.items():
+        if value.dim() == 2:
+            value = torch.nn.functional.pad(value, (0, max(0, TOKENS - value.shape[1])))
+            value = value[:, :TOKENS]
+        out[key] = value
+    return out
+
+
+def step_seconds(method: str, dim: int | None, steps: int) -> dict:
+    spec = TrialSpec("rotten-tomatoes", "minilm", method, dim)
+    problem = build_problem(spec.task, spec.model, spec.task_options)
+    module = wrap(problem, spec)
+    settings = problem.train_defaults(method)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = make_optimizer(settings, params)
+    batch = fixed_batch(problem)
+    module.train()
+
+    def one_step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        problem.loss(module, batch).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    one_step()  # warm-up: numba compilation, allocator
+    times = [one_step() for _ in range(steps)]
+    return {
+        "method": method,
+        "dim": dim,
+        "trainable_params": sum(p.numel() for p in params),
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--d", type=int, nargs="+", default=[1000, 100_000])
+    parser.add_argument("--r", type=int, nargs="+", default=[8])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cases = [("full", None)]
+    cases += [(m, d) for d in args.d for m in ("did", "said")]
+    cases += [("lora", r) for r in args.r]
+    rows = [step_seconds(method, dim, args.steps) for method, dim in cases]
+    full = rows[0]["seconds"]
+    for row in rows:
+        row["ratio_to_full"] = row["seconds"] / full
+
+    print(f"MiniLM step, batch {BATCH}×{TOKENS} tokens, CPU, {args.threads} threads")
+    print(f"{'method':<8}{'d or r':>8}{'trainable':>12}{'s/step':>10}{'÷ full':>9}")
+    for row in rows:
+        dim = "-" if row["dim"] is None else str(row["dim"])
+        print(
+            f"{row['method']:<8}{dim:>8}{row['trainable_params']:>12,}"
+            f"{row['seconds']:>10.3f}{row['ratio_to_full']:>9.2f}"
+        )
+    out = Path(__file__).parent / "results" / "step.json"
+    out.parent.mkdir(exist_ok=True)
+    meta = {
+        "batch": BATCH,
+        "tokens": TOKENS,
+        "threads": args.threads,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
