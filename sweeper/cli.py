@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
     install_signal_handlers()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # logs: don't fold the table
     summary = run_job(spec, resume=args.command == "resume", console=console)
     table = Table(title=f"{spec.name}: answers (threshold = {spec.threshold_fraction} × perf_full)")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
