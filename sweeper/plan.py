@@ -211,9 +211,9 @@ class JobPlan:
             if state.search is not None or not math.isfinite(threshold):
                 continue
             m = getattr(self.spec.methods, state.method).search
+            problem = build_problem(pair.task.name, pair.model, pair.task.options)
             floor, limit = dimension_range(
-                build_problem(pair.task.name, pair.model, pair.task.options),
-                trial_spec({**state.base_config, "seed": 0, "dim": 1}),
+                problem, trial_spec({**state.base_config, "seed": 0, "dim": 1}, problem)
             )
             hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
             state.search = ThresholdSearch(

@@ -13,13 +13,17 @@ import math
 from dataclasses import asdict, replace
 from typing import Any
 
-from sweeper.tasks import TrainSettings, build_problem
+from sweeper.tasks import Problem, TrainSettings, build_problem
 from sweeper.train import TrialResult, TrialSpec, run_trial
 
 
-def trial_spec(config: dict[str, Any], lr: float | None = None) -> TrialSpec:
-    """The TrialSpec a probe config describes; `lr` overrides its learning rate."""
-    problem = build_problem(config["task"], config["model"], config["task_options"])
+def build(config: dict[str, Any]) -> Problem:
+    return build_problem(config["task"], config["model"], config["task_options"])
+
+
+def trial_spec(config: dict[str, Any], problem: Problem, lr: float | None = None) -> TrialSpec:
+    """The TrialSpec a probe config describes (the task's defaults filled in from `problem`);
+    `lr` overrides its learning rate."""
     train = TrainSettings(**{**asdict(problem.train_defaults(config["method"])), **config["train"]})
     if lr is not None:
         train = replace(train, lr=lr)
@@ -44,7 +48,7 @@ def trial_spec(config: dict[str, Any], lr: float | None = None) -> TrialSpec:
     )
 
 
-def _compressed_b64(result: TrialResult, config: dict[str, Any]) -> str | None:
+def _compressed_b64(result: TrialResult, config: dict[str, Any], model_ref: dict) -> str | None:
     """θ_d (and λ) of a passing subspace probe, as a base64 safetensors file of a few KB."""
     if config["method"] not in ("did", "said") or result.module is None:
         return None
@@ -52,12 +56,13 @@ def _compressed_b64(result: TrialResult, config: dict[str, Any]) -> str | None:
 
     from sweeper.compressed import metadata, tensors
 
-    problem = build_problem(config["task"], config["model"], config["task_options"])
-    meta = metadata(result.module, problem.model_ref, {result.metric_name: result.metric})
+    meta = metadata(result.module, model_ref, {result.metric_name: result.metric})
     return base64.b64encode(save(tensors(result.module), metadata=meta)).decode()
 
 
-def _summary(result: TrialResult, config: dict[str, Any], lr: float) -> dict[str, Any]:
+def _summary(
+    result: TrialResult, config: dict[str, Any], lr: float, model_ref: dict
+) -> dict[str, Any]:
     threshold = config.get("threshold")
     passed = threshold is not None and math.isfinite(result.metric) and result.metric >= threshold
     outcome = result.outcome
@@ -74,16 +79,19 @@ def _summary(result: TrialResult, config: dict[str, Any], lr: float) -> dict[str
         "seconds": result.seconds,
         "lr": lr,
         "history": result.history,
-        "compressed": _compressed_b64(result, config) if passed else None,
+        "compressed": _compressed_b64(result, config, model_ref) if passed else None,
     }
 
 
 def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """Train the probe; with an LR search, the best of `tries` Optuna-chosen rates counts."""
     search = config.get("lr_search")
+    problem = build(config)  # built once: trained by the first try, its model_ref kept
+    model_ref = problem.model_ref
     if not search:
-        spec = trial_spec(config)
-        return _summary(run_trial(spec, threads=threads), config, spec.train.lr)
+        spec = trial_spec(config, problem)
+        result = run_trial(spec, threads=threads, problem=problem)
+        return _summary(result, config, spec.train.lr, model_ref)
 
     import optuna
 
@@ -96,7 +104,9 @@ def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, A
     for _ in range(search["tries"]):
         trial = study.ask()
         lr = trial.suggest_float("lr", search["low"], search["high"], log=True)
-        result = run_trial(trial_spec(config, lr), threads=threads)
+        problem = problem or build(config)  # every try starts from a fresh θ0
+        result = run_trial(trial_spec(config, problem, lr), threads=threads, problem=problem)
+        problem = None
         seconds += result.seconds
         if math.isfinite(result.metric):
             study.tell(trial, result.metric)
@@ -107,7 +117,7 @@ def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, A
         if result.passed:
             break
     result, lr = best
-    summary = _summary(result, config, lr)
+    summary = _summary(result, config, lr, model_ref)
     summary["seconds"] = seconds
     summary["lr_tries"] = len(study.trials)
     return summary

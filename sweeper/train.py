@@ -212,14 +212,22 @@ def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch
 
 
 def run_trial(
-    spec: TrialSpec, report: Reporter | None = None, threads: int | None = None
+    spec: TrialSpec,
+    report: Reporter | None = None,
+    threads: int | None = None,
+    problem: Problem | None = None,
 ) -> TrialResult:
-    """Train one (task, model, method, dim, seed) and say whether it reached the threshold."""
+    """Train one (task, model, method, dim, seed) and say whether it reached the threshold.
+
+    `problem`: the task already built for this spec (its model is trained in place), so a
+    caller that needed it first does not load a transformer twice.
+    """
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
-    problem = build_problem(spec.task, spec.model, spec.task_options, spec.seed)
+    if problem is None:
+        problem = build_problem(spec.task, spec.model, spec.task_options, spec.seed)
     D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
     module = wrap(problem, spec).to(device)

@@ -44,8 +44,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 def build(model: str, options: dict, seed: int) -> Problem:
     x_tr, y_tr, x_va, y_va = _data()
     init_seed = int(options.get("init_seed", 0))
-    torch.manual_seed(init_seed)
-    net = MLP(x_tr.shape[1], int(options.get("hidden", HIDDEN)), 10)
+    with torch.random.fork_rng(devices=[]):  # θ0 from init_seed; the trial's stream untouched
+        torch.manual_seed(init_seed)
+        net = MLP(x_tr.shape[1], int(options.get("hidden", HIDDEN)), 10)
 
     def batches(batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for idx in epochs(len(x_tr), batch_size, seed):
