@@ -217,17 +217,21 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 log_to_file=True,
             ),
         )
-        with Live(progress, console=console, refresh_per_second=2, transient=False):
-            tuner.fit()
-        if searcher.failure is not None:
-            raise searcher.failure
-        out_of_time = (
-            spec.budget.max_wall_seconds is not None
-            and time.monotonic() - started >= spec.budget.max_wall_seconds
-        )
-        if not plan.finished and not out_of_time:
-            # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
-            raise KeyboardInterrupt("the job stopped before its searches finished")
+        try:
+            with Live(progress, console=console, refresh_per_second=2, transient=False):
+                tuner.fit()
+            if searcher.failure is not None:
+                raise searcher.failure
+            out_of_time = (
+                spec.budget.max_wall_seconds is not None
+                and time.monotonic() - started >= spec.budget.max_wall_seconds
+            )
+            if not plan.finished and not out_of_time:
+                # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
+                raise KeyboardInterrupt("the job stopped before its searches finished")
+        except BaseException:
+            tracker.mark_unfinished_killed()  # not left RUNNING for the live view
+            raise
     for pair, state in plan.searches():  # a wall-time budget may have cut searches short
         if state.search is not None and state.key not in logged:
             tracker.finish_search(state, pair, plan.result(state))

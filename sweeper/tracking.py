@@ -62,6 +62,7 @@ class Tracker:
         else:
             self.experiment_id = experiment.experiment_id
         self._parents: dict[str, str] = {}
+        self._finished: set[str] = set()  # parent runs whose verdict is written
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -116,6 +117,11 @@ class Tracker:
             ).info.run_id
         self._parents[memo] = run_id
         return run_id
+
+    def mark_unfinished_killed(self) -> None:
+        """An interrupted job: its open parent runs end KILLED (resume reopens them)."""
+        for run_id in set(self._parents.values()) - self._finished:
+            self.client.set_terminated(run_id, "KILLED")
 
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
@@ -209,6 +215,7 @@ class Tracker:
         if pair.reused:
             self.client.set_tag(run_id, "reused", "true")
         self.client.set_terminated(run_id, "FINISHED")
+        self._finished.add(run_id)
 
     def finish_search(
         self, state: SearchState, pair: PairState, result: SearchResult | None
@@ -239,6 +246,7 @@ class Tracker:
         self._log_probe_table(run_id, state.records)
         self._copy_smallest_pass(run_id, state.records)
         self.client.set_terminated(run_id, "FINISHED")
+        self._finished.add(run_id)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
