@@ -243,7 +243,7 @@ def measure_ray_overhead() -> dict:
             "tracking": {"run_dir": str(run_dir)},
         }
     )
-    driver._init_ray(spec)
+    driver._init_ray()
     import ray
 
     workers = int(ray.cluster_resources().get("CPU", 1))

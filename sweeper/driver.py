@@ -115,7 +115,7 @@ class Progress:
         return Group(head, table)
 
 
-def _init_ray(spec: JobSpec) -> None:
+def _init_ray() -> None:
     import ray
 
     if ray.is_initialized():
@@ -150,7 +150,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    _init_ray(spec)
+    _init_ray()
     import ray
     from ray import tune
 

@@ -227,7 +227,7 @@ def run_trial(
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
     if problem is None:
-        problem = build_problem(spec.task, spec.model, spec.task_options, spec.seed)
+        problem = build_problem(spec.task, spec.model, spec.task_options)
     D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
     module = wrap(problem, spec).to(device)

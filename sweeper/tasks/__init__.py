@@ -28,7 +28,7 @@ class TaskInfo:
     name: str
     models: tuple[str, ...] | None
     options: dict[str, Option]
-    build: Callable[[str, dict, int], Problem]
+    build: Callable[[str, dict], Problem]
     methods: tuple[str, ...] = ("full", "did", "said", "lora")
     check: Callable[[str, dict], None] | None = None
     ready: Callable[[str, dict], None] | None = None
@@ -112,11 +112,11 @@ def check_ready(task: str, model: str, options: dict | None = None) -> None:
         info.ready(model, options or {})
 
 
-def build_problem(task: str, model: str, options: dict | None = None, seed: int = 0) -> Problem:
+def build_problem(task: str, model: str, options: dict | None = None) -> Problem:
     """Build `task` on `model` (names and options checked first; SpecError if wrong; the
     data's own problems surface as the same SpecErrors while building)."""
     info = _check_names(task, model, options or {})
-    return info.build(model, dict(options or {}), seed)
+    return info.build(model, dict(options or {}))
 
 
 __all__ = [

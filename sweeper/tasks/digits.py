@@ -41,7 +41,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return as_x(x_tr), torch.tensor(y_tr), as_x(x_va), torch.tensor(y_va)
 
 
-def build(model: str, options: dict, seed: int) -> Problem:
+def build(model: str, options: dict) -> Problem:
     x_tr, y_tr, x_va, y_va = _data()
     init_seed = int(options.get("init_seed", 0))
     with torch.random.fork_rng(devices=[]):  # θ0 from init_seed; the trial's stream untouched

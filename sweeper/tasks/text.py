@@ -586,7 +586,7 @@ def ready(task: str, model: str, opts: dict) -> None:
         _rotten_tomatoes()
 
 
-def build(task: str, model: str, opts: dict, seed: int) -> Problem:
+def build(task: str, model: str, opts: dict) -> Problem:
     opts = _resolved(task, opts)
     source = model_source(model)
     tokenizer = load_tokenizer(source)

@@ -33,7 +33,7 @@ class SumsVector(nn.Module):
         return self.theta.view(self.groups, self.group_size).sum(dim=1)
 
 
-def build(model: str, options: dict, seed: int) -> Problem:
+def build(model: str, options: dict) -> Problem:
     groups = int(options.get("groups", 10))
     group_size = int(options.get("group_size", 100))
     init_seed = int(options.get("init_seed", 0))
