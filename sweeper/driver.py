@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     jid = job_id(spec)
     tracker = Tracker(spec, jid)
+    tracker.close_open_runs()  # left by a driver that died without closing them
     cache = tracker.load_cache()
     if resume and not cache.probes and not cache.baselines:
         from sweeper.errors import SpecError
@@ -174,6 +177,10 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 logged.add(state.key)
 
     def on_result(request: Request, result: dict[str, Any]) -> None:
+        with _stops.held():
+            record(request, result)
+
+    def record(request: Request, result: dict[str, Any]) -> None:
         nonlocal trials_run
         with progress.lock:
             row = plan.record(request, result)
@@ -230,11 +237,13 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
                 raise KeyboardInterrupt("the job stopped before its searches finished")
         except BaseException:
-            tracker.mark_unfinished_killed()  # not left RUNNING for the live view
+            with _stops.held():
+                tracker.close_open_runs()  # not left RUNNING for the live view
             raise
-    for pair, state in plan.searches():  # a wall-time budget may have cut searches short
-        if state.search is not None and state.key not in logged:
-            tracker.finish_search(state, pair, plan.result(state))
+    with _stops.held():
+        for pair, state in plan.searches():  # a wall-time budget may have cut searches short
+            if state.search is not None and state.key not in logged:
+                tracker.finish_search(state, pair, plan.result(state))
     summaries = []
     for pair, state in plan.searches():
         result = plan.result(state)
@@ -263,10 +272,41 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     )
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM ends the driver like Ctrl-C: Ray shuts down, MLflow keeps every finished probe."""
+class _Stops:
+    """SIGINT/SIGTERM end the driver like Ctrl-C, but never inside a write to MLflow.
 
-    def handler(signum, frame):
+    A signal that lands while a finished trial is being written (its child run, its parent's
+    verdict) is held until the write is complete, so a stopped job leaves no half-written run:
+    only whole, terminated children, and parents that `Tracker.close_open_runs` closes.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = signum
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
+_stops = _Stops()
+
+
+def install_signal_handlers() -> None:
+    """Route SIGINT and SIGTERM through `_stops` (Tune's own SIGINT handler stays out)."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stops.handler)

@@ -62,7 +62,6 @@ class Tracker:
         else:
             self.experiment_id = experiment.experiment_id
         self._parents: dict[str, str] = {}
-        self._finished: set[str] = set()  # parent runs whose verdict is written
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -118,10 +117,21 @@ class Tracker:
         self._parents[memo] = run_id
         return run_id
 
-    def mark_unfinished_killed(self) -> None:
-        """An interrupted job: its open parent runs end KILLED (resume reopens them)."""
-        for run_id in set(self._parents.values()) - self._finished:
-            self.client.set_terminated(run_id, "KILLED")
+    def close_open_runs(self) -> None:
+        """Parents of this job still RUNNING end KILLED (resume reopens them); a child still
+        RUNNING was cut off mid-write and is deleted (its probe runs again, whole).
+
+        Called when a job is interrupted, and when one starts: a driver killed outright
+        (SIGKILL, a lost node) leaves its open runs behind, and only this job writes them. The
+        store is asked, not this process's memory, so a run created an instant before the stop
+        is closed too.
+        """
+        running = f"tags.job_id = '{self.job_id}' and attributes.status = 'RUNNING'"
+        for run in self._runs([self.experiment_id], running):
+            if run.data.tags.get("kind") in ("probe", "baseline_seed"):
+                self.client.delete_run(run.info.run_id)
+            else:
+                self.client.set_terminated(run.info.run_id, "KILLED")
 
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
@@ -215,7 +225,6 @@ class Tracker:
         if pair.reused:
             self.client.set_tag(run_id, "reused", "true")
         self.client.set_terminated(run_id, "FINISHED")
-        self._finished.add(run_id)
 
     def finish_search(
         self, state: SearchState, pair: PairState, result: SearchResult | None
@@ -246,7 +255,6 @@ class Tracker:
         self._log_probe_table(run_id, state.records)
         self._copy_smallest_pass(run_id, state.records)
         self.client.set_terminated(run_id, "FINISHED")
-        self._finished.add(run_id)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
