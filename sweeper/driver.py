@@ -129,6 +129,9 @@ def _init_ray() -> None:
         "logging_level": logging.ERROR,
     }
     if not address:
+        # "local" starts Ray in-process even when `ray start` left a cluster on this machine:
+        # without it ray.init() would join that cluster, which is not the embedded default.
+        address = "local"
         kwargs["num_cpus"] = os.cpu_count() or 1
     ray.init(address=address, **kwargs)
 
