@@ -167,6 +167,9 @@ class Tracking(_Strict):
     run_dir: str | None = None
     uri: str | None = None
     artifact_location: str | None = None
+    # How long a write waits out an unreachable tracking server before the job fails (seconds
+    # after the first failure; MLflow's own ~4 min of HTTP retries come on top of it).
+    retry_seconds: Annotated[float, Field(ge=0)] = 600.0
 
 
 class JobSpec(_Strict):

@@ -6,18 +6,26 @@
   ends — params, per-eval-step metrics, outcome tag, the compressed θ_d of a passing probe — so
   a crash never leaves a half-written probe behind and resuming counts finished ones exactly;
 * parents carry d90/r90, its interval, perf_full, threshold, status, and the probe table.
+
+Every write the driver makes mid-job waits out a tracking server that is down (`Patience`,
+`tracking.retry_seconds`) and is safe to repeat, so an outage loses and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+
+from sweeper.paths import confined
+from sweeper.tracking_retry import Patience, unreachable
 
 if TYPE_CHECKING:  # the dashboard reads through this module without importing torch
     from sweeper.plan import Cache, PairState, Request, SearchState
@@ -38,11 +46,17 @@ def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str
             return runs
 
 
-def default_uris(spec: JobSpec) -> tuple[str, str]:
-    """(tracking URI, artifact location): the spec's, else SQLite + a folder in the run dir."""
+def default_uris(spec: JobSpec) -> tuple[str, str | None]:
+    """(tracking URI, artifact location): the spec's, else SQLite + a folder in the run dir.
+
+    A tracking server keeps the artifacts itself (None: its `--artifacts-destination`, served
+    over HTTP), so workers and drivers on other machines need no shared folder.
+    """
     run_dir = spec.run_dir.resolve()
     uri = spec.tracking.uri or f"sqlite:///{run_dir / 'mlflow.db'}"
-    artifacts = spec.tracking.artifact_location or (run_dir / "artifacts").as_uri()
+    artifacts = spec.tracking.artifact_location
+    if artifacts is None and not uri.startswith(("http://", "https://")):
+        artifacts = (run_dir / "artifacts").as_uri()
     return uri, artifacts
 
 
@@ -51,6 +65,12 @@ class Tracker:
         self.spec = spec
         self.job_id = job_id
         self.uri, artifacts = default_uris(spec)
+        # With a server, MLflow prints "🏃 View run … at: http://…" for every run it ends, into
+        # the live terminal view; the dashboards link runs instead.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # MLflow's own retries of one request (7 by default: ~4 min, uninterruptible) shrink to
+        # ~12 s; `Patience` waits out longer outages, asking between attempts whether to stop.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         if self.uri.startswith("sqlite:///"):
             spec.run_dir.resolve().mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
@@ -62,6 +82,7 @@ class Tracker:
         else:
             self.experiment_id = experiment.experiment_id
         self._parents: dict[str, str] = {}
+        self.patient = Patience(spec.tracking.retry_seconds)
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -100,22 +121,28 @@ class Tracker:
 
     def _parent(self, kind: str, key: str, hash_key: str, hash_value: str, tags: dict) -> str:
         memo = f"{kind}/{hash_value}"
-        if memo in self._parents:
-            return self._parents[memo]
+        if memo not in self._parents:
+            self._parents[memo] = self.patient(
+                f"opening the {kind} run {key}",
+                lambda: self._find_or_create(kind, key, hash_key, hash_value, tags),
+            )
+        return self._parents[memo]
+
+    def _find_or_create(
+        self, kind: str, key: str, hash_key: str, hash_value: str, tags: dict
+    ) -> str:
         found = self._runs(
             [self.experiment_id], f"tags.kind = '{kind}' and tags.{hash_key} = '{hash_value}'"
         )
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self.client.create_run(
-                self.experiment_id,
-                run_name=key,
-                tags={"kind": kind, hash_key: hash_value, "job_id": self.job_id, **tags},
-            ).info.run_id
-        self._parents[memo] = run_id
-        return run_id
+            return run_id
+        return self.client.create_run(
+            self.experiment_id,
+            run_name=key,
+            tags={"kind": kind, hash_key: hash_value, "job_id": self.job_id, **tags},
+        ).info.run_id
 
     def close_open_runs(self) -> None:
         """Parents of this job still RUNNING end KILLED (resume reopens them); a child still
@@ -127,11 +154,15 @@ class Tracker:
         is closed too.
         """
         running = f"tags.job_id = '{self.job_id}' and attributes.status = 'RUNNING'"
-        for run in self._runs([self.experiment_id], running):
-            if run.data.tags.get("kind") in ("probe", "baseline_seed"):
-                self.client.delete_run(run.info.run_id)
-            else:
-                self.client.set_terminated(run.info.run_id, "KILLED")
+
+        def close() -> None:
+            for run in self._runs([self.experiment_id], running):
+                if run.data.tags.get("kind") in ("probe", "baseline_seed"):
+                    self.client.delete_run(run.info.run_id)
+                else:
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+
+        self.patient("closing open runs", close)
 
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
@@ -151,8 +182,15 @@ class Tracker:
             {"model": state.model, "task": state.task.name, "method": state.method},
         )
 
-    def log_trial(self, parent_id: str, request: Request, result: dict[str, Any]) -> str:
-        """One finished trial as a complete child run; returns its run id."""
+    def log_trial(
+        self, parent_id: str, request: Request, result: dict[str, Any], write_id: str | None = None
+    ) -> str:
+        """One finished trial as a complete child run, exactly once; returns its run id.
+
+        The run carries a `write_id` tag (fresh unless given), so an attempt retried after an
+        outage — or a second call with the same id — finds what an earlier one left: a finished
+        run is kept, a half-written one is deleted and written again whole.
+        """
         config = request.config
         dim_name = "r" if config["method"] == "lora" else "d"
         kind = "probe" if request.kind == "probe" else "baseline_seed"
@@ -168,6 +206,7 @@ class Tracker:
             "outcome": result.get("outcome", "error"),
             "passed": str(bool(result.get("passed"))).lower(),
             "point": str(request.point),
+            "write_id": write_id or uuid.uuid4().hex,
         }
         from sweeper.plan import family
 
@@ -187,8 +226,6 @@ class Tracker:
         }
         if request.point is not None:
             params[dim_name] = request.point
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        run_id = run.info.run_id
         now = int(time.time() * 1000)
         metrics = []
         for row in result.get("history", []):
@@ -201,11 +238,35 @@ class Tracker:
         for key in ("metric", "seconds", "steps"):
             if _finite(result.get(key)):
                 metrics.append(Metric(key, float(result[key]), now, 0))
-        self.client.log_batch(
-            run_id,
-            metrics=metrics,
-            params=[Param(k, str(v)) for k, v in params.items() if v is not None],
-        )
+        batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
+        status = "FINISHED" if result.get("outcome") != "error" else "FAILED"
+
+        def write() -> str:
+            written = self._settle(tags["write_id"])
+            if written:
+                return written
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags=tags
+            ).info.run_id
+            self.client.log_batch(run_id, metrics=metrics, params=batch)
+            self._log_compressed(run_id, result)
+            self.client.set_terminated(run_id, status)
+            self._settle(tags["write_id"])  # a second run left by MLflow's retry of create_run
+            return run_id
+
+        return self.patient(f"writing the trial {run_name}", write)
+
+    def _settle(self, write_id: str) -> str | None:
+        """Delete the unfinished runs of one write; return the finished one, if any."""
+        finished = None
+        for run in self._runs([self.experiment_id], f"tags.write_id = '{write_id}'"):
+            if run.info.status == "RUNNING":
+                self.client.delete_run(run.info.run_id)
+            else:
+                finished = run.info.run_id
+        return finished
+
+    def _log_compressed(self, run_id: str, result: dict[str, Any]) -> None:
         if result.get("compressed"):
             with tempfile.TemporaryDirectory() as tmp:
                 from sweeper.probe import decode_compressed
@@ -213,26 +274,30 @@ class Tracker:
                 path = Path(tmp) / "theta_d.safetensors"
                 decode_compressed(result["compressed"], str(path))
                 self.client.log_artifact(run_id, str(path), "compressed")
-        status = "FINISHED" if result.get("outcome") != "error" else "FAILED"
-        self.client.set_terminated(run_id, status)
-        return run_id
 
     def finish_baseline(self, pair: PairState) -> None:
-        run_id = self.baseline_parent(pair)
-        metrics = {"perf_full": pair.perf_full, "perf_full_std": pair.perf_full_std}
-        self._log_metrics(run_id, metrics)
-        self.client.set_tag(run_id, "seeds", str(len(pair.results)))
-        if pair.reused:
-            self.client.set_tag(run_id, "reused", "true")
-        self.client.set_terminated(run_id, "FINISHED")
+        metrics = _metric_batch({"perf_full": pair.perf_full, "perf_full_std": pair.perf_full_std})
+
+        def write() -> None:
+            run_id = self.baseline_parent(pair)
+            self.client.log_batch(run_id, metrics=metrics)
+            self.client.set_tag(run_id, "seeds", str(len(pair.results)))
+            if pair.reused:
+                self.client.set_tag(run_id, "reused", "true")
+            self.client.set_terminated(run_id, "FINISHED")
+
+        self.patient(f"finishing the baseline {pair.key}", write)
 
     def finish_search(
         self, state: SearchState, pair: PairState, result: SearchResult | None
     ) -> None:
-        """Write the verdict, the probe table and the smallest passing θ_d to the parent run."""
+        """Write the verdict, the probe table and the smallest passing θ_d to the parent run.
+
+        Every step repeats harmlessly (same metric timestamps, tags and artifacts overwritten),
+        so after an outage the whole verdict is simply written again.
+        """
         if result is None:  # no baseline: there is no threshold to search against
             return
-        run_id = self.search_parent(state)
         dim = state.dim_name
         metrics = {
             "perf_full": pair.perf_full,
@@ -244,22 +309,24 @@ class Tracker:
             metrics[f"{dim}90"] = result.answer
         if result.interval is not None:
             metrics[f"{dim}90_lo"], metrics[f"{dim}90_hi"] = result.interval
-        self._log_metrics(run_id, metrics)
-        for key, value in {
+        batch = _metric_batch(metrics)
+        tags = {
             "status": result.outcome,
             "bracket": str(list(result.bracket) if result.bracket else None),
             "threshold_fraction": str(self.spec.threshold_fraction),
             "dim_name": dim,
-        }.items():
-            self.client.set_tag(run_id, key, value)
-        self._log_probe_table(run_id, state.records)
-        self._copy_smallest_pass(run_id, state.records)
-        self.client.set_terminated(run_id, "FINISHED")
+        }
 
-    def _log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
-        self.client.log_batch(run_id, metrics=batch)
+        def write() -> None:
+            run_id = self.search_parent(state)
+            self.client.log_batch(run_id, metrics=batch)
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            self._log_probe_table(run_id, state.records)
+            self._copy_smallest_pass(run_id, state.records)
+            self.client.set_terminated(run_id, "FINISHED")
+
+        self.patient(f"finishing the search {state.key}", write)
 
     def _log_probe_table(self, run_id: str, records: list[dict[str, Any]]) -> None:
         import pyarrow as pa
@@ -279,12 +346,24 @@ class Tracker:
             return
         best = min(passing, key=lambda r: (r["point"], r["seed"]))
         with tempfile.TemporaryDirectory() as tmp:
+            # The listing comes from the store: MLflow releases before mid-2026 joined its paths
+            # unchecked, so a `../` there could write outside tmp. Refuse it (the job stops).
+            for info in self.client.list_artifacts(best["run_id"], "compressed"):
+                confined(tmp, info.path)
             try:
                 local = self.client.download_artifacts(best["run_id"], "compressed", tmp)
-            except Exception:
+            except Exception as exc:
+                if unreachable(exc):  # an outage, not a missing artifact: retry the verdict
+                    raise
                 return
             self.client.log_artifacts(run_id, local, "compressed")
             self.client.set_tag(run_id, "compressed_from", best["run_id"])
+
+
+def _metric_batch(metrics: dict[str, float]) -> list[Metric]:
+    """Step-0 metrics with one timestamp, fixed before any retry so a repeat adds no history."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
 
 
 def _finite(value: Any) -> bool:
