@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
-from sweeper.errors import SpecError
+from sweeper.errors import ClusterError, SpecError
 
 EXIT_USAGE = 2
+EXIT_CLUSTER = 1  # the cluster cannot run the job: unreachable, wrong Ray, a package missing
 
 
 def _task_options(pairs: Sequence[str]) -> dict:
@@ -135,8 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sweeper.driver import install_signal_handlers, run_job
+    from sweeper.driver import run_job
     from sweeper.spec import check_ready, load_spec
+    from sweeper.stops import install_signal_handlers
 
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
@@ -173,6 +176,69 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}", soft_wrap=True
     )
     return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """`resume JOB.yaml` finishes a local job; `resume JOB_ID` resubmits a cluster job."""
+    if Path(args.job).is_file():
+        if args.address:
+            raise SpecError("--address", "a job spec file resumes locally; pass a job id instead")
+        return cmd_run(args)
+    if args.job.endswith((".yaml", ".yml")) or "/" in args.job:
+        raise SpecError(args.job, "no such job spec file (or pass a cluster JOB_ID)")
+    from sweeper.submit import default_address, resume
+
+    print(resume(args.job, args.address or default_address()))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from sweeper.submit import submit
+
+    print(submit(args.job, args.address, args.tracking_uri))
+    return 0
+
+
+def cmd_cluster_job(args: argparse.Namespace) -> int:
+    """status / logs / stop of a submitted job."""
+    from sweeper import submit
+
+    if args.command == "status":
+        print("\n".join(submit.status(args.job_id, args.address)))
+    elif args.command == "stop":
+        print(submit.stop(args.job_id, args.address))
+    else:
+        for chunk in submit.logs(args.job_id, args.address, follow=args.follow):
+            print(chunk, end="", flush=True)
+    return 0
+
+
+def _add_cluster(sub, default_address: str) -> None:
+    submit = sub.add_parser("submit", help="run a job on a Ray cluster (Ray Jobs API)")
+    submit.add_argument("job", help="job spec YAML (validated here first)")
+    submit.add_argument(
+        "--tracking-uri",
+        help="MLflow store that outlives the job: http(s)://SERVER or sqlite:////ABS/PATH.db "
+        "(default: the spec's tracking.uri)",
+    )
+    submit.set_defaults(func=cmd_submit)
+    jobs = {
+        "status": "a submitted job's Ray status and its progress in MLflow",
+        "logs": "a submitted job's driver output",
+        "stop": "stop a submitted job (finished probes stay; `sweeper resume JOB_ID` continues)",
+    }
+    for name, text in jobs.items():
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job_id", metavar="JOB_ID", help="as `sweeper submit` printed it")
+        if name == "logs":
+            cmd.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+        cmd.set_defaults(func=cmd_cluster_job)
+    for cmd in (submit, *(sub.choices[name] for name in jobs)):
+        cmd.add_argument(
+            "--address",
+            default=default_address,
+            help=f"Ray dashboard (Jobs API) URL (default: {default_address})",
+        )
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
@@ -227,8 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
-    resume.add_argument("job", help="the job spec YAML it was started with")
-    resume.set_defaults(func=cmd_run)
+    resume.add_argument("job", help="the job spec YAML it was started with, or a cluster JOB_ID")
+    resume.add_argument("--address", help="Ray dashboard URL, for a JOB_ID (default: as submit)")
+    resume.set_defaults(func=cmd_resume)
+
+    from sweeper.submit import default_address
+
+    _add_cluster(sub, default_address())
 
     from sweeper.dashboard.cli import register
 
@@ -252,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ClusterError as e:
+        print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_CLUSTER
     except KeyboardInterrupt:
         print(f"sweeper {args.command}: interrupted; `sweeper resume` continues", file=sys.stderr)
         return 130

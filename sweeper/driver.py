@@ -10,11 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,8 @@ from rich.text import Text
 
 from sweeper.plan import JobPlan, Request
 from sweeper.spec import JobSpec, digest
-from sweeper.tracking import Tracker
+from sweeper.stops import stops
+from sweeper.tracking import Tracker, default_uris
 
 
 @dataclass
@@ -58,14 +56,31 @@ def job_id(spec: JobSpec) -> str:
     return f"{spec.name}-{digest(spec.model_dump(mode='json'))[:8]}"
 
 
+# A trial whose worker or node dies is run again: probes are deterministic given their config,
+# so a rerun gives the result the lost run would have. Tune retries at once, which can all land
+# on a node that died a moment ago and is not yet known dead; the searcher then issues the probe
+# again after a pause (PlanSearcher.on_trial_complete).
+NODE_LOSS_RETRIES = 3
+
+
 def probe_trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable: run one probe and report its whole result once."""
+    """The Tune function trainable: run one probe and report its whole result once.
+
+    An exception in the probe itself is its result (a failed probe, never retried: it would
+    fail the same way again), so the only errors Tune sees are lost workers and nodes, and
+    those it retries (`NODE_LOSS_RETRIES`).
+    """
     from ray import tune
 
     from sweeper.probe import run_probe
+    from sweeper.tune_searcher import error_result
 
     threads = max(1, int(config.get("threads", 1)))
-    tune.report(run_probe(config["request"]["config"], threads=threads))
+    try:
+        result = run_probe(config["request"]["config"], threads=threads)
+    except Exception as e:
+        result = error_result(f"{type(e).__name__}: {e}")
+    tune.report(result)
 
 
 def _workers(spec: JobSpec, cpus: float, gpus: float) -> int:
@@ -85,6 +100,26 @@ class Progress:
         self.lock = threading.Lock()
         self.running: list[Request] = []
         self.done = 0
+
+    def log(self, request: Request, result: dict[str, Any]) -> None:
+        """Where the live view cannot redraw (a log file, `sweeper logs` of a cluster job), one
+        line per finished trial instead, so progress shows while the job runs."""
+        if self.console.is_terminal:
+            return
+        what = request.search if request.point is None else f"{request.search} at {request.point}"
+        metric = result.get("metric")
+        score = f"{result.get('metric_name', 'metric')} {metric:.4g}" if _is_number(metric) else ""
+        took = f"{result['seconds']:.0f}s" if _is_number(result.get("seconds")) else ""
+        details = ", ".join(x for x in (score, took) if x)
+        self.console.print(
+            f"[{time.monotonic() - self.started:6.0f}s] {request.kind} {what} seed {request.seed}: "
+            f"{result.get('outcome', 'error')}"
+            + (f" ({details})" if details else "")
+            + f" · {self.done} trials finished",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
 
     def __rich__(self) -> Group:
         with self.lock:
@@ -117,6 +152,10 @@ class Progress:
         return Group(head, table)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _init_ray() -> None:
     import ray
 
@@ -143,6 +182,9 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     jid = job_id(spec)
+    uri, _ = default_uris(spec)
+    if uri.startswith("sqlite:///"):  # a store named in the spec may live in a new folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(spec, jid)
     tracker.close_open_runs()  # left by a driver that died without closing them
     cache = tracker.load_cache()
@@ -180,7 +222,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 logged.add(state.key)
 
     def on_result(request: Request, result: dict[str, Any]) -> None:
-        with _stops.held():
+        with stops.held():
             record(request, result)
 
     def record(request: Request, result: dict[str, Any]) -> None:
@@ -189,6 +231,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
             row = plan.record(request, result)
             trials_run += 1
             progress.done += 1
+        progress.log(request, result)
         if request.kind == "baseline":
             parent = tracker.baseline_parent(plan.pair_of(request))
         else:
@@ -200,7 +243,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
         with progress.lock:
             progress.running = searcher.running()
 
-    from sweeper.tune_searcher import PlanSearcher
+    from sweeper.tune_searcher import PlanSearcher  # here: Tune reads its settings on import
 
     searcher = PlanSearcher(plan, on_result, on_change)
     finish_ready()
@@ -225,11 +268,16 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 storage_path=str((spec.run_dir / "ray_results").resolve()),
                 verbose=0,
                 log_to_file=True,
+                # Tune retries a trial lost with its worker or node without telling the
+                # searcher: the plan sees one completion per probe, from the run that finished.
+                failure_config=tune.FailureConfig(max_failures=NODE_LOSS_RETRIES),
             ),
         )
         try:
             with Live(progress, console=console, refresh_per_second=2, transient=False):
                 tuner.fit()
+            if not console.is_terminal:
+                console.line()  # Live's last frame ends without one where it cannot redraw
             if searcher.failure is not None:
                 raise searcher.failure
             out_of_time = (
@@ -240,10 +288,10 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
                 raise KeyboardInterrupt("the job stopped before its searches finished")
         except BaseException:
-            with _stops.held():
+            with stops.held():
                 tracker.close_open_runs()  # not left RUNNING for the live view
             raise
-    with _stops.held():
+    with stops.held():
         for pair, state in plan.searches():  # a wall-time budget may have cut searches short
             if state.search is not None and state.key not in logged:
                 tracker.finish_search(state, pair, plan.result(state))
@@ -273,43 +321,3 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
         trials_run=trials_run,
         seconds=time.monotonic() - started,
     )
-
-
-class _Stops:
-    """SIGINT/SIGTERM end the driver like Ctrl-C, but never inside a write to MLflow.
-
-    A signal that lands while a finished trial is being written (its child run, its parent's
-    verdict) is held until the write is complete, so a stopped job leaves no half-written run:
-    only whole, terminated children, and parents that `Tracker.close_open_runs` closes.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending: int | None = None
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.depth:
-            self.pending = signum
-            return
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-        if not self.depth and self.pending is not None:
-            signum, self.pending = self.pending, None
-            raise KeyboardInterrupt(f"signal {signum}")
-
-
-_stops = _Stops()
-
-
-def install_signal_handlers() -> None:
-    """Route SIGINT and SIGTERM through `_stops` (Tune's own SIGINT handler stays out)."""
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stops.handler)

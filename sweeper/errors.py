@@ -8,3 +8,8 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the job (unreachable, another Ray, a package missing, trials lost
+    again and again): one line saying what and what to do; the CLI exits 1."""

@@ -9,13 +9,14 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeper.driver import _Stops, job_id
+from sweeper.driver import job_id
 from sweeper.spec import parse_spec
+from sweeper.stops import Stops
 from sweeper.tracking import Tracker
 
 
 def test_a_signal_during_a_write_is_held_until_the_write_is_whole():
-    stops = _Stops()
+    stops = Stops()
     previous = signal.signal(signal.SIGTERM, stops.handler)
     written = []
     try:

@@ -1,0 +1,506 @@
+"""Cluster mode: run a job on a Ray cluster through Ray's Jobs API, and follow it there.
+
+`submit` checks everything it can before the cluster holds anything of the job:
+
+1. the spec, here (a bad one is a `SpecError`: exit 2, nothing sent anywhere);
+2. the tracking URI: the job's working dir is a temp folder on the head, so results must go to
+   a store that outlives it (an MLflow server, a database, or an absolute SQLite path);
+3. the cluster: reachable, the same Ray (major.minor) as this client — the runtime_env that
+   carries the spec and the `sweeper` package is packed here and unpacked there;
+4. a *preflight* job, run with the real job's runtime_env and deleted afterwards: on every alive
+   node it looks for sweeper's dependencies and the node's Ray version, and on the head it
+   imports the driver, checks the spec's built-in assets (they must be on the cluster, not
+   here) and that the tracking store is reachable. A missing package shows up here, in one
+   line, instead of as a job that fails minutes later.
+
+Only then is the real job submitted: `python -m sweeper.cli run job.yaml` in a working_dir
+holding only the spec, with this `sweeper` package as a py_module; the driver joins the cluster
+through RAY_ADDRESS, which the Jobs API sets. What `status` and `resume` need — the spec, its
+tracking URI, the job id the driver tags MLflow runs with — travels in the job's metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import yaml
+
+from sweeper.errors import ClusterError, SpecError
+
+if TYPE_CHECKING:  # sweeper.spec imports torch: the preflight must run before it can fail
+    from sweeper.spec import JobSpec
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+PREFLIGHT_MARK = "sweeper-preflight: "
+PREFLIGHT_TIMEOUT_S = 240.0
+# Packages the driver and the trials import; the text tasks' (transformers, peft, datasets)
+# too, since a node cannot tell which task it will be given.
+DEPENDENCIES = (
+    "torch",
+    "numpy",
+    "numba",
+    "scipy",
+    "sklearn",
+    "pyarrow",
+    "pydantic",
+    "yaml",
+    "rich",
+    "mlflow",
+    "optuna",
+    "ray.tune",
+    "transformers",
+    "datasets",
+    "peft",
+)
+INSTALL = "install sweeper's dependencies on every node (pip install sweeper, or its image)"
+DB_SCHEMES = ("postgresql", "mysql", "mssql")
+META = "sweeper."  # prefix of this module's keys in a job's metadata
+
+
+def default_address() -> str:
+    """Ray's own variables (RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS), else the default."""
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(var, "")
+        if value.startswith(("http://", "https://")):
+            return value
+    return DEFAULT_ADDRESS
+
+
+# --- the spec as the cluster will see it ---------------------------------------------------
+
+
+def cluster_tracking(spec: JobSpec, override: str | None) -> dict[str, str]:
+    """The spec's `tracking` for a cluster run: a URI that outlives the job's temp working dir,
+    and an artifact location beside it (a relative default would die with the working dir)."""
+    field = "--tracking-uri" if override else "tracking.uri"
+    uri = override or spec.tracking.uri
+    how = (
+        "cluster mode needs a tracking store that outlives the job: pass --tracking-uri "
+        "http://MLFLOW-HOST:5000 (an MLflow server) or sqlite:////absolute/path/mlflow.db, "
+        "or set tracking.uri in the spec"
+    )
+    if not uri:
+        raise SpecError("--tracking-uri", how)
+    scheme = urlparse(uri).scheme.split("+")[0]
+    artifacts = spec.tracking.artifact_location
+    if scheme in ("http", "https"):
+        artifacts = artifacts or f"mlflow-artifacts:/{spec.name}"  # kept by the server
+    elif scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not uri.startswith("sqlite:///") or not path.is_absolute():
+            raise SpecError(field, f"{uri!r} is relative; {how}")
+        artifacts = artifacts or (path.parent / "artifacts").as_uri()
+    elif scheme in DB_SCHEMES:
+        if not artifacts:
+            raise SpecError(
+                "tracking.artifact_location",
+                "a database tracking URI needs an artifact location every node can reach "
+                "(s3://…, or file:///shared/… on shared storage)",
+            )
+    else:
+        raise SpecError(field, f"{uri!r}: {how}")
+    kept = spec.tracking.model_dump(exclude_none=True)
+    return {**kept, "uri": uri, "artifact_location": artifacts}
+
+
+def cluster_spec(path: str | Path, tracking_uri: str | None) -> tuple[JobSpec, str]:
+    """Validate the spec here and return it, with its tracking made cluster-proof, as YAML."""
+    from sweeper.spec import load_spec, parse_spec
+
+    spec = load_spec(path)  # every spec error surfaces here, before the cluster is touched
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    data["tracking"] = cluster_tracking(spec, tracking_uri)
+    spec = parse_spec(data)
+    return spec, yaml.safe_dump(data, sort_keys=False)
+
+
+# --- talking to the cluster --------------------------------------------------------------
+
+
+def connect(address: str):
+    """A JobSubmissionClient for `address`, once the cluster is known to answer and to run
+    the same Ray (major.minor) as this client."""
+    url = urlparse(address if "://" in address else f"http://{address}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SpecError("--address", f"{address!r}: expected http://HOST:8265 (Ray's dashboard)")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=10).close()
+    except OSError as e:
+        raise ClusterError(
+            f"cannot reach a Ray dashboard at {address} ({e.strerror or e}); is the cluster up, "
+            "and is this its dashboard address (port 8265 unless configured)?"
+        ) from None
+    import logging
+
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    quiet = ("dashboard_sdk", "job.sdk")  # "Uploading package …", "WebSocket closed …"
+    for name in [f"ray.dashboard.modules.{m}" for m in quiet] + ["ray._private.runtime_env"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        client = JobSubmissionClient(url.geturl())
+    except Exception as e:  # an HTTP server that is not Ray's dashboard, an auth failure, …
+        raise ClusterError(f"{address} does not answer as Ray's Jobs API: {_one_line(e)}") from None
+    theirs = getattr(client, "_server_ray_version", None) or "unknown"
+    if _minor(theirs) != _minor(ray.__version__):
+        raise ClusterError(
+            f"the cluster runs Ray {theirs}, this client Ray {ray.__version__}: install the "
+            f"cluster's version here (pip install 'ray[default,tune]=={theirs}') or upgrade it"
+        )
+    return client
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _runtime_env(folder: Path) -> dict[str, Any]:
+    import sweeper
+
+    return {
+        "working_dir": str(folder),
+        "py_modules": [str(Path(sweeper.__file__).parent)],
+        "excludes": ["__pycache__", "*.pyc"],
+        # `sweeper stop` sends SIGTERM; give the driver time to close its MLflow runs.
+        "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"},
+    }
+
+
+def _wait_done(client, job_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal():
+            return info
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise ClusterError(f"the preflight job took over {timeout:.0f}s; is the cluster busy?")
+        time.sleep(1.0)
+
+
+def preflight(client, folder: Path) -> None:
+    """Run `_preflight` on the cluster (see the module docstring); raise what it finds."""
+    job = _jobs_api(
+        client.submit_job,
+        entrypoint="python -m sweeper.submit _preflight job.yaml",
+        runtime_env=_runtime_env(folder),
+        metadata={f"{META}preflight": "true"},
+    )
+    try:
+        info = _wait_done(client, job, PREFLIGHT_TIMEOUT_S)
+        logs = client.get_job_logs(job)
+    finally:  # also on Ctrl-C: no preflight job is left behind
+        with contextlib.suppress(Exception):
+            client.stop_job(job)
+        _delete(client, job)
+    report = next(
+        (
+            json.loads(line[len(PREFLIGHT_MARK) :])
+            for line in logs.splitlines()
+            if line.startswith(PREFLIGHT_MARK)
+        ),
+        None,
+    )
+    if report is None:  # it did not get as far as reporting: runtime_env, python, sweeper
+        tail = " | ".join(logs.strip().splitlines()[-3:]) or info.message or "no output"
+        raise ClusterError(f"the cluster cannot start sweeper: {tail}")
+    if report.get("field"):
+        raise SpecError(report["field"], report["message"])
+    if report.get("error"):
+        raise ClusterError(report["error"])
+
+
+def _jobs_api(call, **kwargs):
+    """A Jobs API call whose refusal (upload too big, a bad runtime_env, …) is a ClusterError."""
+    try:
+        return call(**kwargs)
+    except RuntimeError as e:
+        raise ClusterError(f"the Jobs API refused the job: {_one_line(e)}") from None
+
+
+def _delete(client, job_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.delete_job(job_id)
+            return
+        except Exception:  # not terminal yet (a stop in progress)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _preflight(job: str) -> int:
+    """On the cluster: print one line, PREFLIGHT_MARK + JSON, saying what is wrong if anything."""
+    report: dict[str, Any] = {}
+    try:
+        report = _check_cluster(job)
+    except SpecError as e:
+        report = {"field": e.field, "message": e.message}
+    except Exception as e:
+        report = {"error": f"preflight on the cluster failed: {_one_line(e)}"}
+    print(PREFLIGHT_MARK + json.dumps(report), flush=True)
+    return 0
+
+
+def _missing() -> tuple[str, list[str]]:
+    import ray
+
+    return ray.__version__, [m for m in DEPENDENCIES if not _importable(m)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _check_cluster(job: str) -> dict[str, Any]:
+    version, missing = _missing()
+    if missing:
+        return {"error": f"the head lacks {', '.join(missing)}: {INSTALL}"}
+    # The spec, its assets and the driver's imports first, as the real driver does: torch
+    # imported after ray.init and tasks on other nodes can die loading its MKL (seen with
+    # torch 2.13 CPU).
+    from sweeper.spec import check_ready, load_spec
+
+    spec = load_spec(job)
+    check_ready(spec)  # built-in assets: on the cluster is where they must be
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import sweeper.driver  # noqa: F401  (the driver and everything it imports)
+
+    ray.init(log_to_driver=False)
+    check = ray.remote(num_cpus=0)(_missing)
+    pending = {
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in ray.nodes()
+        if n["Alive"]
+    }
+    for node, ref in pending.items():
+        theirs, missing = ray.get(ref, timeout=120)
+        if missing:
+            return {"error": f"node {node} lacks {', '.join(missing)}: {INSTALL}"}
+        if theirs != version:
+            return {"error": f"node {node} runs Ray {theirs}, the head Ray {version}"}
+    problem = _tracking_problem(spec.tracking.uri or "")
+    return {"error": problem} if problem else {}
+
+
+def _tracking_problem(uri: str) -> str | None:
+    """Can the head reach the tracking store? Checked without writing to it."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=15) as r:
+                r.read()
+        except OSError as e:
+            return f"the cluster cannot reach the MLflow server {uri}: {_one_line(e)}"
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+            return f"{folder} (for {uri}) is not writable on the cluster's head"
+    elif scheme in DB_SCHEMES:
+        import sqlalchemy
+
+        try:
+            with sqlalchemy.create_engine(uri).connect():
+                pass
+        except Exception as e:
+            return f"the cluster cannot reach the database {uri}: {_one_line(e)}"
+    return None
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def submit(path: str | Path, address: str, tracking_uri: str | None = None) -> str:
+    """Validate, preflight, submit; return the Ray job (submission) id."""
+    spec, text = cluster_spec(path, tracking_uri)
+    return _submit(connect(address), spec, text, "run")
+
+
+def _submit(client, spec: JobSpec, text: str, command: str, resumes: str = "") -> str:
+    from sweeper.driver import job_id
+
+    with tempfile.TemporaryDirectory(prefix="sweeper-job-") as tmp:
+        folder = Path(tmp)
+        (folder / "job.yaml").write_text(text)
+        print("checking the cluster (a short preflight job) …", file=sys.stderr, flush=True)
+        preflight(client, folder)
+        submission = f"sweeper-{spec.name}-{secrets.token_hex(4)}"
+        metadata = {
+            "name": spec.name,
+            "tracking_uri": spec.tracking.uri,
+            "job_id": job_id(spec),
+            "command": command,
+            "spec": text,
+            "submission_id": submission,  # also in the driver's environment: tests find it
+        }
+        if resumes:
+            metadata["resumes"] = resumes
+        return _jobs_api(
+            client.submit_job,
+            entrypoint=f"python -m sweeper.cli {command} job.yaml",
+            submission_id=submission,
+            runtime_env=_runtime_env(folder),
+            metadata={META + k: str(v) for k, v in metadata.items()},
+        )
+
+
+def _job(client, job_id: str):
+    """The job's info and its sweeper metadata (without the prefix)."""
+    try:
+        info = client.get_job_info(job_id)
+    except RuntimeError as e:
+        raise SpecError("JOB_ID", f"no job {job_id!r} on this cluster ({_one_line(e)})") from None
+    meta = {k[len(META) :]: v for k, v in (info.metadata or {}).items() if k.startswith(META)}
+    if "spec" not in meta:
+        raise SpecError("JOB_ID", f"{job_id} was not submitted by `sweeper submit`")
+    return info, meta
+
+
+def resume(job_id: str, address: str) -> str:
+    """Resubmit a stopped or failed job's spec as `sweeper resume`; finished probes are reused."""
+    client = connect(address)
+    info, meta = _job(client, job_id)
+    if not info.status.is_terminal():
+        raise SpecError(
+            "JOB_ID", f"{job_id} is {info.status.value}; `sweeper stop {job_id}` it first"
+        )
+    from sweeper.spec import parse_spec
+
+    spec = parse_spec(yaml.safe_load(meta["spec"]))
+    return _submit(client, spec, meta["spec"], "resume", resumes=job_id)
+
+
+def status(job_id: str, address: str) -> list[str]:
+    """Ray's view of the job, then its progress as MLflow holds it."""
+    client = connect(address)
+    info, meta = _job(client, job_id)
+    lines = [f"{job_id}: {info.status.value} (sweeper {meta['command']}, job {meta['name']})"]
+    if info.message:
+        lines.append(f"  ray: {_one_line(info.message)}")
+    lines.append(f"  tracking: {meta['tracking_uri']} (experiment {meta['name']})")
+    lines += [f"  {line}" for line in progress(meta["tracking_uri"], meta["name"], meta["job_id"])]
+    return lines
+
+
+def progress(uri: str, experiment: str, sweeper_job_id: str) -> list[str]:
+    """One line per search and baseline of the job: finished trials, verdict."""
+    if uri.startswith("sqlite:///") and not _sqlite_ready(Path(uri.removeprefix("sqlite:///"))):
+        return ["no results yet (the store is not created yet)"]
+    from mlflow.tracking import MlflowClient
+
+    from sweeper.tracking import all_runs
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = all_runs(client, [exp.experiment_id], f"tags.job_id = '{sweeper_job_id}'")
+    except AttributeError:  # no experiment yet
+        return ["no results yet"]
+    except Exception as e:  # the store down or busy: Ray's status above still stands
+        return [f"results unreadable now: {_one_line(e)}"]
+    done: dict[str, int] = {}
+    for run in runs:
+        if run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags:
+            parent = run.data.tags["mlflow.parentRunId"]
+            done[parent] = done.get(parent, 0) + 1
+    lines = []
+    for run in sorted(runs, key=lambda r: r.info.run_name or ""):
+        tags, kind = run.data.tags, run.data.tags.get("kind")
+        if kind not in ("search", "baseline"):
+            continue
+        trials = "probes" if kind == "search" else "seeds"
+        verdict = tags.get("status", "finished" if run.info.status == "FINISHED" else "running")
+        if run.info.status == "KILLED":
+            verdict = "interrupted"
+        dim = tags.get("dim_name", "d")
+        if f"{dim}90" in run.data.metrics:
+            verdict += f", {dim}90 = {run.data.metrics[f'{dim}90']:g}"
+        lines.append(
+            f"{kind} {run.info.run_name}: {done.get(run.info.run_id, 0)} {trials} finished, "
+            f"{verdict}"
+        )
+    return lines or ["no results yet"]
+
+
+def _sqlite_ready(path: Path) -> bool:
+    """Opening a SQLite store that its job is still creating would race the job's schema
+    migration: look (read-only) for the experiments table first."""
+    import sqlite3
+
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return bool(db.execute("select count(*) from experiments").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+def logs(job_id: str, address: str, follow: bool = False) -> Iterator[str]:
+    """The driver's output so far, or (follow) as it comes until the job ends."""
+    client = connect(address)
+    _job(client, job_id)
+    if not follow:
+        yield client.get_job_logs(job_id)
+        return
+    stream = client.tail_job_logs(job_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def stop(job_id: str, address: str, timeout: float = 60) -> str:
+    """Stop the job (its driver gets SIGTERM and closes its runs) and wait for it to end."""
+    client = connect(address)
+    _job(client, job_id)
+    client.stop_job(job_id)
+    deadline = time.monotonic() + timeout
+    while not (info := client.get_job_info(job_id)).status.is_terminal():
+        if time.monotonic() > deadline:
+            return f"{job_id}: stop requested, still {info.status.value}"
+        time.sleep(1.0)
+    return f"{job_id}: {info.status.value}"
+
+
+if __name__ == "__main__":  # `python -m sweeper.submit _preflight job.yaml`, on the cluster
+    if sys.argv[1:2] != ["_preflight"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m sweeper.submit _preflight JOB.yaml (run by `sweeper submit`)")
+    sys.exit(_preflight(sys.argv[2]))
