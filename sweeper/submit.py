@@ -407,47 +407,43 @@ def status(job_id: str, address: str) -> list[str]:
     if info.message:
         lines.append(f"  ray: {_one_line(info.message)}")
     lines.append(f"  tracking: {meta['tracking_uri']} (experiment {meta['name']})")
-    lines += [f"  {line}" for line in progress(meta["tracking_uri"], meta["name"], meta["job_id"])]
+    lines += [f"  {line}" for line in progress(meta["tracking_uri"], meta["name"])]
     return lines
 
 
-def progress(uri: str, experiment: str, sweeper_job_id: str) -> list[str]:
-    """One line per search and baseline of the job: finished trials, verdict."""
+def progress(uri: str, experiment: str) -> list[str]:
+    """One line per baseline and search, as the dashboards read MLflow: trials finished, the
+    bracket so far while a search runs, its verdict and answer once it ends."""
     if uri.startswith("sqlite:///") and not _sqlite_ready(Path(uri.removeprefix("sqlite:///"))):
         return ["no results yet (the store is not created yet)"]
     from mlflow.tracking import MlflowClient
 
-    from sweeper.tracking import all_runs
+    from sweeper.dashboard.data import read_snapshot
 
     try:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        runs = all_runs(client, [exp.experiment_id], f"tags.job_id = '{sweeper_job_id}'")
-    except AttributeError:  # no experiment yet
+        snapshot = read_snapshot(MlflowClient(tracking_uri=uri), [experiment])
+    except SpecError:  # no experiment yet
         return ["no results yet"]
     except Exception as e:  # the store down or busy: Ray's status above still stands
         return [f"results unreadable now: {_one_line(e)}"]
-    done: dict[str, int] = {}
-    for run in runs:
-        if run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags:
-            parent = run.data.tags["mlflow.parentRunId"]
-            done[parent] = done.get(parent, 0) + 1
     lines = []
-    for run in sorted(runs, key=lambda r: r.info.run_name or ""):
-        tags, kind = run.data.tags, run.data.tags.get("kind")
-        if kind not in ("search", "baseline"):
-            continue
-        trials = "probes" if kind == "search" else "seeds"
-        verdict = tags.get("status", "finished" if run.info.status == "FINISHED" else "running")
-        if run.info.status == "KILLED":
-            verdict = "interrupted"
-        dim = tags.get("dim_name", "d")
-        if f"{dim}90" in run.data.metrics:
-            verdict += f", {dim}90 = {run.data.metrics[f'{dim}90']:g}"
-        lines.append(
-            f"{kind} {run.info.run_name}: {done.get(run.info.run_id, 0)} {trials} finished, "
-            f"{verdict}"
-        )
+    for b in snapshot.baselines:
+        state = "running" if b.run_status == "RUNNING" else f"perf_full = {b.perf_full:.4g}"
+        if b.perf_full is None and b.run_status != "RUNNING":
+            state = b.run_status.lower()
+        lines.append(f"baseline {b.model} · {b.task}: {state}")
+    for s in snapshot.searches:
+        line = f"search {s.label}: {len(s.probes)} probes finished, "
+        if s.running:
+            bracket = f"bracket ({s.bracket[0]}, {s.bracket[1]}]" if s.bracket else "no bracket yet"
+            line += f"running, {bracket}"
+        else:
+            line += s.status_text
+            if s.answer is not None:
+                line += f", {s.dim_name}90 = {s.answer:g}"
+            if s.interval is not None:
+                line += f" [{s.interval[0]:g}, {s.interval[1]:g}]"
+        lines.append(line)
     return lines or ["no results yet"]
 
 
