@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from projection import best_time  # noqa: E402  (bench/, this script's folder)
 from test_dashboard_data import synthetic_experiment  # noqa: E402
 
 from sweeper.dashboard.cli import main as sweeper_report  # noqa: E402
@@ -35,15 +35,6 @@ MODELS = {
     "roberta-base": 125_000_000,
     "roberta-large": 355_000_000,
 }
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -68,8 +59,8 @@ def main() -> None:
         output = Path(tmp) / "report.html"
         argv = ["report", "glue-sizes", "-o", str(output), "--tracking-uri", uri]
 
-        read = best_of(lambda: all_runs(client, [experiment]), args.repeats)
-        report = best_of(lambda: sweeper_report(argv), args.repeats)
+        read = best_time(lambda: all_runs(client, [experiment]), args.repeats)
+        report = best_time(lambda: sweeper_report(argv), args.repeats)
         size = output.stat().st_size
 
     row = {

@@ -4,9 +4,10 @@
 
 The real all-MiniLM-L6-v2 (`sweeper assets fetch minilm`), a sequence-classification head, one
 fixed batch of 32 rotten-tomatoes reviews padded to 64 tokens, CPU; every method measured in
-this same process, each the median of `--steps` steps after one warm-up step. A step is what
-`train.run_trial` does: forward, loss, backward, optimiser step (for DID and SAID the forward
-includes P θ_d and the backward Pᵀ). Prints a table and writes bench/results/step.json.
+this same process, each the median of `--steps` steps after one warm-up step, the steps taken
+round-robin across the methods. A step is what `train.run_trial` does: forward, loss, backward,
+optimiser step (for DID and SAID the forward includes P θ_d and the backward Pᵀ). Prints a
+table and writes bench/results/step.json.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def fixed_batch(problem) -> dict[str, torch.Tensor]:
     return out
 
 
-def step_seconds(method: str, dim: int | None, steps: int) -> dict:
+def stepper(method: str, dim: int | None):
+    """One case, built and warmed up (numba compilation, allocator); returns (row, one_step)."""
     spec = TrialSpec("rotten-tomatoes", "minilm", method, dim)
     problem = build_problem(spec.task, spec.model, spec.task_options)
     module = wrap(problem, spec)
@@ -55,15 +57,23 @@ def step_seconds(method: str, dim: int | None, steps: int) -> dict:
         optimizer.step()
         return time.perf_counter() - start
 
-    one_step()  # warm-up: numba compilation, allocator
-    times = [one_step() for _ in range(steps)]
-    return {
-        "method": method,
-        "dim": dim,
-        "trainable_params": sum(p.numel() for p in params),
-        "seconds": statistics.median(times),
-        "seconds_min": min(times),
-    }
+    one_step()
+    row = {"method": method, "dim": dim, "trainable_params": sum(p.numel() for p in params)}
+    return row, one_step
+
+
+def measure(cases: list[tuple[str, int | None]], steps: int) -> list[dict]:
+    """Steps taken round-robin, one per case per round, so that a slow spell of the machine
+    lands on every case alike and the ratios stay fair."""
+    built = [stepper(method, dim) for method, dim in cases]
+    times: list[list[float]] = [[] for _ in built]
+    for _ in range(steps):
+        for (_, one_step), seen in zip(built, times, strict=True):
+            seen.append(one_step())
+    return [
+        {**row, "seconds": statistics.median(seen), "seconds_min": min(seen)}
+        for (row, _), seen in zip(built, times, strict=True)
+    ]
 
 
 def main() -> None:
@@ -78,7 +88,7 @@ def main() -> None:
     cases = [("full", None)]
     cases += [(m, d) for d in args.d for m in ("did", "said")]
     cases += [("lora", r) for r in args.r]
-    rows = [step_seconds(method, dim, args.steps) for method, dim in cases]
+    rows = measure(cases, args.steps)
     full = rows[0]["seconds"]
     for row in rows:
         row["ratio_to_full"] = row["seconds"] / full
