@@ -27,9 +27,10 @@ ARG RAY_VERSION=2.60.0
 
 WORKDIR /opt/sweeper
 COPY . .
-# Editable, because sweeper/dashboard/render.py reads dashboards/ next to the package, which a
-# regular install would leave behind. boto3: the AWS autoscaler that runs on the launcher's head.
-RUN pip install --no-cache-dir -e ".[cluster]" "ray[default,tune]==${RAY_VERSION}" "boto3>=1.34" \
+# boto3: the AWS autoscaler that runs on the launcher's head. DL3013 takes the local package
+# ".[cluster]" for an unpinned one; its dependencies follow the ranges in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[cluster]" "ray[default,tune]==${RAY_VERSION}" "boto3>=1.34" \
     && python -c "import ray, sweeper.cli, torch; print(torch.__version__, ray.__version__)"
 
 ENV PYTHONUNBUFFERED=1

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-# The templates live in the repository's top-level `dashboards/` folder, next to the package
-# (an editable install, `pip install -e .`, runs from the checkout).
-ASSETS = Path(__file__).resolve().parents[2] / "dashboards"
+# The templates live in the repository's top-level `dashboards/` folder; `templates` links to it
+# from inside the package, so a wheel (a plain `pip install .`) carries them too.
+ASSETS = Path(__file__).resolve().parent / "templates"
 _SLOT = re.compile(r"\{\{ (\w+) \}\}")
 
 
@@ -20,8 +20,8 @@ def asset(name: str) -> str:
     path = ASSETS / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"dashboard template {path} is missing: sweeper's dashboards need the source "
-            "checkout installed in editable mode (`pip install -e .`)"
+            f"dashboard template {path} is missing: reinstall sweeper (`pip install .`), whose "
+            "package carries dashboards/ as sweeper/dashboard/templates"
         )
     return path.read_text(encoding="utf-8")
 
