@@ -172,9 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run dir {summary.run_dir}",
         soft_wrap=True,
     )
-    console.print(
-        f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}", soft_wrap=True
-    )
+    look = f"mlflow ui --backend-store-uri {summary.tracking_uri}"
+    if summary.tracking_uri.startswith(("http://", "https://")):
+        look = f"open {summary.tracking_uri} (the MLflow server's UI)"
+    console.print(f"look at it: {look}", soft_wrap=True)
     return 0
 
 
