@@ -94,6 +94,21 @@ def wait_for(
     return value
 
 
+def wait_mid_search(client, job_id: str, tracking_uri: str, experiment: str, find, what: str):
+    """`find()` once the job has finished PROBES_BEFORE_FAULT probes and is still running."""
+
+    def mid_search():
+        if client.get_job_status(job_id).is_terminal():
+            return "ended"
+        if len(finished_probes(tracking_uri, experiment)) < PROBES_BEFORE_FAULT:
+            return None
+        return find()
+
+    found = wait_for(mid_search, JOB_DEADLINE, what, every=0.2)
+    assert found != "ended", "the job ended before the fault"
+    return found
+
+
 def wait_job(client, job_id: str, timeout: float = JOB_DEADLINE) -> JobStatus:
     status = wait_for(
         lambda: (s := client.get_job_status(job_id)).is_terminal() and s, timeout, job_id
@@ -337,17 +352,13 @@ def test_a_worker_node_lost_mid_search_changes_nothing(
 ):
     job_id = submit(job_file(tmp_path, "toy-node-loss"), cluster, tracking_uri)
 
-    def a_trial_running_mid_search():
-        if client.get_job_status(job_id).is_terminal():
-            return "ended"
-        if len(finished_probes(tracking_uri, "toy-node-loss")) < PROBES_BEFORE_FAULT:
-            return None
+    def a_running_trial():
         ray_job = client.get_job_info(job_id).job_id  # known once the driver has connected
         return trial_node(cluster, ray_job)
 
-    target = wait_for(a_trial_running_mid_search, JOB_DEADLINE, "a trial mid-search", every=0.2)
-    assert target != "ended", "the job ended before the fault"
-    name, node_id, on_node = target
+    name, node_id, on_node = wait_mid_search(
+        client, job_id, tracking_uri, "toy-node-loss", a_running_trial, "a trial mid-search"
+    )
     killed_at = len(finished_probes(tracking_uri, "toy-node-loss"))
     cluster.kill_node(name)
     cluster.add_worker()  # a replacement, so the job finishes at the same width
@@ -376,15 +387,14 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_probe(
 ):
     job_id = submit(job_file(tmp_path, "toy-driver-kill"), cluster, tracking_uri)
 
-    def the_driver_mid_search():
-        if client.get_job_status(job_id).is_terminal():
-            return "ended"
-        if len(finished_probes(tracking_uri, "toy-driver-kill")) < PROBES_BEFORE_FAULT:
-            return None
-        return driver_pid(job_id)
-
-    pid = wait_for(the_driver_mid_search, JOB_DEADLINE, "the driver mid-search", every=0.2)
-    assert pid != "ended", "the job ended before the fault"
+    pid = wait_mid_search(
+        client,
+        job_id,
+        tracking_uri,
+        "toy-driver-kill",
+        lambda: driver_pid(job_id),
+        "the driver mid-search",
+    )
     os.kill(pid, signal.SIGKILL)
     assert wait_job(client, job_id, timeout=120) == JobStatus.FAILED
     before = {r.data.tags["config_hash"] for r in finished_probes(tracking_uri, "toy-driver-kill")}
