@@ -24,7 +24,7 @@ from rich.text import Text
 from sweeper.plan import JobPlan, Request
 from sweeper.spec import JobSpec, digest
 from sweeper.stops import stops
-from sweeper.tracking import Tracker, default_uris
+from sweeper.tracking import Tracker
 
 
 @dataclass
@@ -182,9 +182,6 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     jid = job_id(spec)
-    uri, _ = default_uris(spec)
-    if uri.startswith("sqlite:///"):  # a store named in the spec may live in a new folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(spec, jid)
     tracker.close_open_runs()  # left by a driver that died without closing them
     cache = tracker.load_cache()

@@ -97,7 +97,7 @@ def cluster_tracking(spec: JobSpec, override: str | None) -> dict[str, str]:
     scheme = urlparse(uri).scheme.split("+")[0]
     artifacts = spec.tracking.artifact_location
     if scheme in ("http", "https"):
-        artifacts = artifacts or f"mlflow-artifacts:/{spec.name}"  # kept by the server
+        pass  # None: the server keeps them, as `tracking.default_uris` decides for any job
     elif scheme == "sqlite":
         path = Path(uri.removeprefix("sqlite:///"))
         if not uri.startswith("sqlite:///") or not path.is_absolute():

@@ -71,8 +71,8 @@ class Tracker:
         # MLflow's own retries of one request (7 by default: ~4 min, uninterruptible) shrink to
         # ~12 s; `Patience` waits out longer outages, asking between attempts whether to stop.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-        if self.uri.startswith("sqlite:///"):
-            spec.run_dir.resolve().mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith("sqlite:///"):  # the default, or a store named in the spec
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(spec.name)
         if experiment is None:
@@ -241,9 +241,12 @@ class Tracker:
         batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
         status = "FINISHED" if result.get("outcome") != "error" else "FAILED"
 
+        attempts = 0 if write_id is None else 1  # a fresh id has nothing to find at first
+
         def write() -> str:
-            written = self._settle(tags["write_id"])
-            if written:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (written := self._settle(tags["write_id"])):
                 return written
             run_id = self.client.create_run(
                 self.experiment_id, run_name=run_name, tags=tags
