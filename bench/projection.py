@@ -3,7 +3,10 @@
     python bench/projection.py [--D 1e6 1e7] [--d 1e2 1e3 1e4] [--threads N]
 
 Each (kind, D, d) runs in a fresh process so that its peak resident memory is its own; the
-copy baseline (`dst.copy_(src)`, D float32) is timed in that same process. Prints a table and
+copy baseline (`dst.copy_(src)`, D float32) is timed in that same process, *interleaved* with
+the forward and the adjoint (copy, forward, adjoint, copy, …): on this VM a 40 MB copy takes
+anywhere from 0.9 to 2.5 ms from one minute to the next, so only side-by-side rounds give a
+ratio that means anything. Ratios are medians of the per-round ratios. Prints a table and
 writes bench/results/projection.json. Goal (issue 2): fused CPU Fastfood ≤ 10× copy in each
 direction at D = 1e7, d = 1e3, with no D-sized random state.
 """
@@ -17,19 +20,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 KINDS = ("fastfood", "fastfood-reference", "sparse", "dense")
 DENSE_MAX = 2**28
 
 
-def best_time(fn, repeats: int = 5) -> float:
+ROUNDS = 11
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return time.perf_counter() - start
 
 
 def rss_mib() -> float:
@@ -44,7 +47,8 @@ def measure_one(kind: str, D: int, d: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     x, y, dst = torch.randn(d), torch.randn(D), torch.empty(D)
-    copy = best_time(lambda: dst.copy_(y), 20)
+    for _ in range(5):  # fault in and warm both buffers
+        dst.copy_(y)
     base = rss_mib()
     start = time.perf_counter()
     if kind == "fastfood-reference":
@@ -59,18 +63,22 @@ def measure_one(kind: str, D: int, d: int, threads: int) -> dict:
         proj = make_projection(kind, D, d, seed=0)
         fwd, adj = (lambda: proj.matvec(x)), (lambda: proj.adjoint(y))
     build = time.perf_counter() - start
-    t_fwd, t_adj = best_time(fwd, 3), best_time(adj, 3)
+    fwd(), adj()  # compile and warm up
+    rounds = [(timed(lambda: dst.copy_(y)), timed(fwd), timed(adj)) for _ in range(ROUNDS)]
+    copies, fwds, adjs = (sorted(column) for column in zip(*rounds, strict=True))
     return {
         "kind": kind,
         "D": D,
         "d": d,
         "threads": threads,
-        "copy_ms": copy * 1e3,
+        "rounds": ROUNDS,
+        "copy_ms": median(copies) * 1e3,
+        "copy_ms_range": [copies[0] * 1e3, copies[-1] * 1e3],
         "build_s": build,
-        "forward_ms": t_fwd * 1e3,
-        "adjoint_ms": t_adj * 1e3,
-        "forward_x_copy": t_fwd / copy,
-        "adjoint_x_copy": t_adj / copy,
+        "forward_ms": median(fwds) * 1e3,
+        "adjoint_ms": median(adjs) * 1e3,
+        "forward_x_copy": median([f / c for c, f, _ in rounds]),
+        "adjoint_x_copy": median([a / c for c, _, a in rounds]),
         "peak_extra_mib": rss_mib() - base,
     }
 

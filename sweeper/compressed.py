@@ -18,7 +18,10 @@ from safetensors.torch import load_file, save_file
 from sweeper.subspace import SubspaceConfig, SubspaceModel
 from sweeper.tasks import Problem, build_problem
 
-FORMAT = "sweeper-subspace/1"
+FORMAT = "sweeper-subspace/2"
+# Format 1 files hold the same fields, but their Fastfood P came from generator 1 (a different
+# Gaussian table): they load only when their projection is not Fastfood.
+OLD_FORMAT = "sweeper-subspace/1"
 
 
 @dataclass
@@ -60,9 +63,16 @@ def load_compressed(path: str | Path) -> Compressed:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, OLD_FORMAT):
         raise ValueError(
             f"{path} is not a sweeper compressed model (format {meta.get('format')!r})"
+        )
+    projection = json.loads(meta["config"]).get("projection", "fastfood")
+    if meta["format"] == OLD_FORMAT and projection == "fastfood":
+        raise ValueError(
+            f"{path} was written with Fastfood generator 1, and this sweeper regenerates P with "
+            "generator 2 (other random numbers): its θ_d would give a different model. "
+            "Re-run the probe with this version to get a file that restores."
         )
     return Compressed(
         model_ref=json.loads(meta["model_ref"]),

@@ -118,6 +118,10 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
             "said_groups": m.said_groups,
             "train_head": m.train_head,
         }
+        if m.projection == "fastfood":  # other random numbers, another P: never a cache hit
+            from sweeper.projection.generator import VERSION
+
+            config["generator"] = VERSION
     if method == "lora":
         config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
         # only when set: a job that leaves them out keeps the config hashes it always had

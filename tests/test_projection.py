@@ -190,3 +190,54 @@ def test_bad_arguments_are_rejected_with_a_reason():
         make_projection("fastfood", 10, 2, seed=0, layout="per_tensor", sizes=[3, 3])
     with pytest.raises(ValueError, match="d must be"):
         make_projection("fastfood", 10, 0, seed=0)
+
+
+def test_threaded_and_serial_cpu_kernels_agree_bit_for_bit_and_with_the_reference():
+    """The threaded path only runs for big transforms; its fixed slices make it deterministic.
+
+    They must also stay two Python functions: numba caches by function name and line, so one
+    function compiled with and without parallel=True would load one variant for both."""
+    from sweeper.projection import fastfood_cpu as cpu
+
+    assert cpu._forward_threads.py_func.__name__ != cpu._forward_serial.py_func.__name__
+    assert cpu._adjoint_threads.py_func.__name__ != cpu._adjoint_serial.py_func.__name__
+    D, d, seed = 2**20 + 777, 100, 5
+    n = block_size(d)
+    x, y = torch.randn(d), torch.randn(D)
+    table = cpu._TABLES[np.dtype(np.float32)]
+    outs = []
+    for kernel in (cpu._forward_threads, cpu._forward_serial):
+        out = np.empty(D, np.float32)
+        kernel(x.numpy(), out, seed, 1.0, n, table, cpu.SLICES)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    partials = []
+    for kernel in (cpu._adjoint_threads, cpu._adjoint_serial):
+        partial = np.zeros((cpu.SLICES, n), np.float32)
+        kernel(y.numpy(), partial, d, seed, 1.0, n, table)
+        partials.append(partial)
+    assert np.array_equal(partials[0], partials[1])
+    want = fastfood_reference(x.double(), D, seed)
+    got = torch.from_numpy(outs[0]).double()
+    assert ((got - want).abs().max() / want.abs().max()).item() < TOL[torch.float32]
+    x64 = x.double().requires_grad_(True)
+    want_adj = torch.autograd.grad(fastfood_reference(x64, D, seed), x64, y.double())[0]
+    got_adj = torch.from_numpy(partials[0].sum(axis=0)[:d]).double()
+    assert ((got_adj - want_adj).abs().max() / want_adj.abs().max()).item() < TOL[torch.float32]
+
+
+def test_reused_output_buffers_never_overwrite_a_tensor_still_in_use():
+    """Big forwards reuse their output memory, but only once nothing (not even a view) holds it."""
+    from sweeper.projection import fastfood_cpu as cpu
+
+    D, d = 2**20 + 1, 8
+    x = torch.randn(d)
+    first = cpu.forward(x, D, 1, 1.0, 8)
+    view = first[:100].clone(), first[100:200]  # a copy to compare against, and a live view
+    del first
+    second = cpu.forward(x, D, 2, 1.0, 8)  # the first buffer is still referenced by the view
+    assert second.data_ptr() != view[1].data_ptr() - 100 * 4
+    assert torch.equal(view[1], cpu.forward(x, D, 1, 1.0, 8)[100:200])
+    ptr = second.data_ptr()
+    del second
+    assert cpu.forward(x, D, 3, 1.0, 8).data_ptr() == ptr  # unreferenced: reused, not reallocated

@@ -393,3 +393,16 @@ def test_a_billion_laughs_alias_bomb_fails_fast(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_spec(bomb)
     assert caught.value.field in ("x-anchors", "grid[0].models[0]")
+
+
+def test_fastfood_probes_hash_their_generator_version_and_other_kinds_do_not(monkeypatch):
+    """A new Fastfood generator is another P: its probes must never hit an old cache entry."""
+    from sweeper import plan
+    from sweeper.projection import generator
+
+    spec = parse_spec(QUICKSTART)
+    base = plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")
+    assert base["projection"] == "fastfood" and base["generator"] == generator.VERSION
+    monkeypatch.setattr(generator, "VERSION", generator.VERSION + 1)
+    assert digest(plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")) != digest(base)
+    assert "generator" not in plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "lora")

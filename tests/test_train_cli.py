@@ -157,3 +157,34 @@ def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
     spec = TrialSpec("digits", "mlp", "did", 3, train=settings, threshold=0.99, patience=2)
     result = run_trial(spec)
     assert result.outcome == "stopped" and result.steps < 400 and not result.passed
+
+
+def _rewrite_as_format_1(src, dst, projection: str | None = None):
+    """The file at src as an older sweeper (format 1) would have written it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["format"] = "sweeper-subspace/1"
+    if projection:
+        meta["config"] = json.dumps({**json.loads(meta["config"]), "projection": projection})
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+
+
+def test_a_fastfood_model_from_generator_1_is_refused_not_silently_rebuilt(tmp_path):
+    from sweeper.compressed import save_compressed
+    from sweeper.tasks import TrainSettings, build_problem
+
+    settings = TrainSettings(optimizer="adam", lr=0.05, steps=5)
+    for projection in ("fastfood", "sparse"):
+        spec = TrialSpec("digits", "mlp", "did", 16, projection=projection, train=settings)
+        result = run_trial(spec)
+        path, old = tmp_path / f"{projection}.safetensors", tmp_path / f"{projection}-1.safetensors"
+        save_compressed(path, result.module, build_problem("digits", "mlp", {}).model_ref)
+        _rewrite_as_format_1(path, old)
+        if projection == "fastfood":  # its P came from other random numbers
+            with pytest.raises(ValueError, match="generator 1"):
+                load_compressed(old)
+        else:  # dense and sparse P never changed
+            assert load_compressed(old).config.projection == "sparse"

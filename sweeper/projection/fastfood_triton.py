@@ -55,6 +55,7 @@ _SIGN_SALT: tl.constexpr = tl.constexpr((gen.STREAM_SIGN * gen.GOLDEN) & gen.M32
 _GAUSS_SALT: tl.constexpr = tl.constexpr((gen.STREAM_GAUSS * gen.GOLDEN) & gen.M32)
 _PERM_SALT: tl.constexpr = tl.constexpr((gen.STREAM_PERM * gen.GOLDEN) & gen.M32)
 _GAUSS_BITS: tl.constexpr = tl.constexpr(gen.GAUSS_BITS)
+_GAUSS_DROP: tl.constexpr = tl.constexpr(gen.GAUSS_DROP)
 
 
 # --- generator.py in tl.uint32 (uint32 products wrap mod 2^32, so no masks are needed) --------
@@ -86,9 +87,9 @@ def _signs(key, k):
 
 @triton.jit
 def _gauss(key, k, table_ptr):
-    """G[k]: GAUSS_TABLE at 16 bits of word k // 2 of the gauss stream."""
+    """G[k]: GAUSS_TABLE at the top 12 of 16 bits of word k // 2 of the gauss stream."""
     word = _mix32(_mix32(key ^ _GAUSS_SALT) ^ (k >> 1))
-    index = (word >> ((k & 1) * _GAUSS_BITS)) & 0xFFFF
+    index = ((word >> ((k & 1) * _GAUSS_BITS)) & 0xFFFF) >> _GAUSS_DROP
     return tl.load(table_ptr + index.to(tl.int32))
 
 
@@ -654,7 +655,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @lru_cache(maxsize=8)
 def _table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """GAUSS_TABLE on the device (256 KiB in fp32): gathered by the kernels with tl.load."""
+    """GAUSS_TABLE on the device (16 KiB in fp32): gathered by the kernels with tl.load."""
     return torch.from_numpy(gen.GAUSS_TABLE).to(device=device, dtype=dtype)
 
 
