@@ -346,11 +346,12 @@ def test_boundary_reprobes_reopen_bracket_after_a_spurious_pass():
 def test_propose_waits_for_the_whole_round():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
     oracle = step_oracle(100)
-    first = search.propose(4)
-    assert [(p.point, p.seed) for p in first] == [(1, 0), (1000, 0)]
-    search.record(oracle(first[0]))
-    assert search.propose(4) == []
-    search.record(oracle(first[1]))
+    first = search.propose(4)  # (lo, hi) is k-sectioned at once; its ends are not probed yet
+    assert [(p.point, p.seed) for p in first] == [(4, 0), (16, 0), (63, 0), (251, 0)]
+    for probe in first[:-1]:
+        search.record(oracle(probe))
+        assert search.propose(4) == []
+    search.record(oracle(first[-1]))
     assert len(search.propose(4)) == 4
 
 
@@ -362,13 +363,50 @@ def test_probe_seeds_beyond_free_workers_are_spread_over_rounds():
         (probe,) = search.propose(1)
         seen.append((probe.point, probe.seed))
         search.record(oracle(probe))
-    assert seen == [(1, 0), (1, 1), (1, 2)]
+    assert seen == [(32, 0), (32, 1), (32, 2)]
+
+
+def test_a_range_that_brackets_the_answer_never_pays_for_its_ends():
+    search = ThresholdSearch(SearchSettings(lo=2, hi=1000, threshold=0.5, tolerance=0.1))
+    drive(search, step_oracle(10), workers=2)
+    assert search.result().answer == 10
+    assert not {r.point for r in all_results(search)} & {2, 1000}
+
+
+@pytest.mark.parametrize(("answer", "end"), [(1, 1), (2000, 1000)])
+def test_an_end_is_probed_once_the_search_reaches_it(answer, end):
+    search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5, max_widen=0))
+    drive(search, step_oracle(answer), workers=2)
+    assert end in {r.point for r in all_results(search)}
+    expected = "not_bracketed_lo_passes" if answer == 1 else "not_bracketed_hi_fails"
+    assert search.result().outcome == expected
+
+
+def test_two_agreeing_boundary_seeds_of_three_settle_a_point():
+    search = ThresholdSearch(SearchSettings(lo=2, hi=1000, threshold=0.5, boundary_seeds=3))
+    drive(search, step_oracle(10), workers=2)
+    seeds = {}
+    for r in all_results(search):
+        seeds[r.point] = seeds.get(r.point, 0) + 1
+    lo, hi = search.result().bracket
+    assert seeds[lo] == seeds[hi] == 2  # unanimous: a third seed could not change the majority
+
+
+def test_a_split_boundary_point_gets_its_third_seed():
+    def split_at_ten(probe: Probe) -> ProbeResult:  # seed 1 at the answer is unlucky
+        ok = probe.point >= 10 and not (probe.point == 10 and probe.seed == 1)
+        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+
+    search = ThresholdSearch(SearchSettings(lo=2, hi=1000, threshold=0.5, boundary_seeds=3))
+    drive(search, split_at_ten, workers=2)
+    at_ten = sorted(r.seed for r in all_results(search) if r.point == 10)
+    assert at_ten == [0, 1, 2] and search.result().bracket == (9, 10)
 
 
 def test_state_dict_is_strict_json_even_with_diverged_runs():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
-    search.propose(2)
-    search.record(ProbeResult(1, 0, math.nan, False))
+    first, _ = search.propose(2)
+    search.record(ProbeResult(first.point, first.seed, math.nan, False))
 
     state = json.loads(json.dumps(search.state_dict(), allow_nan=False))
     restored = ThresholdSearch.from_state_dict(state)

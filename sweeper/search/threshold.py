@@ -40,7 +40,8 @@ class SearchSettings:
     probe_seeds: int = 1
     """Seeds per ordinary probe point."""
     boundary_seeds: int = 3
-    """Total seeds wanted at each end of the final bracket, to catch a lucky or unlucky seed."""
+    """Seeds whose majority decides each end of the final bracket (to catch a lucky or unlucky
+    seed); added one per round, so they stop as soon as that majority is settled."""
     max_probes: int = 50
     """Budget: total (point, seed) trials, replayed ones included."""
     widen_factor: int = 4
@@ -131,6 +132,9 @@ class _Assessment:
 
 class ThresholdSearch:
     """Finds the smallest point whose metric passes: bracket, parallel k-section, boundary seeds.
+
+    The bracket's ends are confirmed lazily: (lo, hi) is k-sectioned from the first round,
+    and lo or hi is probed only when the search reaches it (see ``_bracketing``).
 
     A point's verdict is its seeds' majority: pass when at least half of them pass (ties pass).
     We vote on pass indicators rather than averaging metrics so that one diverged seed (nan)
@@ -267,14 +271,18 @@ class ThresholdSearch:
         wanted: dict[int, int] = {}
         out_of_budget: Outcome
         if lowest_pass is None or fail_below is None:
-            wanted, out_of_budget = self._bracketing(verdict, lowest_pass)
+            wanted, section, out_of_budget = self._bracketing(verdict, lowest_pass)
         else:
             bracket = (fail_below, lowest_pass)
             if not is_converged(*bracket, s.tolerance):
                 phase, section, out_of_budget = "sectioning", bracket, "budget_exhausted"
             else:
                 phase, out_of_budget = "boundary", "found"
-                wanted = {p: s.boundary_seeds for p in bracket if seeds[p] < s.boundary_seeds}
+                wanted = {
+                    p: seeds[p] + 1
+                    for p in bracket
+                    if _undecided(passes[p], seeds[p], s.boundary_seeds)
+                }
         if incomplete:  # no verdict without all seeds: complete them before anything else
             section, wanted = None, incomplete
         done = section is None and not wanted
@@ -289,30 +297,41 @@ class ThresholdSearch:
 
     def _bracketing(
         self, verdict: dict[int, bool], lowest_pass: int | None
-    ) -> tuple[dict[int, int], Outcome]:
-        """Step 1: probe lo and hi, then widen whichever side has not bracketed yet.
+    ) -> tuple[dict[int, int], tuple[int, int] | None, Outcome]:
+        """Step 1: find a fail below a pass, confirming lo and hi only when they matter.
 
-        Returns the seeds wanted per point, and the outcome should no more probes be possible.
+        Until an inside point says otherwise, lo is taken to fail and hi to pass, and
+        (lo, hi) is k-sectioned at once: lo is probed only when every point above it passes
+        (it is then the bracket's lower end), hi only when every point below it fails. A job
+        whose range is right never pays for its ends; one whose range is wrong finds out when
+        the search reaches that end, then widens it as before.
+
+        Returns the seeds wanted per point, the (unconfirmed) section to k-section next, and
+        the outcome should no more probes be possible.
         """
         s = self.settings
-        if s.lo not in verdict:
-            points = [p for p in (s.lo, s.hi) if p not in verdict]
-        elif lowest_pass is not None:  # lo (or a widened lo) passes: look lower
-            lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
-            points = [p for p in lower if p < lowest_pass][:1]
-        elif s.hi not in verdict:
-            points = [s.hi]
-        else:  # everything so far fails: look higher
-            higher = widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi)
-            points = [p for p in higher if p not in verdict][:1]
-
-        if lowest_pass is not None and lowest_pass <= s.lo:
-            out_of_budget: Outcome = "not_bracketed_lo_passes"
-        elif lowest_pass is None and s.hi in verdict:
-            out_of_budget = "not_bracketed_hi_fails"
-        else:
-            out_of_budget = "budget_exhausted"
-        return {p: s.probe_seeds for p in points}, out_of_budget
+        seeds = s.probe_seeds
+        fails = [p for p, ok in verdict.items() if not ok]
+        if lowest_pass is not None:  # passes, and no fail below the lowest one
+            if lowest_pass <= s.lo:  # lo itself (or a widened lo) passes: look lower
+                lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
+                points = [p for p in lower if p < lowest_pass][:1]
+                return {p: seeds for p in points}, None, "not_bracketed_lo_passes"
+            if lowest_pass - s.lo > 1:
+                return {}, (s.lo, lowest_pass), "budget_exhausted"
+            return {s.lo: seeds}, None, "budget_exhausted"
+        if fails:  # only fails so far
+            top = max(fails)
+            if top >= s.hi:  # hi itself (or a widened hi) fails: look higher
+                higher = widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi)
+                points = [p for p in higher if p not in verdict][:1]
+                return {p: seeds for p in points}, None, "not_bracketed_hi_fails"
+            if s.hi - top > 1:
+                return {}, (top, s.hi), "budget_exhausted"
+            return {s.hi: seeds}, None, "budget_exhausted"
+        if s.hi - s.lo > 1:
+            return {}, (s.lo, s.hi), "budget_exhausted"
+        return {s.lo: seeds, s.hi: seeds}, None, "budget_exhausted"
 
     def _round(self, assessment: _Assessment, room: int) -> list[Probe]:
         """Up to ``room`` probes: k log-spaced points when sectioning, else the missing seeds."""
@@ -339,6 +358,19 @@ class ThresholdSearch:
                 seed += 1
             yield seed
             seed += 1
+
+
+def _undecided(passes: int, seeds: int, total: int) -> bool:
+    """Whether a point's majority over `total` seeds (ties pass) can still go either way.
+
+    Boundary seeds are added one per round, so two agreeing seeds of three end it: the third
+    could not change the verdict, and skipping it changes no decision the search makes.
+    """
+    if seeds >= total:
+        return False
+    decided_pass = 2 * passes >= total
+    decided_fail = 2 * (passes + total - seeds) < total
+    return not (decided_pass or decided_fail)
 
 
 def _same_outcome(a: ProbeResult, b: ProbeResult) -> bool:
