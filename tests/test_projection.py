@@ -241,3 +241,19 @@ def test_reused_output_buffers_never_overwrite_a_tensor_still_in_use():
     ptr = second.data_ptr()
     del second
     assert cpu.forward(x, D, 3, 1.0, 8).data_ptr() == ptr  # unreferenced: reused, not reallocated
+
+
+def test_a_changed_generator_drops_the_cpu_kernels_numba_cache(tmp_path, monkeypatch):
+    """numba revalidates a cache only against the kernel's own file; generator.py is inlined."""
+    from sweeper.projection import fastfood_cpu as cpu
+
+    monkeypatch.setattr(cpu._forward_serial._cache, "_cache_path", str(tmp_path))
+    stale = tmp_path / "fastfood_cpu._forward_serial-1.py311.nbi"
+    stale.write_bytes(b"old")
+    (tmp_path / "fastfood_cpu.sources").write_text("made with another generator.py")
+    cpu._drop_stale_cache()
+    assert not stale.exists()
+    kept = tmp_path / "fastfood_cpu._forward_serial-1.py311.nbc"
+    kept.write_bytes(b"current")
+    cpu._drop_stale_cache()  # the marker now matches: nothing is deleted
+    assert kept.exists()

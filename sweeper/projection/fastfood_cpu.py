@@ -15,10 +15,12 @@ second compilation load the first one's machine code.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -292,6 +294,27 @@ def _adjoint_serial(y, partial, d, seed, column_norm, n, table):
         first, last = s * per, min(m, (s + 1) * per)
         _adjoint_blocks(y, partial[s], d, seed, column_norm, n, table, first, last)
 
+
+def _drop_stale_cache() -> None:
+    """Delete this module's numba cache when generator.py or this file changed since it was
+    written. numba checks only the timestamp of the file that defines a kernel, but these
+    kernels inline generator.py's hashes: a checkout whose pull touched only generator.py would
+    otherwise keep running kernels that regenerate the old P."""
+    cache_dir = Path(_forward_serial._cache._cache_path)
+    sources = hashlib.sha256(Path(__file__).read_bytes() + Path(gen.__file__).read_bytes())
+    marker = cache_dir / "fastfood_cpu.sources"
+    try:
+        if marker.exists() and marker.read_text() == sources.hexdigest():
+            return
+        for stale in cache_dir.glob("fastfood_cpu.*.nb[ic]"):
+            stale.unlink(missing_ok=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(sources.hexdigest())
+    except OSError:  # a read-only cache folder: numba then does not write there either
+        pass
+
+
+_drop_stale_cache()
 
 # Small transforms run serially: waking a thread pool costs more than they do.
 PARALLEL_MIN_WORK = 2**17
