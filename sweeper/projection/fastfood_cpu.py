@@ -271,7 +271,7 @@ def _forward_threads(theta, out, seed, column_norm, n, table, slices):
 
 
 @njit(cache=True)
-def _forward_serial(theta, out, seed, column_norm, n, table, slices):
+def _forward_serial(theta, out, seed, column_norm, n, table):
     _forward_blocks(theta, out, seed, column_norm, n, table, 0, (out.shape[0] + n - 1) // n)
 
 
@@ -381,8 +381,11 @@ def forward(theta_d: torch.Tensor, D: int, seed: int, column_norm: float, n: int
     """P θ_d as a (D,) tensor of θ_d's dtype (its memory may be a reused, unreferenced buffer)."""
     x = _as_numpy(theta_d)
     out = _outputs.get(D, x.dtype)
-    kernel = _forward_threads if _parallel(D, x.shape[0], n) else _forward_serial
-    kernel(x, out, seed, column_norm, n, _TABLES[x.dtype], min(SLICES, -(-D // n)))
+    table = _TABLES[x.dtype]
+    if _parallel(D, x.shape[0], n):
+        _forward_threads(x, out, seed, column_norm, n, table, min(SLICES, -(-D // n)))
+    else:
+        _forward_serial(x, out, seed, column_norm, n, table)
     return torch.from_numpy(out).to(theta_d.dtype)
 
 
