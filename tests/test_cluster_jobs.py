@@ -419,3 +419,25 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_probe(
     resumed_answer = answers(tracking_uri, "toy-driver-kill")["did"][:2]
     assert resumed_answer == answers(tracking_uri, "toy-calm")["did"][:2] == ("found", GROUPS)
     print(f"driver killed after {len(before)} of {len(after)} probes; resume ran the rest once")
+
+
+@pytest.mark.timeout(2 * JOB_DEADLINE)
+def test_stop_ends_the_job_and_leaves_no_run_open(
+    calm_job, cluster, client, tracking_uri, tmp_path
+):
+    """`sweeper stop` SIGTERMs the driver through the Jobs API: the finished probes stay, the
+    search parent ends KILLED, and no run is left RUNNING for `resume` to trip over."""
+    job_id = submit(job_file(tmp_path, "toy-stop"), cluster, tracking_uri)
+    wait_mid_search(client, job_id, tracking_uri, "toy-stop", lambda: True, "mid-search")
+
+    code, out, err = sweeper("stop", job_id, "--address", cluster.dashboard_url)
+    assert code == 0, err
+    assert out.strip() == f"{job_id}: STOPPED"
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
+    runs = MlflowClient(tracking_uri)
+    exp = runs.get_experiment_by_name("toy-stop")
+    every = all_runs(runs, [exp.experiment_id], "")
+    assert every and not [r for r in every if r.info.status == "RUNNING"]
+    parents = [r for r in every if r.data.tags.get("kind") == "search"]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len(finished_probes(tracking_uri, "toy-stop")) >= PROBES_BEFORE_FAULT
