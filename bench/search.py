@@ -32,9 +32,8 @@ from sweeper.probe import run_probe
 from sweeper.spec import digest, parse_spec
 
 _memo: dict[str, dict] = {}
-
-
 _warm: set[str] = set()
+REPEATS = 3  # each probe's seconds: the fastest of this many runs (this VM's timing is noisy)
 
 
 def probe(config: dict) -> dict:
@@ -48,9 +47,6 @@ def probe(config: dict) -> dict:
             result["seconds"] = min(result["seconds"], again["seconds"])
         _memo[key] = result
     return _memo[key]
-
-
-REPEATS = 3  # each probe's seconds: the fastest of this many runs (this VM's timing is noisy)
 
 
 def warm_up(config: dict) -> None:

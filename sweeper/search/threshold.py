@@ -312,26 +312,20 @@ class ThresholdSearch:
         s = self.settings
         seeds = s.probe_seeds
         fails = [p for p, ok in verdict.items() if not ok]
-        if lowest_pass is not None:  # passes, and no fail below the lowest one
-            if lowest_pass <= s.lo:  # lo itself (or a widened lo) passes: look lower
-                lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
-                points = [p for p in lower if p < lowest_pass][:1]
-                return {p: seeds for p in points}, None, "not_bracketed_lo_passes"
-            if lowest_pass - s.lo > 1:
-                return {}, (s.lo, lowest_pass), "budget_exhausted"
-            return {s.lo: seeds}, None, "budget_exhausted"
-        if fails:  # only fails so far
-            top = max(fails)
-            if top >= s.hi:  # hi itself (or a widened hi) fails: look higher
-                higher = widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi)
-                points = [p for p in higher if p not in verdict][:1]
-                return {p: seeds for p in points}, None, "not_bracketed_hi_fails"
-            if s.hi - top > 1:
-                return {}, (top, s.hi), "budget_exhausted"
-            return {s.hi: seeds}, None, "budget_exhausted"
-        if s.hi - s.lo > 1:
-            return {}, (s.lo, s.hi), "budget_exhausted"
-        return {s.lo: seeds, s.hi: seeds}, None, "budget_exhausted"
+        if lowest_pass is not None and lowest_pass <= s.lo:  # lo (or a widened lo) passes
+            lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
+            points = [p for p in lower if p < lowest_pass][:1]
+            return {p: seeds for p in points}, None, "not_bracketed_lo_passes"
+        if lowest_pass is None and fails and max(fails) >= s.hi:  # hi (or a widened hi) fails
+            higher = widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi)
+            points = [p for p in higher if p not in verdict][:1]
+            return {p: seeds for p in points}, None, "not_bracketed_hi_fails"
+        # the bracket so far, with lo taken to fail and hi to pass until probed
+        low = s.lo if lowest_pass is not None else max(fails, default=s.lo)
+        high = lowest_pass if lowest_pass is not None else s.hi
+        if high - low > 1:
+            return {}, (low, high), "budget_exhausted"
+        return {p: seeds for p in (low, high) if p not in verdict}, None, "budget_exhausted"
 
     def _round(self, assessment: _Assessment, room: int) -> list[Probe]:
         """Up to ``room`` probes: k log-spaced points when sectioning, else the missing seeds."""
