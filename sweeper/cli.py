@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         projection=args.projection,
         layout=args.layout,
         said_groups=args.said_groups,
-        train_head=args.train_head,
+        head=args.head,
         lora_targets=tuple(args.lora_target) or None,
         rslora=args.rslora,
         threshold=args.threshold,
@@ -94,7 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "D": result.D,
         "trainable_params": result.trainable_params,
         "metric_name": result.metric_name,
-        "metric": result.metric,
+        "metric": result.metric,  # the chosen checkpoint's report score
+        "select_metric": result.select_metric,
+        "checkpoint_step": result.checkpoint_step,
+        "head": spec.head,
         "passed": result.passed if spec.threshold is not None else None,
         "threshold": spec.threshold,
         "outcome": result.outcome,
@@ -118,6 +121,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job)
     print(f"{args.job}: valid job {spec.name!r}")
+    print(
+        f"  decided on held-out data: LR, checkpoint and stop-on-pass on `select`, pass/fail on "
+        f"`report`; head: {spec.head} (the same for every method)"
+    )
     for model, task, method in spec.searches():
         m = getattr(spec.methods, method).search
         dim = "r" if method == "lora" else "d"
@@ -176,7 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.tracking_uri.startswith(("http://", "https://")):
         look = f"open {summary.tracking_uri} (the MLflow server's UI)"
     console.print(f"look at it: {look}", soft_wrap=True)
-    return 0
+    errors = list(dict.fromkeys(s.error for s in summary.searches if s.error))
+    for error in errors:
+        console.print(f"error: {error}", soft_wrap=True)
+    return 1 if errors else 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -272,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--projection", default="fastfood", choices=["fastfood", "sparse", "dense"])
     train.add_argument("--layout", default="global", choices=["global", "per_tensor"])
     train.add_argument("--said-groups", default="layer", choices=["layer", "tensor"])
-    train.add_argument("--train-head", action="store_true", help="train the head directly")
+    train.add_argument(
+        "--head",
+        default="budget",
+        choices=["budget", "train"],
+        help="the classifier head inside the method's budget (default) or trained directly",
+    )
     train.add_argument(
         "--lora-target", action="append", default=[], metavar="NAME", help="module LoRA adapts"
     )

@@ -40,6 +40,7 @@ class SearchSummary:
     reused: int
     perf_full: float
     threshold: float
+    error: str | None = None  # why the search could not run (e.g. a diverged baseline seed)
 
 
 @dataclass
@@ -295,19 +296,21 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     summaries = []
     for pair, state in plan.searches():
         result = plan.result(state)
+        no_search = "baseline_error" if pair.error else "no_baseline"
         summaries.append(
             SearchSummary(
                 model=state.model,
                 task=state.task.name,
                 method=state.method,
                 dim_name=state.dim_name,
-                status=result.outcome if result else "no_baseline",
+                status=result.outcome if result else no_search,
                 answer=result.answer if result else None,
                 interval=result.interval if result else None,
                 probes=result.probes if result else 0,
                 reused=sum(1 for r in state.records if r.get("reused")),
                 perf_full=pair.perf_full,
                 threshold=state.search.settings.threshold if state.search else math.nan,
+                error=pair.error,
             )
         )
     return JobSummary(

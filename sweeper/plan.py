@@ -17,7 +17,7 @@ from sweeper.probe import trial_spec
 from sweeper.search import ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef, digest
 from sweeper.tasks import TASKS, build_problem
-from sweeper.train import dimension_range
+from sweeper.train import RULE, dimension_range
 
 
 def family(config: dict[str, Any]) -> str:
@@ -82,19 +82,44 @@ class PairState:
     pending: set[int] = field(default_factory=set)
     searches: list[SearchState] = field(default_factory=list)
 
+    chance: float | None = None  # a constant guess's score on `report`, once known
+    error: str | None = None  # why this pair has no threshold (then no search starts)
+
     @property
     def done(self) -> bool:
         return len(self.results) >= self.seeds
 
     @property
     def perf_full(self) -> float:
-        finite = [v for v in self.results.values() if math.isfinite(v)]
-        return statistics.fmean(finite) if finite else math.nan
+        """Mean over seeds of the baseline's report score; nan if any seed has none: a
+        diverged seed is an error to fix, never silently left out of the mean."""
+        values = list(self.results.values())
+        if not values or not all(math.isfinite(v) for v in values):
+            return math.nan
+        return statistics.fmean(values)
 
     @property
     def perf_full_std(self) -> float:
-        finite = [v for v in self.results.values() if math.isfinite(v)]
-        return statistics.stdev(finite) if len(finite) > 1 else 0.0
+        values = list(self.results.values())
+        if len(values) < 2 or not all(math.isfinite(v) for v in values):
+            return math.nan if not values or math.isnan(self.perf_full) else 0.0
+        return statistics.stdev(values)
+
+    def threshold_error(self, threshold: float) -> str | None:
+        """Why no search can run against this baseline, or None."""
+        bad = sorted(seed for seed, v in self.results.items() if not math.isfinite(v))
+        if bad:
+            return (
+                f"baseline seed(s) {bad} of {self.key} diverged or errored, so perf_full is "
+                "undefined; lower methods.full.train.lr (or its lr_search range) and run again"
+            )
+        if self.chance is not None and threshold <= self.chance:
+            return (
+                f"the bar {threshold:.4g} for {self.key} is at or below chance ({self.chance:.4g}, "
+                "a constant guess on the report set): raise threshold_fraction, or train the "
+                "baseline longer"
+            )
+        return None
 
 
 def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
@@ -108,15 +133,19 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
         "method": method,
         "train": train,
         "lr_search": lr_search,
-        "stop_on_pass": spec.early_stop.on_pass,
-        "patience": spec.early_stop.hopeless_patience,
+        # the decision rule and the head policy: part of every hash, so results chosen or
+        # scored another way are never reused as if they were the same probe
+        "rule": RULE,
+        "head": spec.head,
+        # no early stop of any kind on baselines: perf_full is the bar every probe is held to
+        "stop_on_pass": spec.early_stop.on_pass and method != "full",
+        "patience": spec.early_stop.hopeless_patience if method != "full" else None,
     }
     if method in ("did", "said"):
         config |= {
             "projection": m.projection,
             "layout": m.layout,
             "said_groups": m.said_groups,
-            "train_head": m.train_head,
         }
         if m.projection == "fastfood":  # other random numbers, another P: never a cache hit
             from sweeper.projection.generator import VERSION
@@ -208,14 +237,19 @@ class JobPlan:
 
     def start_searches(self, pair: PairState) -> None:
         """Once a pair's baseline is complete: its threshold, and a search per method."""
-        if not pair.done:
+        if not pair.done or pair.error is not None:
             return
         threshold = self.spec.threshold_fraction * pair.perf_full
+        problem = None
         for state in pair.searches:
-            if state.search is not None or not math.isfinite(threshold):
+            if state.search is not None:
                 continue
             m = getattr(self.spec.methods, state.method).search
-            problem = build_problem(pair.task.name, pair.model, pair.task.options)
+            problem = problem or build_problem(pair.task.name, pair.model, pair.task.options)
+            pair.chance = problem.chance
+            pair.error = pair.threshold_error(threshold)
+            if pair.error is not None:
+                return
             floor, limit = dimension_range(
                 problem, trial_spec({**state.base_config, "seed": 0, "dim": 1}, problem)
             )

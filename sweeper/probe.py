@@ -1,7 +1,8 @@
 """One probe as a Tune trial sees it: a JSON config in, a JSON result out.
 
 A probe is one (search, point, seed): train at d (or r) — with the job's fixed learning rate or
-the best of a small Optuna search over it — and say whether the metric reached the threshold.
+the best of a small Optuna search over it, chosen on the `select` set — and score the one chosen
+checkpoint on `report`, which alone says whether it reached the threshold (DESIGN.md §4).
 Everything here is plain data so that the same config runs in-process, in a Ray worker, or
 again after a crash with the same result.
 """
@@ -14,7 +15,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from sweeper.tasks import Problem, TrainSettings, build_problem
-from sweeper.train import TrialResult, TrialSpec, run_trial
+from sweeper.train import TrialResult, TrialSpec, run_trial, score_report
 
 
 def build(config: dict[str, Any]) -> Problem:
@@ -37,13 +38,14 @@ def trial_spec(config: dict[str, Any], problem: Problem, lr: float | None = None
         projection=config.get("projection", "fastfood"),
         layout=config.get("layout", "global"),
         said_groups=config.get("said_groups", "layer"),
-        train_head=config.get("train_head", False),
+        head=config.get("head", "budget"),
         lora_alpha=config.get("lora_alpha"),
         lora_dropout=config.get("lora_dropout", 0.0),
         lora_targets=tuple(config["lora_targets"]) if config.get("lora_targets") else None,
         rslora=config.get("rslora", False),
         train=train,
-        threshold=config.get("threshold") if config.get("stop_on_pass", True) else None,
+        threshold=config.get("threshold"),
+        stop_on_pass=config.get("stop_on_pass", True),
         patience=config.get("patience"),
     )
 
@@ -61,18 +63,20 @@ def _compressed_b64(result: TrialResult, config: dict[str, Any], model_ref: dict
 
 
 def _summary(
-    result: TrialResult, config: dict[str, Any], lr: float, model_ref: dict
+    result: TrialResult, config: dict[str, Any], lr: float, problem: Problem
 ) -> dict[str, Any]:
-    threshold = config.get("threshold")
-    passed = threshold is not None and math.isfinite(result.metric) and result.metric >= threshold
-    outcome = result.outcome
-    if outcome in ("pass", "fail", "completed") and threshold is not None:
-        outcome = "pass" if passed else "fail"
+    model_ref, split_sizes = problem.model_ref, problem.split_sizes
+    passed = result.passed
     return {
         "metric": result.metric,
         "metric_name": result.metric_name,
+        "select_metric": result.select_metric,
+        "checkpoint_step": result.checkpoint_step,
+        "stop_reason": result.stop_reason,
+        "split_sizes": split_sizes,
+        "report_metrics": result.report_metrics,
         "passed": passed,
-        "outcome": outcome,
+        "outcome": result.outcome,
         "D": result.D,
         "trainable_params": result.trainable_params,
         "steps": result.steps,
@@ -84,14 +88,14 @@ def _summary(
 
 
 def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """Train the probe; with an LR search, the best of `tries` Optuna-chosen rates counts."""
+    """Train the probe; with an LR search, the try with the best `select` score counts, and
+    only its chosen checkpoint is scored on `report`."""
     search = config.get("lr_search")
-    problem = build(config)  # built once: trained by the first try, its model_ref kept
-    model_ref = problem.model_ref
+    problem = build(config)  # built once: trained by the first try
     if not search:
         spec = trial_spec(config, problem)
         result = run_trial(spec, threads=threads, problem=problem)
-        return _summary(result, config, spec.train.lr, model_ref)
+        return _summary(result, config, spec.train.lr, problem)
 
     import optuna
 
@@ -99,28 +103,44 @@ def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, A
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=config["seed"])
     )
-    best: tuple[TrialResult, float] | None = None
+    best: tuple[TrialResult, float, Problem] | None = None
     seconds = 0.0
     for _ in range(search["tries"]):
         trial = study.ask()
         lr = trial.suggest_float("lr", search["low"], search["high"], log=True)
-        problem = problem or build(config)  # every try starts from a fresh θ0
-        result = run_trial(trial_spec(config, problem, lr), threads=threads, problem=problem)
+        built = problem or build(config)  # every try starts from a fresh θ0
         problem = None
+        spec = trial_spec(config, built, lr)
+        result = run_trial(spec, threads=threads, problem=built, score=False)
         seconds += result.seconds
-        if math.isfinite(result.metric):
-            study.tell(trial, result.metric)
+        if _usable(result):
+            study.tell(trial, result.select_metric)
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if best is None or (result.metric > best[0].metric) or not math.isfinite(best[0].metric):
-            best = (result, lr)
-        if result.passed:
+        if best is None or _better(result, best[0]):
+            best = (result, lr, built)
+        if result.stop_reason == "pass_on_select":
             break
-    result, lr = best
-    summary = _summary(result, config, lr, model_ref)
+    result, lr, built = best
+    unscored = result.seconds
+    result = score_report(result, built, config.get("threshold"))
+    seconds += result.seconds - unscored
+    summary = _summary(result, config, lr, built)
     summary["seconds"] = seconds
     summary["lr_tries"] = len(study.trials)
     return summary
+
+
+def _usable(result: TrialResult) -> bool:
+    """A try that may be chosen: it did not diverge and has a `select` score."""
+    return result.stop_reason != "diverged" and math.isfinite(result.select_metric)
+
+
+def _better(result: TrialResult, best: TrialResult) -> bool:
+    """Whether a try beats the best so far: on its `select` score, never when unusable."""
+    if not _usable(result):
+        return False
+    return not _usable(best) or result.select_metric > best.select_metric
 
 
 def decode_compressed(b64: str, path: str) -> None:

@@ -94,7 +94,6 @@ class MethodSpec(_Strict):
     projection: Literal["fastfood", "sparse", "dense"] = "fastfood"
     layout: Literal["global", "per_tensor"] = "global"
     said_groups: Literal["layer", "tensor"] = "layer"
-    train_head: bool = False
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # modules LoRA adapts (PEFT target_modules); null: the task's (query, value for BERT/RoBERTa)
@@ -178,6 +177,11 @@ class JobSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     grid: Annotated[list[GridBlock], Field(min_length=1)]
     methods: Methods
+    # The classifier head, alike in every method so that d90 and r90 compare (DESIGN.md §3):
+    # 'budget' puts it inside each method's budget (projected for did/said, a LoRA adapter for
+    # lora; Li et al.), 'train' trains it directly in every method and counts it (PEFT's
+    # modules_to_save; Aghajanyan et al.).
+    head: Literal["budget", "train"] = "budget"
     threshold_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
     tolerance: Annotated[float, Field(gt=0, le=10)] = 0.1
     seeds: Seeds = Seeds()
@@ -308,6 +312,38 @@ def _check_names(spec: JobSpec) -> None:
             raise SpecError(f"methods.{name}.train", message) from None
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
+    _check_rule(spec)
+
+
+def _lr_rule(train: TrainSpec) -> str:
+    return f"lr_search with tries: {train.lr_search.tries}" if train.lr_search else "a fixed lr"
+
+
+def _check_rule(spec: JobSpec) -> None:
+    """The baseline is chosen by the same rule as the probes (DESIGN.md §4): as many learning
+    rates tried, the same evaluation schedule. A baseline that gets fewer chances than the
+    probes tilts threshold_fraction × perf_full toward passing."""
+    full = spec.train_for("full")
+    for name in spec.methods.searched():
+        probe = spec.train_for(name)
+        tries = (t.lr_search.tries if t.lr_search else 1 for t in (full, probe))
+        if len(set(tries)) > 1:
+            raise SpecError(
+                "methods.full.train",
+                f"the baseline must get the probes' learning-rate budget: methods.{name} uses "
+                f"{_lr_rule(probe)}, the baseline {_lr_rule(full)}; give methods.full.train "
+                f"the same (with a learning-rate range of its own)",
+            )
+        for key in ("eval_every", "steps"):
+            mine, baseline = getattr(probe, key), getattr(full, key)
+            if mine != baseline:
+                default = "the task's default"
+                raise SpecError(
+                    f"methods.{name}.train.{key}",
+                    f"{mine or default} differs from the baseline's ({baseline or default}): "
+                    f"the baseline and the probes share one evaluation schedule; set {key} "
+                    "once in `train`",
+                )
 
 
 def parse_spec(data: Any) -> JobSpec:
@@ -320,6 +356,8 @@ def parse_spec(data: Any) -> JobSpec:
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against the README's annotated example"
+            if first["loc"][-1] == "train_head":
+                message = "moved: the head is one policy for every method, `head: train` at the top"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise SpecError(_field_path(first["loc"]), message + more) from None
     _check_names(spec)

@@ -46,6 +46,13 @@ def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str
             return runs
 
 
+def _lr_rule(config: dict[str, Any]) -> str:
+    search = config.get("lr_search")
+    if search:
+        return f"search(low={search['low']}, high={search['high']}, tries={search['tries']})"
+    return f"fixed({config['train'].get('lr', 'task default')})"
+
+
 def default_uris(spec: JobSpec) -> tuple[str, str | None]:
     """(tracking URI, artifact location): the spec's, else SQLite + a folder in the run dir.
 
@@ -223,6 +230,13 @@ class Tracker:
             "layout": config.get("layout", "-"),
             "optimizer": config["train"].get("optimizer", "task default"),
             "metric_name": result.get("metric_name"),
+            # the decision rule's settings (DESIGN.md §4), so every number says how it was made
+            "rule": config.get("rule"),
+            "head": config.get("head"),
+            "lr_rule": _lr_rule(config),
+            "stop_on_pass": config.get("stop_on_pass"),
+            "hopeless_patience": config.get("patience"),
+            **{f"{part}_size": n for part, n in (result.get("split_sizes") or {}).items()},
         }
         if request.point is not None:
             params[dim_name] = request.point
@@ -235,7 +249,10 @@ class Tracker:
                     continue
                 name = key if key.startswith("train/") else f"eval/{key}"
                 metrics.append(Metric(name, float(value), now, step))
-        for key in ("metric", "seconds", "steps"):
+        for key, value in (result.get("report_metrics") or {}).items():
+            if _finite(value):
+                metrics.append(Metric(f"report/{key}", float(value), now, 0))
+        for key in ("metric", "select_metric", "checkpoint_step", "seconds", "steps"):
             if _finite(result.get(key)):
                 metrics.append(Metric(key, float(result[key]), now, 0))
         batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
@@ -287,7 +304,9 @@ class Tracker:
             self.client.set_tag(run_id, "seeds", str(len(pair.results)))
             if pair.reused:
                 self.client.set_tag(run_id, "reused", "true")
-            self.client.set_terminated(run_id, "FINISHED")
+            if pair.error is not None:
+                self.client.set_tag(run_id, "error", pair.error)
+            self.client.set_terminated(run_id, "FAILED" if pair.error else "FINISHED")
 
         self.patient(f"finishing the baseline {pair.key}", write)
 

@@ -1,8 +1,11 @@
 """One trial, top to bottom: build the task, wrap the model for the method, train, evaluate.
 
 A plain loop (nanoGPT-style): no trainer framework, so what a probe measured is readable here.
-The reported metric is the best evaluation seen: a probe asks "does training in this subspace
-*reach* the bar", and early stopping on a pass makes the best value the natural one anyway.
+
+The decision rule (DESIGN.md §4): every evaluation during training reads the `select` set
+only — it picks the checkpoint (the best `select` score) and stops on a pass — and the one
+chosen checkpoint is then scored once on `report`, which alone says pass or fail. Choosing and
+scoring on one set reads the best of many noisy evaluations as the truth and biases d90 low.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,9 +26,9 @@ from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
 
 METHODS = ("full", "did", "said", "lora")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
-
-# report(step, metrics) is called after every evaluation; returning True stops the trial.
-Reporter = Callable[[int, dict[str, float]], bool | None]
+HEAD_POLICIES = ("budget", "train")
+HeadPolicy = Literal["budget", "train"]
+RULE = "select-checkpoint-report"  # the decision rule's name, recorded with every run
 
 
 @dataclass(frozen=True)
@@ -42,28 +44,39 @@ class TrialSpec:
     projection: str = "fastfood"
     layout: str = "global"
     said_groups: str = "layer"
-    train_head: bool = False
-    lora_alpha: float | None = None  # None: alpha = 2r
+    # The classifier head, alike for every method (DESIGN.md §3): 'budget' puts it inside the
+    # method's budget (projected for did/said, a LoRA adapter for lora); 'train' trains it
+    # directly in every method (PEFT's modules_to_save) and counts it as trainable.
+    head: HeadPolicy = "budget"
+    lora_alpha: float | None = None  # None: 2r (scale 2), or 2 with rslora (scale 2/√r)
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
     rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
     train: TrainSettings | None = None  # None: the task's defaults for this method
-    threshold: float | None = None  # stop as soon as the metric reaches it (a pass)
-    patience: int | None = None  # stop below threshold after this many evals without a new best
+    threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
+    stop_on_pass: bool = True  # stop once the select score reaches the threshold
+    patience: int | None = None  # stop after this many select evals below the bar, no new best
 
 
 @dataclass
 class TrialResult:
-    outcome: str  # pass | fail | diverged | stopped | completed (no threshold given)
-    metric: float  # best evaluation of the task's metric
+    """One trial. `module` holds the chosen checkpoint (the best `select` score) once training
+    ends; `metric` is that checkpoint's `report` score (nan until `score_report` ran)."""
+
+    outcome: str  # pass | fail | diverged | completed (no threshold given) | unscored
+    metric: float  # the report score of the chosen checkpoint
     metric_name: str
     D: int
     trainable_params: int
     steps: int
     loss: float
     seconds: float
-    history: list[dict[str, float]]
-    module: nn.Module | None = None  # the trained (wrapped) model, for saving
+    history: list[dict[str, float]]  # per select evaluation: step, train/loss, select metrics
+    select_metric: float = math.nan  # the chosen checkpoint's select score
+    checkpoint_step: int | None = None  # the step of the chosen checkpoint
+    stop_reason: str = "steps"  # steps | pass_on_select | hopeless | diverged
+    report_metrics: dict[str, float] = field(default_factory=dict)
+    module: nn.Module | None = None  # the trained (wrapped) model at its chosen checkpoint
 
     @property
     def passed(self) -> bool:
@@ -82,7 +95,7 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
             layout=spec.layout,
             seed=spec.seed,
             said_groups=spec.said_groups,
-            train_head=spec.train_head,
+            train_head=spec.head == "train",
         )
         return SubspaceModel(problem.model, config, head=problem.head)
     if spec.method == "lora":
@@ -91,21 +104,42 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
         targets = lora_targets(problem, spec)
         if not targets:
             raise ValueError(f"task {spec.task!r} has no layers LoRA can adapt")
+        head_layers = head_linears(problem) if spec.head == "budget" else []
         config = LoraConfig(
             r=spec.dim,
-            lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else 2 * spec.dim,
+            lora_alpha=lora_alpha(spec),
             lora_dropout=spec.lora_dropout,
             use_rslora=spec.rslora,
-            target_modules=list(targets),
-            modules_to_save=list(problem.head) or None,
+            target_modules=list(targets) + head_layers,
+            modules_to_save=(list(problem.head) or None) if spec.head == "train" else None,
         )
         return get_peft_model(problem.model, config)
     raise ValueError(f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
 
 
+def lora_alpha(spec: TrialSpec) -> float:
+    """The spec's alpha, else one that keeps the scale from growing with r: 2r without rsLoRA
+    (scale alpha/r = 2), a constant 2 with it (scale alpha/√r = 2/√r; 2r there would make the
+    scale 2√r, larger at every rank the search tries)."""
+    if spec.lora_alpha is not None:
+        return spec.lora_alpha
+    return 2.0 if spec.rslora else 2.0 * spec.dim
+
+
 def lora_targets(problem: Problem, spec: TrialSpec) -> tuple[str, ...]:
-    """The module names LoRA adapts: the spec's, else the task's."""
+    """The module names LoRA adapts in the body: the spec's, else the task's."""
     return spec.lora_targets or problem.lora_targets
+
+
+def head_linears(problem: Problem) -> list[str]:
+    """Full names of the head's linear layers: where LoRA puts the head's adapters when the
+    head is inside the budget (a head module need not be one Linear: RoBERTa's has two)."""
+    return [
+        name
+        for name, module in problem.model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(name == h or name.startswith(h + ".") for h in problem.head)
+    ]
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -130,6 +164,8 @@ def check_trial(spec: TrialSpec) -> None:
         raise SpecError("method", f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
     if spec.method not in info.methods:
         raise SpecError("method", f"task {spec.task!r} supports {list(info.methods)}")
+    if spec.head not in HEAD_POLICIES:
+        raise SpecError("head", f"choose one of {list(HEAD_POLICIES)}")
     if spec.train is not None:
         check_settings(spec.train)
     if spec.method == "full":
@@ -169,14 +205,17 @@ def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
     """Meaningful (smallest, largest) d or r: SAID needs d > T (its λ count), d ≤ D weights,
     r ≤ the narrowest adapted layer."""
     if spec.method == "lora":
+        # The body's layers bound r; a head adapter (head: budget) is full rank past the
+        # head's label count, which must not cap the rank of the body's.
         widths = [
             min(module.in_features, module.out_features)
             for name, module in problem.model.named_modules()
             if name.rpartition(".")[2] in lora_targets(problem, spec)
             and isinstance(module, nn.Linear)
+            and name not in head_linears(problem)
         ]
         return 1, min(widths, default=1)
-    config = SubspaceConfig(d=1, train_head=spec.train_head, said_groups=spec.said_groups)
+    config = SubspaceConfig(d=1, train_head=spec.head == "train", said_groups=spec.said_groups)
     names = projected_names(problem.model, config, problem.head)
     sizes = dict((n, p.numel()) for n, p in problem.model.named_parameters())
     groups = len(set(group_keys(names, spec.said_groups))) if spec.method == "said" else 0
@@ -213,14 +252,15 @@ def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch
 
 def run_trial(
     spec: TrialSpec,
-    report: Reporter | None = None,
     threads: int | None = None,
     problem: Problem | None = None,
+    score: bool = True,
 ) -> TrialResult:
-    """Train one (task, model, method, dim, seed) and say whether it reached the threshold.
+    """Train one (task, model, method, dim, seed) and keep its best checkpoint on `select`.
 
     `problem`: the task already built for this spec (its model is trained in place), so a
-    caller that needed it first does not load a transformer twice.
+    caller that needed it first does not load a transformer twice. `score=False` leaves the
+    `report` score to the caller (`score_report`): an LR search scores only the try it chose.
     """
     started = time.perf_counter()
     if threads:
@@ -233,7 +273,8 @@ def run_trial(
     module = wrap(problem, spec).to(device)
     settings = spec.train or problem.train_defaults(spec.method)
     check_settings(settings)
-    params = [p for p in module.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     optimizer = make_optimizer(settings, params)
     accum = settings.grad_accum
     batches = problem.batches(settings.batch_size // accum, spec.seed)
@@ -253,7 +294,8 @@ def run_trial(
         return losses[0] if accum == 1 else torch.stack(losses).sum()
 
     history: list[dict[str, float]] = []
-    best, loss_value, outcome, step, stale = -math.inf, math.nan, None, 0, 0
+    best, best_step, checkpoint = -math.inf, None, None
+    loss_value, stop_reason, step, stale = math.nan, "steps", 0, 0
     module.train()
     for step in range(1, settings.steps + 1):
         step_batches = [next(batches) for _ in range(accum)]
@@ -270,33 +312,35 @@ def run_trial(
             loss_value = float(compute_loss())
             optimizer.step()
         if not math.isfinite(loss_value):
-            outcome = "diverged"
+            stop_reason = "diverged"
             break
         if step % settings.eval_every and step != settings.steps:
             continue
         module.eval()
         with autocast(device):
-            metrics = problem.evaluate(module)
+            metrics = problem.evaluate(module, "select")
         module.train()
         history.append({"step": step, "train/loss": loss_value, **metrics})
-        stale = stale + 1 if metrics[problem.metric] <= best else 0
-        best = max(best, metrics[problem.metric])
-        if report is not None and report(step, metrics):
-            outcome = "stopped"
-            break
-        if spec.threshold is not None and metrics[problem.metric] >= spec.threshold:
+        value = metrics[problem.metric]
+        if value > best:  # the first best wins a tie: the earlier checkpoint
+            best, best_step, stale = value, step, 0
+            checkpoint = {n: p.detach().clone() for n, p in named}
+        else:
+            stale += 1
+        if spec.stop_on_pass and spec.threshold is not None and value >= spec.threshold:
+            stop_reason = "pass_on_select"
             break
         if spec.patience is not None and stale >= spec.patience:
-            outcome = "stopped"  # a plateau below the bar: it is not going to get there
+            stop_reason = "hopeless"  # a plateau below the bar: it is not going to get there
             break
-    if outcome is None:
-        if spec.threshold is None:
-            outcome = "completed"
-        else:
-            outcome = "pass" if best >= spec.threshold else "fail"
-    return TrialResult(
-        outcome=outcome,
-        metric=best if math.isfinite(best) else math.nan,
+    if checkpoint is not None:
+        with torch.no_grad():
+            for (_, p), saved in zip(named, checkpoint.values(), strict=True):
+                p.copy_(saved)
+    module.eval()
+    result = TrialResult(
+        outcome="unscored",
+        metric=math.nan,
         metric_name=problem.metric,
         D=D,
         trainable_params=trainable_count(module),
@@ -304,5 +348,31 @@ def run_trial(
         loss=loss_value,
         seconds=time.perf_counter() - started,
         history=history,
+        select_metric=best if math.isfinite(best) else math.nan,
+        checkpoint_step=best_step,
+        stop_reason=stop_reason,
         module=module,
     )
+    return score_report(result, problem, spec.threshold) if score else result
+
+
+def score_report(result: TrialResult, problem: Problem, threshold: float | None) -> TrialResult:
+    """Score the trial's chosen checkpoint once on `report`: its metric and pass/fail.
+
+    A diverged trial fails whatever its earlier checkpoints scored: its optimisation is not
+    one a user could run to the bar."""
+    started = time.perf_counter()
+    if result.checkpoint_step is not None and result.module is not None:
+        device = next(result.module.parameters()).device
+        with torch.no_grad(), autocast(device):
+            result.report_metrics = problem.evaluate(result.module, "report")
+        result.metric = result.report_metrics[problem.metric]
+    if result.stop_reason == "diverged":
+        result.outcome = "diverged"
+    elif threshold is None:
+        result.outcome = "completed"
+    else:
+        passed = math.isfinite(result.metric) and result.metric >= threshold
+        result.outcome = "pass" if passed else "fail"
+    result.seconds += time.perf_counter() - started
+    return result

@@ -132,28 +132,30 @@ RICH = {
     **copy.deepcopy(QUICKSTART),
     "name": "rich.spec-1",
     "methods": {
-        "full": {"train": {"steps": 200}},
+        # one learning rate each (fixed, or a search of one try): the baseline's rule
+        "full": {"train": {"lr_search": {"low": 1e-5, "high": 1e-3, "tries": 1}}},
         "did": {
             "search": {"lo": 2, "hi": 1024},
             "projection": "sparse",
             "layout": "per_tensor",
             "train": {"lr": 0.01},
         },
-        "said": {"search": {"lo": 2, "hi": 1024}, "said_groups": "tensor", "train_head": True},
+        "said": {"search": {"lo": 2, "hi": 1024}, "said_groups": "tensor"},
         "lora": {
             "search": {"lo": 1, "hi": 32},
             "lora_alpha": 16.0,
             "lora_dropout": 0.1,
-            "train": {"lr_search": {"low": 1e-4, "high": 1e-1, "tries": 3}},
+            "train": {"lr_search": {"low": 1e-4, "high": 1e-1, "tries": 1}},
         },
     },
+    "head": "train",
     "train": {
         "optimizer": "adamw",
         "steps": 300,
         "batch_size": 64,
         "eval_every": 50,
         "weight_decay": 0.01,
-        "lr_search": {"low": 1e-4, "high": 1e-1, "tries": 4},
+        "lr_search": {"low": 1e-4, "high": 1e-1, "tries": 1},
     },
     "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": 4},
     "budget": {"max_probes": 24, "max_wall_seconds": 3600.0},
@@ -330,15 +332,47 @@ def test_train_for_merges_global_settings_with_the_methods_own():
     assert (did.optimizer, did.steps, did.batch_size) == ("adamw", 300, 64)
     said = spec.train_for("said")  # no train of its own: the global settings
     assert said == spec.train
-    full = spec.train_for("full")  # the method's steps win, the rest is global
-    assert full.steps == 200 and full.lr_search == spec.train.lr_search
+    full = spec.train_for("full")  # the method's lr_search wins, the rest is global
+    assert full.steps == 300 and full.lr_search.low == 1e-5 and full.optimizer == "adamw"
 
 
 def test_a_methods_lr_search_replaces_a_global_fixed_lr():
     data = copy.deepcopy(RICH)
     data["train"] = {"lr": 0.5, "optimizer": "sgd"}
     lora = parse_spec(data).train_for("lora")
-    assert lora.lr is None and lora.lr_search.tries == 3 and lora.optimizer == "sgd"
+    assert lora.lr is None and lora.lr_search.tries == 1 and lora.optimizer == "sgd"
+
+
+# --- the baseline is decided by the probes' rule (DESIGN.md §4) ------------------------------
+
+
+def test_a_baseline_with_fewer_learning_rates_than_the_probes_is_refused():
+    data = copy.deepcopy(QUICKSTART)
+    data["methods"]["did"]["train"] = {"lr_search": {"low": 1e-3, "high": 1.0, "tries": 3}}
+    error = spec_error(data)
+    assert error.field == "methods.full.train"
+    assert "tries: 3" in error.message and "a fixed lr" in error.message
+    data["methods"]["full"] = {"train": {"lr_search": {"low": 1e-4, "high": 1e-2, "tries": 3}}}
+    for method in ("said", "lora"):
+        data["methods"][method]["train"] = data["methods"]["did"]["train"]
+    assert parse_spec(data).methods.full.train.lr_search.tries == 3
+
+
+@pytest.mark.parametrize("key", ["eval_every", "steps"])
+def test_a_baseline_on_another_evaluation_schedule_is_refused(key):
+    data = copy.deepcopy(QUICKSTART)
+    data["methods"]["lora"]["train"] = {key: 40}
+    error = spec_error(data)
+    assert error.field == f"methods.lora.train.{key}" and "baseline" in error.message
+
+
+def test_the_head_is_one_job_level_policy_and_the_old_per_method_flag_says_where_it_went():
+    assert parse_spec(QUICKSTART).head == "budget"
+    data = copy.deepcopy(QUICKSTART)
+    data["methods"]["did"]["train_head"] = True
+    error = spec_error(data)
+    assert error.field == "methods.did.train_head" and "head: train" in error.message
+    assert parse_spec({**QUICKSTART, "head": "train"}).head == "train"
 
 
 def test_digest_is_stable_for_equal_data_and_differs_otherwise():
@@ -370,11 +404,11 @@ def test_yaml_merge_keys_work_as_in_any_safe_loader(tmp_path):
     job.write_text(
         QUICKSTART_YAML.read_text().replace(
             "did:  {search: {lo: 2, hi: 1024}}",
-            "did:  {search: {lo: 2, hi: 1024}, train: {<<: {optimizer: sgd, lr: 0.1}, steps: 7}}",
+            "did:  {search: {lo: 2, hi: 1024}, train: {<<: {optimizer: sgd, lr: 0.1}, batch_size: 7}}",  # noqa: E501
         )
     )
     train = load_spec(job).train_for("did")
-    assert (train.optimizer, train.lr, train.steps) == ("sgd", 0.1, 7)
+    assert (train.optimizer, train.lr, train.batch_size) == ("sgd", 0.1, 7)
 
 
 @pytest.mark.timeout(10)

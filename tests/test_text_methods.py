@@ -73,25 +73,53 @@ def test_said_groups_a_transformer_by_layer(models, options, kind):
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_lora_trainable_count_is_peft_count_and_the_analytic_one(models, options, kind):
+@pytest.mark.parametrize("head", ["train", "budget"])
+def test_lora_trainable_count_is_peft_count_and_the_analytic_one(models, options, kind, head):
     r = 4
-    spec = TrialSpec("glue/mrpc", models[kind], "lora", r, task_options=options, train=quick(1))
+    spec = TrialSpec(
+        "glue/mrpc", models[kind], "lora", r, task_options=options, train=quick(1), head=head
+    )
     problem = build_problem("glue/mrpc", models[kind], options)
     module = wrap(problem, spec)
     peft_count = module.get_nb_trainable_parameters()[0]
-    head = sum(p.numel() for n, p in problem.model.named_parameters() if "modules_to_save" in n)
     adapters = 2 * 2 * r * (HIDDEN + HIDDEN)  # 2 layers × (query, value) × (A: r×in, B: out×r)
-    assert peft_count == adapters + head
-    assert (
-        head == {"bert": HIDDEN * 2 + 2, "roberta": HIDDEN * HIDDEN + HIDDEN + HIDDEN * 2 + 2}[kind]
-    )
+    if head == "train":  # the head trained directly, as PEFT's modules_to_save
+        named = problem.model.named_parameters()
+        saved = sum(p.numel() for n, p in named if "modules_to_save" in n)
+        expected = {"bert": HIDDEN * 2 + 2, "roberta": HIDDEN * HIDDEN + HIDDEN + HIDDEN * 2 + 2}
+        assert saved == expected[kind] and peft_count == adapters + saved
+    else:  # the head inside the budget: a rank-r adapter on each of its linear layers
+        head_adapters = {"bert": r * (HIDDEN + 2), "roberta": r * (2 * HIDDEN) + r * (HIDDEN + 2)}
+        assert peft_count == adapters + head_adapters[kind]
+        assert not any("modules_to_save" in n for n, _ in problem.model.named_parameters())
     assert run_trial(spec).trainable_params == peft_count
+
+
+def test_a_head_inside_the_budget_does_not_cap_the_rank_at_the_label_count(models, options):
+    problem = build_problem("glue/mrpc", models["bert"], options)
+    spec = TrialSpec("glue/mrpc", models["bert"], "lora", 1, head="budget")
+    assert dimension_range(problem, spec) == (1, HIDDEN)  # the body's query/value, not 2 labels
+
+
+def test_rslora_without_alpha_keeps_one_constant_alpha_at_every_rank(models, options):
+    for r in (1, 4, 16):
+        problem = build_problem("glue/mrpc", models["bert"], options)
+        module = wrap(problem, TrialSpec("glue/mrpc", models["bert"], "lora", r, rslora=True))
+        query = module.base_model.model.bert.encoder.layer[0].attention.self.query
+        assert query.scaling["default"] == pytest.approx(2 / math.sqrt(r))  # alpha 2, not 2r
 
 
 def test_lora_targets_and_rslora_come_from_the_spec(models, options):
     problem = build_problem("glue/mrpc", models["bert"], options)
     spec = TrialSpec(
-        "glue/mrpc", models["bert"], "lora", 4, lora_targets=("key",), rslora=True, lora_alpha=8
+        "glue/mrpc",
+        models["bert"],
+        "lora",
+        4,
+        lora_targets=("key",),
+        rslora=True,
+        lora_alpha=8,
+        head="train",
     )
     module = wrap(problem, spec)
     adapted = {
@@ -166,13 +194,13 @@ def test_compressed_tiny_bert_reloads_and_reproduces_its_metric(models, options,
     result = run_trial(spec)
     problem = build_problem("glue/mrpc", models["bert"], options)
     path = tmp_path / "m.safetensors"
-    save_compressed(path, result.module, problem.model_ref, {"loss": result.history[-1]["loss"]})
+    save_compressed(path, result.module, problem.model_ref, {"loss": result.report_metrics["loss"]})
     assert path.stat().st_size < 4096
     restored_problem, model = restore(path)
     model.eval()
-    metrics = restored_problem.evaluate(model)
-    assert metrics["loss"] == pytest.approx(result.history[-1]["loss"], rel=1e-5)
-    assert metrics["accuracy"] == result.history[-1]["accuracy"]
+    metrics = restored_problem.evaluate(model, "report")
+    assert metrics["loss"] == pytest.approx(result.report_metrics["loss"], rel=1e-5)
+    assert metrics["accuracy"] == result.metric
 
 
 def test_text_defaults_are_adamw_for_full_and_larger_rates_for_subspaces(models, options):
@@ -198,7 +226,7 @@ def test_a_text_job_runs_end_to_end_through_ray_and_mlflow(models, options, tmp_
             {"models": [models["bert"]], "tasks": [{"name": "glue/mrpc", "options": options}]}
         ],
         "methods": {
-            "full": {"train": {"lr": 1e-3}},
+            "full": {"train": {"lr": 3e-3}},
             "did": {"search": {"lo": 10, "hi": 1000}},
             "said": {"search": {"lo": 10, "hi": 1000}},
             "lora": {
@@ -209,8 +237,8 @@ def test_a_text_job_runs_end_to_end_through_ray_and_mlflow(models, options, tmp_
         },
         "seeds": {"baseline": 1, "probe": 1, "boundary": 1},
         "tolerance": 3.0,
-        "threshold_fraction": 0.5,
-        "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "grad_accum": 2},
+        "threshold_fraction": 0.9,
+        "train": {"steps": 40, "batch_size": 8, "eval_every": 10, "grad_accum": 2},
         "budget": {"max_probes": 3},
         "tracking": {"run_dir": str(tmp_path)},
     }
@@ -219,6 +247,7 @@ def test_a_text_job_runs_end_to_end_through_ray_and_mlflow(models, options, tmp_
     finally:
         ray.shutdown()
     assert {s.method for s in summary.searches} == {"did", "said", "lora"}
+    assert all(s.error is None for s in summary.searches), summary.searches[0].error
     client = MlflowClient(summary.tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     probes = client.search_runs(experiments, "tags.kind = 'probe'")

@@ -57,7 +57,7 @@ def test_glue_mrpc_from_data_dir_pairs_sentences_and_reports_accuracy_and_f1(ber
     assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 32
     assert batch["token_type_ids"].max() == 1  # the second sentence is segment 1
     problem.model.eval()
-    metrics = problem.evaluate(problem.model)
+    metrics = problem.evaluate(problem.model, "report")
     assert set(metrics) == {"accuracy", "f1", "loss"} and problem.metric == "accuracy"
     assert problem.head == ("classifier",) and problem.lora_targets == ("query", "value")
     assert problem.model.config.num_labels == 2 and problem.device == "auto"
@@ -74,20 +74,34 @@ def test_glue_sst2_is_single_sentence(bert, hub):
     assert set(labels_of(problem)) <= {0, 1}
 
 
-def test_anli_r1_reads_train_r1_and_dev_r1_with_three_labels(bert, hub):
+def test_anli_r1_selects_on_dev_r1_and_reports_on_test_r1_with_three_labels(bert, hub):
     problem = build_problem("anli/r1", bert, {"data_dir": str(hub)})
     assert problem.model.config.num_labels == 3
+    assert problem.split_sizes == {"train": 30, "select": 15, "report": 5}
     problem.model.eval()
-    metrics = problem.evaluate(problem.model)
+    metrics = problem.evaluate(problem.model, "select")
     assert "f1" not in metrics and 0 <= metrics["accuracy"] <= 1
 
 
-def test_train_and_eval_size_subsample_with_the_data_seed(bert, hub):
+def test_glue_selects_on_a_stratified_tenth_of_train_and_reports_on_validation(bert, hub):
+    from sweeper.tasks.text import _raw
+
+    tables, _, _ = _raw("glue/mrpc", {"data_dir": str(hub)})
+    sizes = {part: t.num_rows for part, t in tables.items()}
+    assert sizes["report"] == 24 and sizes["train"] + sizes["select"] == 48
+    assert 4 <= sizes["select"] <= 6  # a tenth of each label's train rows, at least one each
+    rows = {part: set(t.column("text").to_pylist()) for part, t in tables.items()}
+    assert not rows["train"] & rows["select"]  # carved out: no example on both sides
+    assert set(tables["select"].column("label").to_pylist()) == {0, 1}  # stratified
+
+
+def test_train_select_and_report_sizes_subsample_with_the_data_seed(bert, hub):
     from sweeper.tasks.text import _resolved, load_tokenizer, tokenized
 
-    opts = _resolved("glue/mrpc", {"data_dir": str(hub), "train_size": 10, "eval_size": 5})
+    sizes = {"train_size": 10, "select_size": 3, "report_size": 5}
+    opts = _resolved("glue/mrpc", {"data_dir": str(hub), **sizes})
     data, _ = tokenized("glue/mrpc", opts, load_tokenizer(bert), 128)
-    assert (len(data["train"]), len(data["eval"])) == (10, 5)
+    assert [len(data[part]) for part in ("train", "select", "report")] == [10, 3, 5]
     other, _ = tokenized("glue/mrpc", {**opts, "data_seed": 1}, load_tokenizer(bert), 128)
     assert data["train"]["input_ids"] != other["train"]["input_ids"]
 
@@ -129,10 +143,13 @@ def test_file_task_maps_columns_and_numbers_label_names_in_sorted_order(bert, tm
         "verdict": ["pos" if i % 2 else "neg" for i in range(n)],
     }
     path = write_table(tmp_path / f"data{suffix}", rows)
-    options = {"path": str(path), "text": "review", "label": "verdict", "eval_fraction": 0.25}
+    options = {"path": str(path), "text": "review", "label": "verdict", "report_fraction": 0.25}
     problem = build_problem("file", bert, options)
     assert problem.model.config.num_labels == 2
-    batch = next(problem.batches(15, 0))  # 15 of the 20 rows are training rows
+    # report: a quarter of each label's 10 rows (2.5 rounds to 2); select: a tenth of the rest,
+    # at least one row of each label
+    assert problem.split_sizes == {"train": 14, "select": 2, "report": 4}
+    batch = next(problem.batches(14, 0))
     words = [bert_words(problem, ids) for ids in batch["input_ids"]]
     # "neg" < "pos": neg → 0, pos → 1; the reviews say which
     assert all(("good" in w) == (y == 1) for w, y in zip(words, batch["labels"], strict=True))
@@ -157,12 +174,13 @@ def test_rotten_tomatoes_keeps_fresh_and_rotten_and_splits_by_movie(tmp_path, mo
         lines.append(f"{category},review {i},movie {i % 10},True")
     (folder / "rotten_tomatoes.csv.bz2").write_bytes(bz2.compress("\n".join(lines).encode()))
     (folder / "asset.json").write_text("{}")
-    train, evaluation = text_tasks._rotten_tomatoes()
-    assert train.num_rows + evaluation.num_rows == 40  # the plot summaries are dropped
-    movies = [set(t.column("movie_name").to_pylist()) for t in (train, evaluation)]
-    assert not movies[0] & movies[1]  # no movie on both sides
-    both = pa.concat_tables([train, evaluation]).to_pylist()
-    assert all(r["label"] == (r["category"] == "fresh") for r in both)
+    parts = text_tasks._rotten_tomatoes()
+    assert sum(t.num_rows for t in parts.values()) == 40  # the plot summaries are dropped
+    movies = {part: set(t.column("movie_name").to_pylist()) for part, t in parts.items()}
+    assert not movies["train"] & movies["select"]  # no movie on two sides
+    assert not (movies["train"] | movies["select"]) & movies["report"]
+    every = pa.concat_tables(list(parts.values())).to_pylist()
+    assert all(r["label"] == (r["category"] == "fresh") for r in every)
 
 
 # --- the model: reproducible θ0 ------------------------------------------------------------
@@ -219,7 +237,7 @@ def test_a_second_worker_reads_the_tokenised_set_from_disk(bert, hub, monkeypatc
 
 def test_the_cache_key_changes_with_max_length_and_options(bert, hub, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path))
-    for options in ({"max_length": 24}, {"max_length": 16}, {"max_length": 16, "eval_size": 3}):
+    for options in ({"max_length": 24}, {"max_length": 16}, {"max_length": 16, "report_size": 3}):
         build_problem("glue/mrpc", bert, {"data_dir": str(hub), **options})
     assert len(list((tmp_path / "tokenized").iterdir())) == 3
 

@@ -132,7 +132,7 @@ def test_compressed_model_round_trip_reproduces_the_metric(tmp_path, capsys, met
     saved = json.loads(out)
     problem, model = restore(path)
     model.eval()
-    assert problem.evaluate(model)["accuracy"] == pytest.approx(saved["metric"], abs=1e-6)
+    assert problem.evaluate(model, "report")["accuracy"] == pytest.approx(saved["metric"], abs=1e-6)
     assert load_compressed(path).config.method == method
 
 
@@ -141,13 +141,13 @@ def test_compressed_model_with_trained_head_round_trip(tmp_path):
     from sweeper.tasks import TrainSettings, build_problem
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=50, eval_every=25)
-    spec = TrialSpec("digits", "mlp", "did", 32, train_head=True, train=settings)
+    spec = TrialSpec("digits", "mlp", "did", 32, head="train", train=settings)
     result = run_trial(spec)
     path = tmp_path / "m.safetensors"
     save_compressed(path, result.module, build_problem("digits", "mlp", {}).model_ref)
     problem, model = restore(path)
     model.eval()
-    assert problem.evaluate(model)["accuracy"] == pytest.approx(result.history[-1]["accuracy"])
+    assert problem.evaluate(model, "report")["accuracy"] == pytest.approx(result.metric)
 
 
 def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
@@ -156,7 +156,7 @@ def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=400, eval_every=10)
     spec = TrialSpec("digits", "mlp", "did", 3, train=settings, threshold=0.99, patience=2)
     result = run_trial(spec)
-    assert result.outcome == "stopped" and result.steps < 400 and not result.passed
+    assert result.stop_reason == "hopeless" and result.steps < 400 and not result.passed
 
 
 def _rewrite_as_format_1(src, dst, projection: str | None = None):

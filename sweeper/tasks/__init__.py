@@ -48,7 +48,10 @@ TASKS: dict[str, TaskInfo] = {
         methods=("full", "did", "said"),
     ),
     "digits": TaskInfo(
-        "digits", ("mlp",), {"hidden": Option(int, 1), "init_seed": Option(int, 0)}, digits.build
+        "digits",
+        ("mlp",),
+        {"hidden": Option(int, 1), "init_seed": Option(int, 0), "data_seed": Option(int, 0)},
+        digits.build,
     ),
     **{
         name: TaskInfo(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
+
+Role = Literal["select", "report"]
+"""The two held-out sets (DESIGN.md §4): `select` alone chooses the learning rate, the
+checkpoint and stop-on-pass; `report` alone scores the one chosen checkpoint."""
+ROLES: tuple[Role, ...] = ("select", "report")
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,11 @@ class Option:
 class Problem:
     """A built task instance: everything `train.run_trial` needs, nothing it must know about.
 
+    evaluate(module, role): metrics on the `select` or the `report` set (see `Role`).
     metric: the key of `evaluate`'s result compared against the threshold (higher is better).
+    chance: the majority-class rate on `report` (what a constant guess scores), where the
+        metric has one; a bar at or below it measures nothing and is refused.
+    split_sizes: examples per data role (train, select, report), recorded with every run.
     head: parameter-name prefixes of the classification head (trained directly if asked).
     lora_targets: module names LoRA adapts; the head goes to PEFT's modules_to_save.
     model_ref: how to rebuild θ0 exactly (stored with compressed models).
@@ -80,9 +90,11 @@ class Problem:
     model: nn.Module
     loss: Callable[[nn.Module, Any], torch.Tensor]
     batches: Callable[[int, int], Iterator[Any]]
-    evaluate: Callable[[nn.Module], dict[str, float]]
+    evaluate: Callable[[nn.Module, Role], dict[str, float]]
     metric: str
     model_ref: dict[str, Any]
+    chance: float | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
     head: tuple[str, ...] = ()
     lora_targets: tuple[str, ...] = ()
     defaults: dict[str, TrainSettings] = field(default_factory=dict)
@@ -102,3 +114,43 @@ def epochs(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n - batch_size + 1, batch_size):
             yield order[i : i + batch_size]
+
+
+def stratified_split(
+    labels: Sequence[int] | np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, taken) row indices: a seeded `fraction` of the rows of each label is taken, so
+    both parts keep the classes' proportions; a class of three rows or more gives at least
+    one. Indices are sorted within each part."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction ({fraction}) must lie strictly between 0 and 1")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    rest, taken = [], []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        cut = max(1, round(fraction * len(rows))) if len(rows) >= 3 else 0
+        taken.append(rows[:cut])
+        rest.append(rows[cut:])
+    as_rows = lambda part: np.sort(np.concatenate(part)).astype(np.int64)  # noqa: E731
+    return as_rows(rest), as_rows(taken)
+
+
+def three_way_split(
+    labels: Sequence[int] | np.ndarray, fractions: tuple[float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint (train, select, report) row indices, stratified by label and drawn with
+    `seed`; `fractions` = (select, report) of all rows."""
+    select_fraction, report_fraction = fractions
+    if select_fraction + report_fraction >= 1:
+        raise ValueError(f"fractions {fractions} must leave rows to train on")
+    labels = np.asarray(labels)
+    rest, report = stratified_split(labels, report_fraction, seed)
+    kept, select = stratified_split(labels[rest], select_fraction / (1 - report_fraction), seed + 1)
+    return rest[kept], rest[select], report
+
+
+def majority_rate(labels: Sequence[int] | np.ndarray) -> float:
+    """The accuracy of always guessing the most frequent label."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return float(counts.max() / counts.sum()) if counts.sum() else 0.0

@@ -1,7 +1,9 @@
 """digits: scikit-learn's bundled 8×8 digits with a small MLP — Li et al.'s MNIST-FC in miniature.
 
-The data ships inside scikit-learn (no network). The split is fixed (stratified, seed 0) so that
-every probe of every job compares against the same validation set.
+The data ships inside scikit-learn (no network). Its 1,797 images are split three ways,
+stratified and seeded by the `data_seed` option (default 0): 60 % train, 20 % `select` (the
+learning rate, checkpoint and stop-on-pass are chosen on it) and 20 % `report` (the one chosen
+checkpoint is scored on it), so every probe of every job is chosen and scored on the same sets.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sweeper.tasks.base import Problem, TrainSettings, epochs
+from sweeper.tasks.base import Problem, Role, TrainSettings, epochs, majority_rate, three_way_split
 
 HIDDEN = 64
+FRACTIONS = (0.2, 0.2)  # select, report
 
 
 class MLP(nn.Module):
@@ -30,19 +33,23 @@ class MLP(nn.Module):
 
 
 @cache
-def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _data(data_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) per role; standardised with the train rows' statistics only."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
-    return as_x(x_tr), torch.tensor(y_tr), as_x(x_va), torch.tensor(y_va)
+    parts = three_way_split(y, FRACTIONS, data_seed)
+    rows = dict(zip(("train", "select", "report"), parts, strict=True))
+    mean, std = x[rows["train"]].mean(0), x[rows["train"]].std(0) + 1e-6
+    return {
+        role: (torch.tensor((x[i] - mean) / std, dtype=torch.float32), torch.tensor(y[i]))
+        for role, i in rows.items()
+    }
 
 
 def build(model: str, options: dict) -> Problem:
-    x_tr, y_tr, x_va, y_va = _data()
+    data = _data(int(options.get("data_seed", 0)))
+    x_tr, y_tr = data["train"]
     init_seed = int(options.get("init_seed", 0))
     with torch.random.fork_rng(devices=[]):  # θ0 from init_seed; the trial's stream untouched
         torch.manual_seed(init_seed)
@@ -57,11 +64,12 @@ def build(model: str, options: dict) -> Problem:
         return F.cross_entropy(module(x), y)
 
     @torch.no_grad()
-    def evaluate(module: nn.Module) -> dict[str, float]:
-        logits = module(x_va)
+    def evaluate(module: nn.Module, role: Role) -> dict[str, float]:
+        x, y = data[role]
+        logits = module(x)
         return {
-            "accuracy": (logits.argmax(1) == y_va).float().mean().item(),
-            "loss": F.cross_entropy(logits, y_va).item(),
+            "accuracy": (logits.argmax(1) == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item(),
         }
 
     subspace = TrainSettings(optimizer="adam", lr=0.05, steps=400, batch_size=128, eval_every=25)
@@ -71,16 +79,23 @@ def build(model: str, options: dict) -> Problem:
         batches=batches,
         evaluate=evaluate,
         metric="accuracy",
+        chance=majority_rate(data["report"][1]),
+        split_sizes={role: len(y) for role, (_, y) in data.items()},
         model_ref={
             "task": "digits",
             "model": model,
-            "options": {"init_seed": init_seed, "hidden": int(options.get("hidden", HIDDEN))},
+            "options": {
+                "init_seed": init_seed,
+                "hidden": int(options.get("hidden", HIDDEN)),
+                "data_seed": int(options.get("data_seed", 0)),
+            },
         },
         head=("head",),
         lora_targets=("fc1", "fc2"),
         defaults={
-            "full": TrainSettings(optimizer="adam", lr=3e-3, steps=300, eval_every=25),
-            "lora": TrainSettings(optimizer="adam", lr=1e-2, steps=300, eval_every=25),
+            # One evaluation schedule for every method: the baseline is chosen by the probes' rule.
+            "full": TrainSettings(optimizer="adam", lr=3e-3, steps=400, eval_every=25),
+            "lora": TrainSettings(optimizer="adam", lr=1e-2, steps=400, eval_every=25),
             "did": subspace,
             "said": subspace,
         },

@@ -13,16 +13,25 @@ JSONL file through a column mapping; `rotten-tomatoes` reads its asset. Tokenise
 in Arrow under `$SWEEPER_CACHE/tokenized` (default ~/.cache/sweeper), keyed by a hash of the
 tokenizer, task, options and max_length, so the probes of one worker tokenise once.
 
+Data roles (DESIGN.md §4): `train`; `select`, on which the learning rate, the checkpoint and
+stop-on-pass are chosen; `report`, on which the one chosen checkpoint is scored.
+  glue/*       select: a seeded, label-stratified `select_fraction` of the train split;
+               report: the validation split (GLUE's test labels are not public)
+  anli/rN      select: dev_rN; report: test_rN
+  file         report: `report_path`, else a seeded stratified `report_fraction` of `path`;
+               select: a seeded stratified `select_fraction` of what is left for training
+  rotten-tomatoes  split by movie (a fixed hash): 1 in 5 movies report, 1 in 10 select
+
 Options (defaults in brackets):
-  every task   max_length [128; rotten-tomatoes 64], train_size / eval_size (subsample to at
-               most this many examples, drawn with data_seed) [all], data_seed [0],
-               init_seed [0], metric [accuracy; f1 where offered — GLUE reports both for
-               MRPC and QQP]
+  every task   max_length [128; rotten-tomatoes 64], train_size / select_size / report_size
+               (subsample to at most this many examples, drawn with data_seed) [all],
+               data_seed [0], init_seed [0], metric [accuracy; f1 where offered — GLUE
+               reports both for MRPC and QQP]
   glue/*, anli/*  data_dir [none: the hub]
-  file         path (required), eval_path [none: eval_fraction of path's rows, drawn with
-               data_seed], eval_fraction [0.2], text ['text'], text_pair [none],
-               label ['label'], num_labels [from the labels: integers 0..K-1, or names, which
-               are numbered in sorted order]
+  glue/*, file select_fraction [0.1]
+  file         path (required), report_path [none], report_fraction [0.2], text ['text'],
+               text_pair [none], label ['label'], num_labels [from the labels: integers
+               0..K-1, or names, which are numbered in sorted order]
 """
 
 from __future__ import annotations
@@ -45,26 +54,45 @@ from torch import nn
 from torch.nn import functional as F
 
 from sweeper.errors import SpecError
-from sweeper.tasks.base import Option, Problem, TrainSettings, epochs
+from sweeper.tasks.base import (
+    ROLES,
+    Option,
+    Problem,
+    Role,
+    TrainSettings,
+    epochs,
+    majority_rate,
+    stratified_split,
+)
 
 BUILTIN_MODEL = "minilm"  # the asset all-MiniLM-L6-v2: a real pretrained BERT, offline
 LORA_TARGETS = ("query", "value")  # Hu et al.'s choice; BERT and RoBERTa name them so
 EVAL_BATCH = 128
+SELECT_FRACTION = 0.1  # of the train rows, where a task has no select split of its own
+REPORT_FRACTION = 0.2  # of a file's rows, without a report_path
+PARTS = ("train", *ROLES)
 SUBSPACE_LR = 1e-2  # did/said default (Adam); see `build` for why it is this large
 
 
 @dataclass(frozen=True)
 class Source:
-    """A hub data set: where it lives, its two splits, its columns and label count."""
+    """A hub data set: where it lives, its splits per role, its columns and label count.
+
+    select_split None: `select` is carved from the train split (`select_fraction`)."""
 
     hub: str
     config: str
     train_split: str
-    eval_split: str
+    report_split: str
     text: str
     text_pair: str | None
     num_labels: int
     metrics: tuple[str, ...] = ("accuracy",)
+    select_split: str | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.train_split, self.select_split, self.report_split) if s)
 
 
 _GLUE = "nyu-mll/glue"
@@ -81,7 +109,14 @@ SOURCES: dict[str, Source] = {
     "glue/qnli": Source(_GLUE, "qnli", "train", "validation", "question", "sentence", 2),
     **{
         f"anli/r{r}": Source(
-            "facebook/anli", "plain_text", f"train_r{r}", f"dev_r{r}", "premise", "hypothesis", 3
+            "facebook/anli",
+            "plain_text",
+            f"train_r{r}",
+            f"test_r{r}",
+            "premise",
+            "hypothesis",
+            3,
+            select_split=f"dev_r{r}",
         )
         for r in (1, 2, 3)
     },
@@ -96,18 +131,21 @@ def options(task: str) -> dict[str, Option]:
     out = {
         "max_length": Option(int, 8, 4096),
         "train_size": Option(int, 1),
-        "eval_size": Option(int, 1),
+        "select_size": Option(int, 1),
+        "report_size": Option(int, 1),
         "data_seed": Option(int, 0),
         "init_seed": Option(int, 0),
         "metric": Option(str, choices=metrics),
     }
     if task in SOURCES:
         out["data_dir"] = Option(str)
+    if task == "file" or (task in SOURCES and SOURCES[task].select_split is None):
+        out["select_fraction"] = Option(float, 0.01, 0.5)
     if task == "file":
         out |= {
             "path": Option(str),
-            "eval_path": Option(str),
-            "eval_fraction": Option(float, 0.01, 0.99),
+            "report_path": Option(str),
+            "report_fraction": Option(float, 0.01, 0.5),
             "text": Option(str),
             "text_pair": Option(str),
             "label": Option(str),
@@ -244,10 +282,10 @@ def _columns(task: str, opts: dict) -> Columns:
     return Columns("text", None, "label", 2, lambda _: "task")
 
 
-def _normalise(train, evaluation, columns: Columns, where: str):
-    """Two pyarrow tables → two tables of (text[, text_pair], label ∈ [0, K)), and K.
+def _normalise(tables: dict[str, Any], columns: Columns, where: str):
+    """Pyarrow tables by part → tables of (text[, text_pair], label ∈ [0, K)) by part, and K.
 
-    Names as labels are numbered in sorted order over both splits; integer labels must lie in
+    Names as labels are numbered in sorted order over all parts; integer labels must lie in
     [0, num_labels) — a clear error now, not an index error deep inside a trial.
     """
     import pyarrow as pa
@@ -257,7 +295,7 @@ def _normalise(train, evaluation, columns: Columns, where: str):
         return field if field == "task" else f"task_options.{field}"
 
     roles = {"text": columns.text, "text_pair": columns.text_pair, "label": columns.label}
-    for table, name in ((train, "train"), (evaluation, "eval")):
+    for name, table in tables.items():
         for role, column in roles.items():
             if column is not None and column not in table.column_names:
                 raise SpecError(
@@ -265,7 +303,7 @@ def _normalise(train, evaluation, columns: Columns, where: str):
                     f"no column {column!r} in the {name} data of {where}; "
                     f"columns: {table.column_names}",
                 )
-    labels = [t.column(columns.label).to_pylist() for t in (train, evaluation)]
+    labels = [t.column(columns.label).to_pylist() for t in tables.values()]
     every = [v for part in labels for v in part]
     if any(v is None for v in every):
         raise SpecError(blame("label"), f"missing labels in column {columns.label!r} of {where}")
@@ -299,7 +337,8 @@ def _normalise(train, evaluation, columns: Columns, where: str):
         data["label"] = pa.array(y, pa.int64())
         return pa.table(data)
 
-    return table(train, labels[0]), table(evaluation, labels[1]), num_labels
+    parts = {name: table(t, y) for (name, t), y in zip(tables.items(), labels, strict=True)}
+    return parts, num_labels
 
 
 def _read_table(path: str, field: str):
@@ -330,17 +369,11 @@ def _read_table(path: str, field: str):
         ) from None
 
 
-def _split(table, fraction: float, seed: int):
-    """(train, eval) rows of one table: a seeded random `fraction` goes to eval."""
-    order = torch.randperm(table.num_rows, generator=torch.Generator().manual_seed(seed))
-    cut = max(1, round(fraction * table.num_rows))
-    return table.take(order[cut:].numpy()), table.take(order[:cut].numpy())
-
-
-def _in_eval(movie: str) -> bool:
+def _movie_role(movie: str) -> str:
     # Split by movie, not by review: reviews of one film share names and plot words, and a
     # review-level split would let the model pass on them. A fixed hash: the same split everywhere.
-    return int(hashlib.sha256(movie.encode()).hexdigest(), 16) % 5 == 0
+    bucket = int(hashlib.sha256(movie.encode()).hexdigest(), 16) % 10
+    return "report" if bucket in (0, 5) else "select" if bucket == 1 else "train"
 
 
 def _rotten_tomatoes():
@@ -359,17 +392,14 @@ def _rotten_tomatoes():
     table = table.append_column(
         "label", pc.cast(pc.equal(table.column("category"), "fresh"), pa.int64())
     )
-    in_eval = pa.array([_in_eval(m) for m in table.column("movie_name").to_pylist()])
-    return table.filter(pc.invert(in_eval)), table.filter(in_eval)
+    roles = pa.array([_movie_role(m) for m in table.column("movie_name").to_pylist()])
+    return {part: table.filter(pc.equal(roles, part)) for part in PARTS}
 
 
 def _hub_files(task: str, data_dir: str) -> dict[str, str]:
     s = SOURCES[task]
     folder = Path(data_dir).expanduser() / s.config
-    files = {
-        split: str(folder / f"{split}-00000-of-00001.parquet")
-        for split in (s.train_split, s.eval_split)
-    }
+    files = {split: str(folder / f"{split}-00000-of-00001.parquet") for split in s.splits}
     for path in files.values():
         if not Path(path).is_file():
             raise SpecError(
@@ -381,21 +411,18 @@ def _hub_files(task: str, data_dir: str) -> dict[str, str]:
 
 
 def _raw(task: str, opts: dict, local_only: bool = False):
-    """(train, eval, num_labels, where) in the normal form; None for a hub set if local_only."""
+    """({part: table} for train/select/report in the normal form, num_labels, where);
+    None for a hub set if local_only. Columns and labels are checked before any split, so a
+    wrong column is named as such and not as data too small to split."""
+    seed = opts.get("data_seed", 0)
     if task == "rotten-tomatoes":
-        train, evaluation = _rotten_tomatoes()
-        where = "the rotten-tomatoes asset"
+        tables, where = _rotten_tomatoes(), "the rotten-tomatoes asset"
     elif task == "file":
         if "path" not in opts:
             raise SpecError("task_options.path", "required: the data file (CSV, Parquet, JSONL)")
-        table = _read_table(opts["path"], "path")
-        if "eval_path" in opts:
-            train, evaluation = table, _read_table(opts["eval_path"], "eval_path")
-        else:
-            train, evaluation = _split(
-                table, opts.get("eval_fraction", 0.2), opts.get("data_seed", 0)
-            )
-        where = opts["path"]
+        tables, where = {"train": _read_table(opts["path"], "path")}, opts["path"]
+        if "report_path" in opts:
+            tables["report"] = _read_table(opts["report_path"], "report_path")
     else:
         s = SOURCES[task]
         if "data_dir" in opts:
@@ -404,18 +431,40 @@ def _raw(task: str, opts: dict, local_only: bool = False):
             if local_only:  # a cheap look: the parquet files themselves, no datasets cache
                 import pyarrow.parquet as pq
 
-                train, evaluation = (pq.read_table(files[k]) for k in (s.train_split, s.eval_split))
-                return (*_normalise(train, evaluation, _columns(task, opts), where), where)
+                splits = {split: pq.read_table(path) for split, path in files.items()}
         elif local_only:
             return None
         else:
             where = f"{s.hub} ({s.config})"
-        train, evaluation = _load_dataset(task, opts)
-    return (*_normalise(train, evaluation, _columns(task, opts), where), where)
+        if not local_only:
+            splits = _load_dataset(task, opts)
+        tables = {"train": splits[s.train_split], "report": splits[s.report_split]}
+        if s.select_split is not None:
+            tables["select"] = splits[s.select_split]
+    tables, num_labels = _normalise(tables, _columns(task, opts), where)
+    field = "task_options.path" if task == "file" else _columns(task, opts).field("text")
+    field = field if field.startswith("task") else f"task_options.{field}"
+    for part, fraction, part_seed in (
+        ("report", opts.get("report_fraction", REPORT_FRACTION), seed),
+        ("select", opts.get("select_fraction", SELECT_FRACTION), seed + 1),
+    ):
+        if part not in tables:
+            rest, taken = stratified_split(
+                tables["train"].column("label").to_numpy(), fraction, part_seed
+            )
+            if not len(rest) or not len(taken):
+                raise SpecError(
+                    field,
+                    f"{where}: {tables['train'].num_rows} rows are too few to split into train, "
+                    "select and report (a label needs 3 rows or more); add rows, or give "
+                    "report_path",
+                )
+            tables["train"], tables[part] = tables["train"].take(rest), tables["train"].take(taken)
+    return {part: tables[part] for part in PARTS}, num_labels, where
 
 
-def _load_dataset(task: str, opts: dict):
-    """The two splits of a GLUE/ANLI task through `datasets.load_dataset`: from the hub, or the
+def _load_dataset(task: str, opts: dict) -> dict[str, Any]:
+    """A GLUE/ANLI task's splits through `datasets.load_dataset`: from the hub, or the
     same parquet files from `data_dir`."""
     import datasets
 
@@ -437,7 +486,7 @@ def _load_dataset(task: str, opts: dict):
             f"cannot load {s.hub} ({s.config}): {_first_line(e)}; offline, point the data_dir "
             "option at a local copy in the hub's parquet layout",
         ) from None
-    return (loaded[split].data.table for split in (s.train_split, s.eval_split))
+    return {split: loaded[split].data.table for split in s.splits}
 
 
 def _subsample(table, size: int | None, seed: int):
@@ -449,7 +498,7 @@ def _subsample(table, size: int | None, seed: int):
 
 def _file_stamps(task: str, opts: dict) -> list:
     """Size and mtime of every local input: an edited file is tokenised again."""
-    paths = [opts[k] for k in ("path", "eval_path") if k in opts]
+    paths = [opts[k] for k in ("path", "report_path") if k in opts]
     if "data_dir" in opts:
         paths += list(_hub_files(task, opts["data_dir"]).values())
     stamps = []
@@ -463,21 +512,22 @@ _MEMO: dict[str, Any] = {}  # in-process: a worker's trials load each tokenised 
 
 
 def tokenized(task: str, opts: dict, tokenizer, max_length: int):
-    """The task's tokenised (train, eval) as a `datasets.DatasetDict` and its label count,
+    """The task's tokenised (train, select, report) as a `datasets.DatasetDict` and its label count,
     from the Arrow cache when this tokenizer has seen these data and options before."""
     import datasets
 
     from sweeper.spec import digest
 
-    data_keys = ("path", "eval_path", "eval_fraction", "text", "text_pair", "label", "num_labels")
+    data_keys = ("path", "report_path", "report_fraction", "select_fraction", "text", "text_pair")
+    data_keys += ("label", "num_labels", "data_dir", "train_size", "select_size", "report_size")
     key = digest(
         {
-            "format": 1,
+            "format": 2,  # 2: three data roles
             "task": task,
             "tokenizer": tokenizer.name_or_path,
             "vocab": len(tokenizer),
             "max_length": max_length,
-            "data": {k: opts.get(k) for k in (*data_keys, "data_dir", "train_size", "eval_size")},
+            "data": {k: opts.get(k) for k in data_keys},
             "data_seed": opts.get("data_seed", 0),
             "files": _file_stamps(task, opts),
         }
@@ -486,11 +536,11 @@ def tokenized(task: str, opts: dict, tokenizer, max_length: int):
     if str(folder) in _MEMO:
         return _MEMO[str(folder)]
     if not (folder / "dataset_dict.json").is_file():
-        train, evaluation, num_labels, _ = _raw(task, opts)
+        tables, num_labels, _ = _raw(task, opts)
         seed = opts.get("data_seed", 0)
         parts = {
-            "train": _subsample(train, opts.get("train_size"), seed),
-            "eval": _subsample(evaluation, opts.get("eval_size"), seed + 1),
+            part: _subsample(tables[part], opts.get(f"{part}_size"), seed + i)
+            for i, part in enumerate(PARTS)
         }
         datasets.disable_progress_bars()
 
@@ -551,6 +601,15 @@ def f1_binary(pred: torch.Tensor, gold: torch.Tensor) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def _chance(metric: str, labels: list[int]) -> float:
+    """The best a constant guess scores on `report`: the majority rate for accuracy; for F1,
+    always guessing the positive class (F1 = 2p / (1 + p) at positive rate p)."""
+    if metric == "f1":
+        p = sum(1 for y in labels if y == 1) / max(1, len(labels))
+        return 2 * p / (1 + p)
+    return majority_rate(labels)
+
+
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -573,7 +632,7 @@ def check(task: str, model: str, opts: dict) -> None:
     file's or data_dir's columns and labels."""
     model_source(model, need_asset=False)
     if task == "file" or "data_dir" in opts:
-        _, _, num_labels, where = _raw(task, opts, local_only=True)
+        _, num_labels, where = _raw(task, opts, local_only=True)
         if opts.get("metric") == "f1" and num_labels != 2:
             raise SpecError("task_options.metric", f"f1 needs two labels; {where} has {num_labels}")
 
@@ -594,9 +653,9 @@ def build(task: str, model: str, opts: dict) -> Problem:
     if opts["metric"] == "f1" and num_labels != 2:
         raise SpecError("task_options.metric", f"f1 needs two labels, the data have {num_labels}")
     net = load_model(source, num_labels, opts["init_seed"])
-    train, evaluation = dataset["train"], dataset["eval"]
+    train = dataset["train"]
     pad_id = tokenizer.pad_token_id or 0
-    eval_batches: list[dict[str, torch.Tensor]] = []  # built at the first evaluation
+    eval_batches: dict[str, list[dict[str, torch.Tensor]]] = {}  # per role, at its first use
 
     def batches(batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         for idx in epochs(len(train), batch_size, seed):
@@ -610,20 +669,26 @@ def build(task: str, model: str, opts: dict) -> Problem:
     def loss(module: nn.Module, batch) -> torch.Tensor:
         return F.cross_entropy(forward(module, batch), batch["labels"].to(_device_of(module)))
 
-    @torch.no_grad()
-    def evaluate(module: nn.Module) -> dict[str, float]:
-        if not eval_batches:  # sorted by length: far less padding, the same metric
-            lengths = [len(x) for x in evaluation["input_ids"]]
+    def role_batches(role: Role) -> list[dict[str, torch.Tensor]]:
+        if role not in eval_batches:  # sorted by length: far less padding, the same metric
+            data = dataset[role]
+            lengths = [len(x) for x in data["input_ids"]]
             order = sorted(range(len(lengths)), key=lengths.__getitem__)
-            for i in range(0, len(order), EVAL_BATCH):
-                eval_batches.append(_collate(evaluation[order[i : i + EVAL_BATCH]], pad_id))
+            eval_batches[role] = [
+                _collate(data[order[i : i + EVAL_BATCH]], pad_id)
+                for i in range(0, len(order), EVAL_BATCH)
+            ]
+        return eval_batches[role]
+
+    @torch.no_grad()
+    def evaluate(module: nn.Module, role: Role) -> dict[str, float]:
         preds, losses = [], []
-        for batch in eval_batches:
+        for batch in role_batches(role):
             logits = forward(module, batch).cpu()
             losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             preds.append(logits.argmax(1))
         pred = torch.cat(preds)
-        gold = torch.cat([b["labels"] for b in eval_batches])
+        gold = torch.cat([b["labels"] for b in role_batches(role)])
         out = {
             "accuracy": (pred == gold).float().mean().item(),
             "loss": (torch.stack(losses).sum() / len(gold)).item(),
@@ -643,6 +708,8 @@ def build(task: str, model: str, opts: dict) -> Problem:
         batches=batches,
         evaluate=evaluate,
         metric=opts["metric"],
+        chance=_chance(opts["metric"], dataset["report"]["label"]),
+        split_sizes={part: len(dataset[part]) for part in PARTS},
         model_ref={"task": task, "model": model, "options": opts},
         head=head_prefixes(net),
         lora_targets=LORA_TARGETS,
