@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def probe_trainable(config: dict[str, Any]) -> None:
     try:
         result = run_probe(config["request"]["config"], threads=threads)
     except Exception as e:
-        result = error_result(f"{type(e).__name__}: {e}")
+        result = error_result(f"{type(e).__name__}: {e}", traceback.format_exc())
     tune.report(result)
 
 
@@ -111,7 +112,8 @@ class Progress:
         metric = result.get("metric")
         score = f"{result.get('metric_name', 'metric')} {metric:.4g}" if _is_number(metric) else ""
         took = f"{result['seconds']:.0f}s" if _is_number(result.get("seconds")) else ""
-        details = ", ".join(x for x in (score, took) if x)
+        error = str(result.get("error", "")) if result.get("outcome") == "error" else ""
+        details = ", ".join(x for x in (score, took, error) if x)
         self.console.print(
             f"[{time.monotonic() - self.started:6.0f}s] {request.kind} {what} seed {request.seed}: "
             f"{result.get('outcome', 'error')}"
@@ -134,11 +136,14 @@ class Progress:
             running = sum(1 for r in self.running if r.search == state.key)
             if state.search is None:
                 base = f"{len(pair.results)}/{pair.seeds} baseline seeds"
-                table.add_row(state.key, "baseline", "-", base, str(running), "-")
+                verdict = "baseline error" if pair.error else "-"
+                table.add_row(state.key, "baseline", "-", base, str(running), verdict)
                 continue
             status = state.search.status()
             answer = "-"
-            if status.phase == "done":
+            if state.error is not None:
+                answer = "error"
+            elif status.phase == "done":
                 result = state.search.result()
                 answer = f"{state.dim_name}90={result.answer}" if result.answer else result.outcome
                 answer = answer.replace("not_bracketed_", "not bracketed: ").replace("_", " ")
@@ -215,7 +220,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 tracker.finish_baseline(pair)
                 logged.add(pair.key)
         for pair, state in plan.searches():
-            if state.search is not None and state.search.finished and state.key not in logged:
+            if state.search is not None and state.finished and state.key not in logged:
                 tracker.finish_search(state, pair, plan.result(state))
                 logged.add(state.key)
 
@@ -310,7 +315,7 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
                 reused=sum(1 for r in state.records if r.get("reused")),
                 perf_full=pair.perf_full,
                 threshold=state.search.settings.threshold if state.search else math.nan,
-                error=pair.error,
+                error=state.error or pair.error,
             )
         )
     return JobSummary(

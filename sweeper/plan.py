@@ -2,8 +2,10 @@
 
 Baselines first (full fine-tuning × seeds → perf_full → threshold), then one ThresholdSearch per
 (model, task, method). Results already in the tracking store (this job interrupted, or another
-job with the same baseline) are replayed in, so nothing that finished is run again. No Ray, no
-MLflow here: the Tune searcher and the tracker are thin shells around this class.
+job with the same baseline) are replayed in round by round, exactly as the searcher proposed
+them, so nothing that finished is run again and a resumed search takes the uninterrupted path.
+A probe that raised is an error, never a result: its search stops and ends as `error`.
+No Ray, no MLflow here: the Tune searcher and the tracker are thin shells around this class.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeper.probe import trial_spec
-from sweeper.search import ProbeResult, SearchResult, SearchSettings, ThresholdSearch
+from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef, digest
 from sweeper.tasks import TASKS, build_problem
 from sweeper.train import RULE, dimension_range
@@ -62,6 +64,17 @@ class SearchState:
     search: ThresholdSearch | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
+    backlog: list[Probe] = field(default_factory=list)  # a replayed round's unfinished probes
+    in_flight: set[tuple[int, int]] = field(default_factory=set)
+    error: str | None = None  # the first probe that raised: the search has no verdict
+
+    @property
+    def finished(self) -> bool:
+        if self.search is None:
+            return True
+        if self.error is not None:
+            return not self.in_flight
+        return self.search.finished
 
     @property
     def dim_name(self) -> str:
@@ -207,9 +220,11 @@ class JobPlan:
                     out.append(Request("baseline", pair.key + "/full", seed, None, config))
         for pair in self.pairs:
             for state in pair.searches:
-                if state.search is None:
+                if state.search is None or state.error is not None:
                     continue
-                for probe in state.search.propose(self.workers):
+                probes, state.backlog = state.backlog or state.search.propose(self.workers), []
+                for probe in probes:
+                    state.in_flight.add((probe.point, probe.seed))
                     config = {
                         **state.base_config,
                         "threshold": state.search.settings.threshold,
@@ -223,16 +238,24 @@ class JobPlan:
         """Take a finished trial's result (see `probe.run_probe`; errors come as nan metrics).
         Returns the row it adds to the probe table."""
         row = _record(request, result, reused=False)
+        failure = None
+        if row["outcome"] == "error":
+            failure = f"{request.search} {_where(request)} raised {result.get('error', '?')}"
         if request.kind == "baseline":
             pair = self.pair_of(request)
             pair.pending.discard(request.seed)
             pair.results[request.seed] = row["metric"]
             pair.records.append(row)
+            pair.error = pair.error or failure
             self.start_searches(pair)
             return row
         state = self.search_of(request)
-        state.search.record(ProbeResult(request.point, request.seed, row["metric"], row["passed"]))
+        state.in_flight.discard((request.point, request.seed))
         state.records.append(row)
+        if failure is not None:  # never a fail: the probe measured nothing
+            state.error = state.error or failure
+            return row
+        state.search.record(ProbeResult(request.point, request.seed, row["metric"], row["passed"]))
         return row
 
     def start_searches(self, pair: PairState) -> None:
@@ -268,11 +291,29 @@ class JobPlan:
                 )
             )
             state.search_hash = family({**state.base_config, "threshold": threshold})
-            for record in self.cache.probes.get(state.search_hash, []):
-                state.search.record(
-                    ProbeResult(record["point"], record["seed"], record["metric"], record["passed"])
-                )
-                state.records.append({**record, "reused": True})
+            self._replay(state, self.cache.probes.get(state.search_hash, []))
+
+    def _replay(self, state: SearchState, records: list[dict[str, Any]]) -> None:
+        """Feed finished probes back round by round, as the searcher proposes them.
+
+        A round cut short (a stop in the middle of it) keeps its unfinished probes as the
+        backlog, run next: the search then continues exactly as if never interrupted, where
+        handing it the finished ones at once would let it plan a different round. Stored
+        probes the search never proposes (another path, another worker count) are not used."""
+        known = {(r["point"], r["seed"]): r for r in records}
+        while known:
+            probes = state.search.propose(self.workers)
+            if not probes:
+                return
+            state.backlog = [p for p in probes if (p.point, p.seed) not in known]
+            for probe in probes:
+                record = known.pop((probe.point, probe.seed), None)
+                if record is not None:
+                    metric, passed = record["metric"], record["passed"]
+                    state.search.record(ProbeResult(probe.point, probe.seed, metric, passed))
+                    state.records.append({**record, "reused": True})
+            if state.backlog:
+                return
 
     # --- what the job knows now -------------------------------------------------------------
 
@@ -281,15 +322,17 @@ class JobPlan:
         for pair in self.pairs:
             if not pair.done or pair.pending:
                 return False
-            for state in pair.searches:
-                if state.search is not None and not state.search.finished:
-                    return False
+            if not all(state.finished for state in pair.searches):
+                return False
         return True
 
     def result(self, state: SearchState) -> SearchResult | None:
-        """The search's verdict (partial if a wall-time budget stopped it); None: no baseline."""
+        """The search's verdict (partial if a wall-time budget stopped it); None: no baseline.
+        A search with an errored probe has no verdict: `error`, whatever else it saw."""
         if state.search is None:
             return None
+        if state.error is not None:
+            return SearchResult("error", None, None, None, len(state.records))
         return state.search.result(partial=True)
 
     def searches(self) -> list[tuple[PairState, SearchState]]:
@@ -303,6 +346,11 @@ class JobPlan:
         return next(s for p in self.pairs for s in p.searches if s.key == request.search)
 
 
+def _where(request: Request) -> str:
+    point = "" if request.point is None else f"at {request.point} "
+    return f"{point}(seed {request.seed})"
+
+
 def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str, Any]:
     return {
         "point": request.point,
@@ -314,6 +362,7 @@ def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str,
         "steps": result.get("steps"),
         "seconds": result.get("seconds"),
         "trainable_params": result.get("trainable_params"),
+        "error": result.get("error"),
         "reused": reused,
     }
 

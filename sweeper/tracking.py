@@ -46,6 +46,14 @@ def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str
             return runs
 
 
+MAX_TAG = 7000  # MLflow keeps tag values up to 8000 characters
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last `limit` characters: a traceback's end says what raised."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
 def _lr_rule(config: dict[str, Any]) -> str:
     search = config.get("lr_search")
     if search:
@@ -215,6 +223,9 @@ class Tracker:
             "point": str(request.point),
             "write_id": write_id or uuid.uuid4().hex,
         }
+        if result.get("outcome") == "error":  # what went wrong stays with the run
+            tags["error"] = _tail(str(result.get("error", "")), 2000)
+            tags["traceback"] = _tail(str(result.get("traceback", "")), MAX_TAG)
         from sweeper.plan import family
 
         tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)
@@ -334,6 +345,7 @@ class Tracker:
         batch = _metric_batch(metrics)
         tags = {
             "status": result.outcome,
+            **({"error": _tail(state.error, 2000)} if state.error else {}),
             "bracket": str(list(result.bracket) if result.bracket else None),
             "threshold_fraction": str(self.spec.threshold_fraction),
             "dim_name": dim,
@@ -346,7 +358,8 @@ class Tracker:
                 self.client.set_tag(run_id, key, value)
             self._log_probe_table(run_id, state.records)
             self._copy_smallest_pass(run_id, state.records)
-            self.client.set_terminated(run_id, "FINISHED")
+            status = "FAILED" if result.outcome == "error" else "FINISHED"
+            self.client.set_terminated(run_id, status)
 
         self.patient(f"finishing the search {state.key}", write)
 
@@ -355,7 +368,7 @@ class Tracker:
         import pyarrow.parquet as pq
 
         columns = ["point", "seed", "metric", "passed", "outcome", "lr", "steps", "seconds"]
-        columns += ["trainable_params", "reused", "run_id"]
+        columns += ["trainable_params", "reused", "run_id", "error"]
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "probes.parquet"

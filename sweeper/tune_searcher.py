@@ -33,9 +33,16 @@ class TrialLost(ClusterError):
     """A probe lost with its worker or node more often than LOST_REQUEUES allows."""
 
 
-def error_result(message: str = "trial raised an error") -> dict[str, Any]:
-    """What a crashed trial counts as: a failed probe with no metric (never a pass)."""
-    return {"metric": math.nan, "passed": False, "outcome": "error", "error": message}
+def error_result(message: str = "trial raised an error", trace: str = "") -> dict[str, Any]:
+    """What a crashed trial reports: no metric, outcome `error` with its message and traceback
+    (the plan stops its search: an error is never counted as a fail)."""
+    return {
+        "metric": math.nan,
+        "passed": False,
+        "outcome": "error",
+        "error": message,
+        "traceback": trace,
+    }
 
 
 class PlanSearcher(Searcher):
