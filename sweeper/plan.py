@@ -152,6 +152,7 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
         "head": spec.head,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
         "stop_on_pass": spec.early_stop.on_pass and method != "full",
+        "pass_margin_z": spec.early_stop.pass_margin_z,
         "patience": spec.early_stop.hopeless_patience if method != "full" else None,
     }
     if method in ("did", "said"):

@@ -46,6 +46,7 @@ def trial_spec(config: dict[str, Any], problem: Problem, lr: float | None = None
         train=train,
         threshold=config.get("threshold"),
         stop_on_pass=config.get("stop_on_pass", True),
+        pass_margin_z=config.get("pass_margin_z", 2.0),
         patience=config.get("patience"),
     )
 

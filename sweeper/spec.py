@@ -153,7 +153,13 @@ class Budget(_Strict):
 
 
 class EarlyStop(_Strict):
-    on_pass: bool = True  # stop a probe as soon as it reaches the threshold
+    on_pass: bool = True  # stop a probe once its select score clears the threshold...
+    # ...by this many standard errors of that score (binomial, on the select set's size).
+    # Stopping at the first evaluation that merely reaches the bar keeps a lucky checkpoint
+    # whose report score falls back below it: on digits DID (d 256 and 512, 4 seeds each;
+    # bench/early_stop.py) a margin of 0 failed 5 of the 8 probes whose best select
+    # checkpoint passes on report, a margin of 2 failed none.
+    pass_margin_z: Annotated[float, Field(ge=0, le=10)] = 2.0
     # Stop a probe whose metric has not improved for this many evaluations while below the
     # threshold (counts as a fail). Off by default: its effect on answers is measured in
     # bench/search.py, not assumed.
@@ -313,6 +319,24 @@ def _check_names(spec: JobSpec) -> None:
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
     _check_rule(spec)
+    _check_lora_targets(spec)
+
+
+def _check_lora_targets(spec: JobSpec) -> None:
+    """LoRA targets name modules the model has — else every probe would raise."""
+    lora = spec.methods.lora
+    if lora is None or not lora.lora_targets:
+        return
+    for model, task, method in spec.searches():
+        names_of = TASKS[task.name].module_names
+        names = names_of(model, dict(task.options)) if method == "lora" and names_of else None
+        missing = sorted(set(lora.lora_targets) - names) if names is not None else []
+        if missing:
+            raise SpecError(
+                "methods.lora.lora_targets",
+                f"no module named {missing} in {model!r} (task {task.name}); "
+                f"its modules include {sorted(names)[:12]}",
+            )
 
 
 def _lr_rule(train: TrainSpec) -> str:

@@ -246,6 +246,7 @@ class Tracker:
             "head": config.get("head"),
             "lr_rule": _lr_rule(config),
             "stop_on_pass": config.get("stop_on_pass"),
+            "pass_margin_z": config.get("pass_margin_z"),
             "hopeless_patience": config.get("patience"),
             **{f"{part}_size": n for part, n in (result.get("split_sizes") or {}).items()},
         }

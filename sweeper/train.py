@@ -54,7 +54,8 @@ class TrialSpec:
     rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
-    stop_on_pass: bool = True  # stop once the select score reaches the threshold
+    stop_on_pass: bool = True  # stop once the select score clears the threshold by...
+    pass_margin_z: float = 2.0  # ...this many binomial standard errors (see `pass_margin`)
     patience: int | None = None  # stop after this many select evals below the bar, no new best
 
 
@@ -327,7 +328,9 @@ def run_trial(
             checkpoint = {n: p.detach().clone() for n, p in named}
         else:
             stale += 1
-        if spec.stop_on_pass and spec.threshold is not None and value >= spec.threshold:
+        bar = spec.threshold
+        margin = pass_margin(value, problem.split_sizes.get("select"), spec.pass_margin_z)
+        if spec.stop_on_pass and bar is not None and value >= bar + margin:
             stop_reason = "pass_on_select"
             break
         if spec.patience is not None and stale >= spec.patience:
@@ -354,6 +357,16 @@ def run_trial(
         module=module,
     )
     return score_report(result, problem, spec.threshold) if score else result
+
+
+def pass_margin(value: float, n: int | None, z: float) -> float:
+    """How far above the bar a select score must be before a probe stops on it: z standard
+    errors of a proportion measured on n examples (0 for a 0/1-certain score such as
+    toy-sums' `solved`, or when n is unknown). The first evaluation that merely touches the
+    bar is usually a lucky one; its report score regresses below the bar."""
+    if not n or not 0.0 <= value <= 1.0:
+        return 0.0
+    return z * math.sqrt(value * (1.0 - value) / n)
 
 
 def score_report(result: TrialResult, problem: Problem, threshold: float | None) -> TrialResult:

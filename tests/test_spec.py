@@ -440,3 +440,12 @@ def test_fastfood_probes_hash_their_generator_version_and_other_kinds_do_not(mon
     monkeypatch.setattr(generator, "VERSION", generator.VERSION + 1)
     assert digest(plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")) != digest(base)
     assert "generator" not in plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "lora")
+
+
+def test_lora_targets_the_model_does_not_have_are_refused_by_validate():
+    data = copy.deepcopy(QUICKSTART)
+    data["methods"]["lora"]["lora_targets"] = ["fc1", "q_proj"]
+    error = spec_error(data)
+    assert error.field == "methods.lora.lora_targets" and "q_proj" in error.message
+    data["methods"]["lora"]["lora_targets"] = ["fc1"]
+    assert parse_spec(data).methods.lora.lora_targets == ["fc1"]

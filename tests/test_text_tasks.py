@@ -374,3 +374,12 @@ def test_glue_sizes_covers_four_models_by_four_tasks():
     assert spec.resources.gpus_per_trial == 1
     assert (spec.methods.did.search.lo, spec.methods.did.search.hi) == (100, 100_000)
     assert (spec.methods.lora.search.lo, spec.methods.lora.search.hi) == (1, 1024)
+
+
+def test_lora_targets_are_checked_against_a_local_model_without_loading_its_weights(bert):
+    data = job_with("rotten-tomatoes", model=bert)
+    data["methods"]["lora"]["lora_targets"] = ["query", "q_proj"]
+    error = spec_error(data)
+    assert error.field == "methods.lora.lora_targets" and "q_proj" in error.message
+    data["methods"]["lora"]["lora_targets"] = ["query", "key"]
+    assert parse_spec(data).methods.lora.lora_targets == ["query", "key"]

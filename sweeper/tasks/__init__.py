@@ -33,6 +33,8 @@ class TaskInfo:
     check: Callable[[str, dict], None] | None = None
     ready: Callable[[str, dict], None] | None = None
     default_model: str | None = None
+    module_names: Callable[[str, dict], set[str] | None] | None = None
+    """The model's module names (what LoRA's targets must name), cheaply; None: unknown."""
 
     @property
     def first_model(self) -> str:
@@ -52,6 +54,7 @@ TASKS: dict[str, TaskInfo] = {
         ("mlp",),
         {"hidden": Option(int, 1), "init_seed": Option(int, 0), "data_seed": Option(int, 0)},
         digits.build,
+        module_names=lambda model, options: set(digits.MODULES),
     ),
     **{
         name: TaskInfo(
@@ -62,6 +65,7 @@ TASKS: dict[str, TaskInfo] = {
             check=partial(text.check, name),
             ready=partial(text.ready, name),
             default_model=text.BUILTIN_MODEL,
+            module_names=text.module_names,
         )
         for name in text.TASK_NAMES
     },

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from sweeper.tasks.base import Problem, Role, TrainSettings, epochs, majority_rate, three_way_split
 
 HIDDEN = 64
+MODULES = ("fc1", "fc2", "head")  # the MLP's linear layers, by name
 FRACTIONS = (0.2, 0.2)  # select, report
 
 

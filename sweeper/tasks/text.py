@@ -192,6 +192,23 @@ def model_source(model: str, need_asset: bool = True) -> str:
     return model
 
 
+def module_names(model: str, opts: dict) -> set[str] | None:
+    """The model's module names (last components), from its config alone — an empty model on
+    the meta device, no weights read; None where only a hub download could tell."""
+    try:
+        source = model_source(model)
+    except SpecError:
+        return None
+    if not Path(source).is_dir():
+        return None
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    with torch.device("meta"), _stdout_with_isatty():
+        net = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(source))
+    return {name.rpartition(".")[2] for name, _ in net.named_modules()}
+
+
 def _quiet_transformers() -> None:
     # Every load reports the new, randomly initialised head: expected here, noise in probe logs.
     import transformers
