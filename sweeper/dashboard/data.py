@@ -33,6 +33,7 @@ STATUS_WORDS = {
     "not_bracketed_hi_fails": "not bracketed: the highest {dim} tried still fails, "
     "so {dim}90 lies above the search range",
     "budget_exhausted": "budget exhausted before the bracket closed",
+    "error": "error: a probe raised, so there is no verdict (its run's `error` tag says why)",
     "running": "running: probes finished so far only",
     "interrupted": "interrupted before its verdict (parent run {run_status}); "
     "`sweeper resume` finishes it",
