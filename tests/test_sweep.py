@@ -133,8 +133,11 @@ def _finished_probe_runs(uri: str) -> list:
     return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
 
 
-def test_resume_after_sigterm_reruns_nothing_and_matches(tmp_path, toy_run):
-    _, uninterrupted = toy_run
+@pytest.mark.parametrize(("stop_after", "sig"), [(3, signal.SIGTERM), (6, signal.SIGINT)])
+def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
+    tmp_path, toy_run, stop_after, sig
+):
+    spec, uninterrupted = toy_run
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(toy_job(tmp_path / "run")))
     uri = f"sqlite:///{(tmp_path / 'run' / 'mlflow.db').resolve()}"
@@ -148,11 +151,11 @@ def test_resume_after_sigterm_reruns_nothing_and_matches(tmp_path, toy_run):
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 240
-    while len(_finished_probe_runs(uri)) < 4:
+    while len(_finished_probe_runs(uri)) < stop_after:
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    proc.send_signal(sig)  # most likely in the middle of a round
     proc.wait(timeout=120)
     before = {r.data.tags["config_hash"] for r in _finished_probe_runs(uri)}
     assert proc.returncode != 0 and before
@@ -174,9 +177,16 @@ def test_resume_after_sigterm_reruns_nothing_and_matches(tmp_path, toy_run):
     assert len(hashes) == len(set(hashes))  # no finished probe ran twice
     assert before <= set(hashes)
     parents = runs(uri, "tags.kind = 'search'")
-    answers = {p.data.tags["method"]: p.data.metrics.get("d90") for p in parents}
-    expected = {s.method: s.answer for s in uninterrupted.searches}
+    answers = {
+        p.data.tags["method"]: tuple(p.data.metrics.get(k) for k in ("d90", "d90_lo", "d90_hi"))
+        for p in parents
+    }
+    expected = {
+        s.method: (s.answer, *(s.interval or (None, None))) for s in uninterrupted.searches
+    }
     assert answers == expected
+    whole = runs(f"sqlite:///{(spec.run_dir / 'mlflow.db').resolve()}", "tags.kind = 'probe'")
+    assert set(hashes) == {r.data.tags["config_hash"] for r in whole}  # the very same probes
 
 
 def test_resume_without_a_previous_run_is_a_usage_error(tmp_path):
