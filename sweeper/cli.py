@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimiser steps (default: the task's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the task's)")
     train.add_argument("--projection", default="fastfood", choices=["fastfood", "sparse", "dense"])
-    train.add_argument("--layout", default="global", choices=["global", "per_tensor"])
+    train.add_argument(
+        "--layout", default="global", choices=["global", "per_tensor", "per_tensor_unit"]
+    )
     train.add_argument("--said-groups", default="layer", choices=["layer", "tensor"])
     train.add_argument("--train-head", action="store_true", help="train the head directly")
     train.add_argument(
