@@ -17,17 +17,17 @@ on Triton uint32 tensors.
 * Π: must behave like a uniform random permutation of [0, n), n = 2^k. An XOR mask or a bit
   permutation commutes with the Walsh–Hadamard matrix and collapses H Π H into a signed
   permutation; generator 2's affine-style hash (odd multiply, add, xorshift, odd multiply) is a
-  bijection but keeps low-bit structure — the low j bits of π(x) depend on few bits of x — which
-  H exposes on aligned read-outs: the sums of 2^j consecutive outputs of H see only the
-  multiples of 2^j, so a Π that maps such index sets onto structured sets loses rank (toy-sums
-  with 33 groups of 2 at d = 33: rank 18 of 33, where a random Π gives 25–30). Π is now a
-  Feistel network over the k index bits: x = (hi, lo), lo the low ⌊k/2⌋ bits, and PERM_ROUNDS
-  rounds that alternately do hi ^= F_r(lo) and lo ^= F_r(hi) (unbalanced when k is odd, where
-  hi has one bit more), F_r(v) = `bits(perm stream, r · 2^16 + v)`. Every round is its own
-  inverse, so π⁻¹ runs the rounds backwards. Six rounds: with ideal round functions four give a
-  strong pseudo-random permutation only for queries far fewer than √n, and our read-outs use
-  all n values; more rounds close that gap, and the CPU kernel evaluates F_r from a table of at
-  most 2^⌈k/2⌉ ≤ 256 values per round, so each round costs one lookup per index.
+  bijection but keeps structure that H exposes on aligned read-outs: the sum of 2^j consecutive
+  outputs of H sees only the multiples of 2^j, so a Π that maps that index set onto a structured
+  set loses rank (toy-sums with 33 groups of 2 at d = 33: rank 18 of 33, where a random Π gives
+  about 26). Π is now a Feistel network over the k index bits: x = (hi, lo), lo the low ⌊k/2⌋
+  bits, and PERM_ROUNDS rounds that alternately do hi ^= F_r(lo) and lo ^= F_r(hi) (unbalanced
+  when k is odd: hi has one bit more), F_r(v) = `bits(perm stream, r · 2^16 + v)` cut to the
+  half's width. Every round is its own inverse, so π⁻¹ runs the rounds backwards. Six rounds:
+  with ideal round functions four are a strong pseudo-random permutation only for far fewer
+  queries than √n (Luby–Rackoff, Patarin), and our read-outs use all n values; measured, four
+  and six rounds both match a random Π on tests/test_permutation.py. The CPU kernel tabulates
+  F_r over the at most 2^⌈k/2⌉ ≤ 256 half-values, so a round costs one lookup per index.
 """
 
 from __future__ import annotations
