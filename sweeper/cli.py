@@ -116,6 +116,21 @@ def _fmt(value: float) -> str:
     return "-" if value != value else f"{value:.4g}"  # nan → "-"
 
 
+def _fastfood_caveat(task, method) -> str | None:
+    """Why Fastfood itself may miss toy-sums' known answer, or None (README, 'The maths')."""
+    size = task.options.get("group_size", 100)
+    if task.name != "toy-sums" or getattr(method, "projection", None) != "fastfood":
+        return None
+    if not isinstance(size, int) or not 2 <= size <= 32 or size & (size - 1):
+        return None
+    return (
+        f"group_size {size} is a small power of two: Fastfood often cannot solve toy-sums at "
+        "d = groups even with a truly random Π (a sum of an aligned run of a block's outputs "
+        f"sees 1/{size} of its Hadamard coefficients), so d90 may exceed groups; use "
+        "projection: dense or sparse, or a group_size that is not a power of two"
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from sweeper.spec import load_spec
 
@@ -129,6 +144,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         m = getattr(spec.methods, method).search
         dim = "r" if method == "lora" else "d"
         print(f"  search {model}/{task.name}/{method}: {dim} in [{m.lo}, {m.hi}]")
+        if warning := _fastfood_caveat(task, getattr(spec.methods, method)):
+            print(f"  warning: {model}/{task.name}/{method}: {warning}")
     skipped = [
         f"{model}/{task.name}/{method}"
         for model, task in spec.pairs()
@@ -280,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimiser steps (default: the task's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the task's)")
     train.add_argument("--projection", default="fastfood", choices=["fastfood", "sparse", "dense"])
-    train.add_argument("--layout", default="global", choices=["global", "per_tensor"])
+    train.add_argument(
+        "--layout", default="global", choices=["global", "per_tensor", "per_tensor_unit"]
+    )
     train.add_argument("--said-groups", default="layer", choices=["layer", "tensor"])
     train.add_argument(
         "--head",

@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sweeper.projection.generator import VERSION
 from sweeper.subspace import SubspaceConfig, SubspaceModel
 from sweeper.tasks import Problem, build_problem
 
-FORMAT = "sweeper-subspace/2"
-# Format 1 files hold the same fields, but their Fastfood P came from generator 1 (a different
-# Gaussian table): they load only when their projection is not Fastfood.
-OLD_FORMAT = "sweeper-subspace/1"
+FORMAT = "sweeper-subspace/3"
+# Older formats hold the same fields, but their Fastfood P came from an older generator (1: a
+# different Gaussian table; 2: a different Π): they load only when their projection is not
+# Fastfood. Format → the generator version its Fastfood P came from.
+OLD_FORMATS = {"sweeper-subspace/1": 1, "sweeper-subspace/2": 2}
 
 
 @dataclass
@@ -63,15 +65,16 @@ def load_compressed(path: str | Path) -> Compressed:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") not in (FORMAT, OLD_FORMAT):
+    if meta.get("format") != FORMAT and meta.get("format") not in OLD_FORMATS:
         raise ValueError(
             f"{path} is not a sweeper compressed model (format {meta.get('format')!r})"
         )
     projection = json.loads(meta["config"]).get("projection", "fastfood")
-    if meta["format"] == OLD_FORMAT and projection == "fastfood":
+    if meta["format"] in OLD_FORMATS and projection == "fastfood":
         raise ValueError(
-            f"{path} was written with Fastfood generator 1, and this sweeper regenerates P with "
-            "generator 2 (other random numbers): its θ_d would give a different model. "
+            f"{path} was written with Fastfood generator {OLD_FORMATS[meta['format']]}, and this "
+            f"sweeper regenerates P with generator {VERSION} (other random numbers): its θ_d "
+            "would give a different model. "
             "Re-run the probe with this version to get a file that restores."
         )
     return Compressed(

@@ -92,7 +92,7 @@ class MethodSpec(_Strict):
 
     search: SearchRange | None = None
     projection: Literal["fastfood", "sparse", "dense"] = "fastfood"
-    layout: Literal["global", "per_tensor"] = "global"
+    layout: Literal["global", "per_tensor", "per_tensor_unit"] = "global"
     said_groups: Literal["layer", "tensor"] = "layer"
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0

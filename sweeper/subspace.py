@@ -28,7 +28,8 @@ class SubspaceConfig:
     d: the budget — the number of trainable subspace values, SAID's λ scalars included.
     method: 'did' (one P θ_d over all projected weights) or 'said' (plus a λ per group).
     projection: 'fastfood' (default; O(D log d), no stored state), 'sparse' or 'dense'.
-    layout: 'global' (one P over all D) or 'per_tensor' (one P per tensor, shared θ_d).
+    layout: 'global' (one P over all D), 'per_tensor' (one P per tensor, shared θ_d, unit-norm
+        columns overall) or 'per_tensor_unit' (unit-norm columns per tensor, as Aghajanyan et al.).
     seed: seeds P; the same seed always regenerates the same P.
     said_groups: 'layer' (one λ per layer: each transformer layer, else each module) or 'tensor'.
     train_head: False projects the head too (Li et al.); True trains it directly (Aghajanyan
@@ -38,7 +39,7 @@ class SubspaceConfig:
     d: int
     method: Literal["did", "said"] = "did"
     projection: Literal["dense", "sparse", "fastfood"] = "fastfood"
-    layout: Literal["global", "per_tensor"] = "global"
+    layout: Literal["global", "per_tensor", "per_tensor_unit"] = "global"
     seed: int = 0
     said_groups: Literal["layer", "tensor"] = "layer"
     train_head: bool = False

@@ -27,8 +27,12 @@ if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton", reason="triton is not installed (Linux x86-64 only)")
 
+import numpy as np  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from sweeper.projection import fastfood_cpu  # noqa: E402
 from sweeper.projection import fastfood_triton as ft  # noqa: E402
+from sweeper.projection import generator as gen  # noqa: E402
 from sweeper.projection.fastfood import block_size, fastfood_reference  # noqa: E402
 
 # triton.language decorated before TRITON_INTERPRET was set: its helpers cannot be interpreted.
@@ -125,6 +129,28 @@ def test_backward_split_over_fewer_programs_than_blocks(path, D, d, n, monkeypat
     got = ft.adjoint(y, d, 9, 1.0, n)
     assert torch.equal(got, ft.adjoint(y, d, 9, 1.0, n))
     assert rel_err(got, fastfood_cpu.adjoint(y.cpu(), d, 9, 1.0, n)) <= RTOL[torch.float64]
+
+
+@triton.jit(do_not_specialize=["key"])
+def _permutation_kernel(perm_ptr, inv_ptr, key, N: tl.constexpr, LOG2N: tl.constexpr):
+    k = tl.arange(0, N)
+    pkey = ft._perm_key(key.to(tl.uint32, bitcast=True))
+    tl.store(perm_ptr + k, ft._permute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
+    tl.store(inv_ptr + k, ft._unpermute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 32, 1024, 2**15])
+def test_permutation_and_inverse_match_the_generator_bit_for_bit(n):
+    """π and π⁻¹ as the kernels regenerate them (`_permute`, `_unpermute`) against NumPy's."""
+    for seed, chunk, block in [(0, 0, 0), (2**32 - 1, 2, 77)]:
+        key = int(gen.block_key(seed, chunk, block))
+        perm = torch.empty(n, dtype=torch.int32, device=DEVICE)
+        inv = torch.empty_like(perm)
+        bits = key - 2**32 if key >= 2**31 else key  # the uint32 key as an int32 bit pattern
+        _permutation_kernel[(1,)](perm, inv, bits, N=n, LOG2N=n.bit_length() - 1)
+        _, _, expected = gen.block_states(seed, chunk, [block], n)
+        assert np.array_equal(perm.cpu().numpy(), expected[0])
+        assert np.array_equal(inv.cpu().numpy(), gen.inverse_perms(seed, chunk, [block], n)[0])
 
 
 @pytest.mark.skipif(not ON_GPU, reason="full-size blocks are too slow for the interpreter")

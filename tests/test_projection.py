@@ -26,12 +26,12 @@ def dense_matrix(proj) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-@pytest.mark.parametrize("layout", ["global", "per_tensor"])
+@pytest.mark.parametrize("layout", ["global", "per_tensor", "per_tensor_unit"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("D", "d"), SHAPES)
 def test_adjoint_dot_product(kind, layout, dtype, D, d):
     sizes = None
-    if layout == "per_tensor":
+    if layout != "global":
         if D < 3:
             pytest.skip("per_tensor needs at least three tensors here")
         sizes = [1, D // 3, D - 1 - D // 3]
@@ -80,9 +80,10 @@ def test_gradcheck(kind, D, d):
     assert torch.autograd.gradcheck(proj, (x,))
 
 
-def test_gradcheck_per_tensor_layout():
+@pytest.mark.parametrize("layout", ["per_tensor", "per_tensor_unit"])
+def test_gradcheck_per_tensor_layout(layout):
     proj = make_projection(
-        "fastfood", 30, 8, seed=2, dtype=torch.float64, layout="per_tensor", sizes=[3, 20, 7]
+        "fastfood", 30, 8, seed=2, dtype=torch.float64, layout=layout, sizes=[3, 20, 7]
     )
     x = torch.randn(8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(proj, (x,))
@@ -101,6 +102,25 @@ def test_per_tensor_layout_has_unit_columns_overall():
     sizes = [4000, 6000, 30]
     proj = make_projection("fastfood", sum(sizes), 64, seed=1, layout="per_tensor", sizes=sizes)
     assert abs(dense_matrix(proj).norm(dim=0).mean().item() - 1.0) < 0.03
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_per_tensor_unit_layout_gives_every_tensor_unit_norm_columns(kind):
+    """Aghajanyan et al.'s scaling: each tensor's piece of P has unit-norm columns (in mean; a
+    piece smaller than its block is a row sample), so T tensors stack to column norm √T, and
+    per_tensor's piece for tensor t is the same piece scaled by √(D_t / D)."""
+    sizes = [4000, 6000, 3000]
+    unit = make_projection(
+        kind, sum(sizes), 64, seed=1, dtype=torch.float64, layout="per_tensor_unit", sizes=sizes
+    )
+    plain = make_projection(
+        kind, sum(sizes), 64, seed=1, dtype=torch.float64, layout="per_tensor", sizes=sizes
+    )
+    P, Q = dense_matrix(unit), dense_matrix(plain)
+    for piece, ours, size in zip(P.split(sizes), Q.split(sizes), sizes, strict=True):
+        assert abs(piece.norm(dim=0).mean().item() - 1.0) < 0.05
+        torch.testing.assert_close(ours, piece * math.sqrt(size / sum(sizes)))
+    assert abs(P.norm(dim=0).mean().item() - math.sqrt(len(sizes))) < 0.05
 
 
 def test_fastfood_columns_are_nearly_orthogonal():

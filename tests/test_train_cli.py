@@ -159,14 +159,14 @@ def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
     assert result.stop_reason == "hopeless" and result.steps < 400 and not result.passed
 
 
-def _rewrite_as_format_1(src, dst, projection: str | None = None):
-    """The file at src as an older sweeper (format 1) would have written it."""
+def _rewrite_as_format_1(src, dst, projection: str | None = None, fmt: int = 1):
+    """The file at src as an older sweeper (format `fmt`) would have written it."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata())
-    meta["format"] = "sweeper-subspace/1"
+    meta["format"] = f"sweeper-subspace/{fmt}"
     if projection:
         meta["config"] = json.dumps({**json.loads(meta["config"]), "projection": projection})
     save_file(load_file(str(src)), str(dst), metadata=meta)
@@ -185,6 +185,9 @@ def test_a_fastfood_model_from_generator_1_is_refused_not_silently_rebuilt(tmp_p
         _rewrite_as_format_1(path, old)
         if projection == "fastfood":  # its P came from other random numbers
             with pytest.raises(ValueError, match="generator 1"):
+                load_compressed(old)
+            _rewrite_as_format_1(path, old, fmt=2)  # generator 2: another Π
+            with pytest.raises(ValueError, match=r"generator 2, .* generator 3"):
                 load_compressed(old)
         else:  # dense and sparse P never changed
             assert load_compressed(old).config.projection == "sparse"

@@ -3,9 +3,14 @@
 `make_projection(kind, D, d, seed)` is the one way to build one. Layouts:
 
 * ``global`` — one P over all D weights (Li et al. 2018).
-* ``per_tensor`` — one P per weight tensor, all sharing θ_d (Aghajanyan et al.'s code). Each
-  tensor's piece gets column norm √(D_t / D), so the stacked P still has unit-norm columns and
-  the two layouts take the same learning rates.
+* ``per_tensor`` — one P per weight tensor, all sharing θ_d. Each tensor's piece gets column
+  norm √(D_t / D), so the stacked P still has unit-norm columns and takes the same learning
+  rates as ``global``.
+* ``per_tensor_unit`` — the same pieces, each with unit-norm columns, as Aghajanyan et al.'s code
+  scales them (its per-tensor Fastfood divides H G Π H B x by ‖G‖ √D_t). A step of θ_d then
+  moves every tensor about as far, whatever its size, where ``per_tensor`` moves tensor t by
+  √(D_t / D) of that: another subspace, not only another learning rate. The stacked P has
+  columns of norm √T for T tensors. This is the layout the paper used.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sweeper.projection.generator import M32, mix32
 from sweeper.projection.sparse import SparseProjection
 
 KINDS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
-LAYOUTS = ("global", "per_tensor")
+LAYOUTS = ("global", "per_tensor", "per_tensor_unit")
 
 
 class StackedProjection(Projection):
@@ -66,7 +71,7 @@ def make_projection(
 ) -> Projection:
     """A random P : R^d → R^D of `kind` ('dense', 'sparse', 'fastfood') with unit-norm columns.
 
-    `layout='per_tensor'` needs `sizes` (the tensor sizes, summing to D). `max_block` caps the
+    The per-tensor layouts need `sizes` (the tensor sizes, summing to D). `max_block` caps the
     Fastfood block size n; larger d is split into chunks of that size whose outputs add up.
     """
     if kind not in KINDS:
@@ -79,14 +84,15 @@ def make_projection(
     if layout == "global":
         return KINDS[kind](D, d, seed, dtype=dtype, column_norm=column_norm, **extra)
     if sizes is None or sum(sizes) != D or min(sizes) < 1:
-        raise ValueError("layout='per_tensor' needs sizes: positive tensor sizes summing to D")
+        raise ValueError(f"layout={layout!r} needs sizes: positive tensor sizes summing to D")
+    unit = layout == "per_tensor_unit"
     parts = [
         KINDS[kind](
             size,
             d,
             part_seed(seed, t),
             dtype=dtype,
-            column_norm=column_norm * math.sqrt(size / D),
+            column_norm=column_norm * (1.0 if unit else math.sqrt(size / D)),
             **extra,
         )
         for t, size in enumerate(sizes)

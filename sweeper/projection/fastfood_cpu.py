@@ -40,6 +40,8 @@ W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
 # low half): a little-endian uint16 view of the words is exactly that sequence.
 assert sys.byteorder == "little", "fastfood_cpu reads hash words as uint16 pairs"
 assert MAX_BLOCK <= 2**16, "π is kept as uint16"
+# Entries per round of π's Feistel table: 2^⌈log2(MAX_BLOCK) / 2⌉, the largest half-index range.
+ROUND_TABLE = 1 << -(-(MAX_BLOCK.bit_length() - 1) // 2)
 
 
 def _pointer(context, builder, arrty, arr, index):
@@ -163,11 +165,13 @@ def _sum_squares(g):
 
 
 @njit(cache=True)
-def _block_state(key, n, log2n, table, g, perm):
+def _block_state(key, n, log2n, table, g, perm, rounds):
     """G (unscaled) and π of one block into g and perm; returns G's scale factor 1 / ‖G‖.
 
     perm (uint16, n ≤ 2^15) first holds G's hash words: read as uint16 it is G's table slots,
     and then it is overwritten by π. One buffer instead of two keeps a block's state in L1.
+    π's Feistel round functions are tabulated first in `rounds` (PERM_ROUNDS × ROUND_TABLE): a
+    half-index has at most 8 bits, so each round costs a lookup instead of a hash per index.
     """
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     words = perm.view(np.uint32)
@@ -175,10 +179,19 @@ def _block_state(key, n, log2n, table, g, perm):
         words[p] = gen.bits(gkey, p)
     for k in range(n):
         g[k] = table[perm[k] >> gen.GAUSS_DROP]
-    a, c, b, shift = gen.perm_params(key, log2n)
-    mask = n - 1
+    pkey, lo_bits, lo_mask, hi_mask = gen.perm_params(key, log2n)
+    for r in range(0, gen.PERM_ROUNDS, 2):  # even rounds read lo and write hi, odd the reverse
+        for v in range(lo_mask + 1):
+            rounds[r, v] = gen.feistel(pkey, r, v) & hi_mask
+        for v in range(hi_mask + 1):
+            rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
     for k in range(n):
-        perm[k] = gen.permute(k, a, c, b, shift, mask)
+        hi = k >> lo_bits
+        lo = k & lo_mask
+        for r in range(0, gen.PERM_ROUNDS, 2):
+            hi ^= rounds[r, lo]
+            lo ^= rounds[r + 1, hi]
+        perm[k] = (hi << lo_bits) | lo
     return 1.0 / math.sqrt(_sum_squares(g))
 
 
@@ -194,6 +207,7 @@ def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
     tmp = np.empty(n, theta.dtype)
     g = np.empty(n, theta.dtype)
     perm = np.empty(max(n, 2), np.uint16)  # two slots: room for one hash word when n = 1
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
     for i in range(first, last):
         lo = i * n
         rows = min(D, lo + n) - lo
@@ -209,7 +223,7 @@ def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
             for k in range(width, n):
                 buf[k] = 0
             _fwht(buf)
-            scale = _block_state(key, n, log2n, table, g, perm) * norm
+            scale = _block_state(key, n, log2n, table, g, perm, rounds) * norm
             for k in range(n):
                 tmp[k] = (scale * g[k]) * buf[perm[k]]
             if rows == n and c == 0:  # the last transform's first pass writes `out` itself
@@ -236,6 +250,7 @@ def _adjoint_blocks(y, partial, d, seed, column_norm, n, table, first, last):
     z = np.empty(n, y.dtype)
     g = np.empty(n, y.dtype)
     perm = np.empty(max(n, 2), np.uint16)  # two slots: room for one hash word when n = 1
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
     for i in range(first, last):
         lo = i * n
         rows = min(D, lo + n) - lo
@@ -249,7 +264,7 @@ def _adjoint_blocks(y, partial, d, seed, column_norm, n, table, first, last):
             _fwht(w)
         for c in range(chunks):
             key = gen.block_key(seed, c, i)
-            scale = _block_state(key, n, log2n, table, g, perm) * norm
+            scale = _block_state(key, n, log2n, table, g, perm, rounds) * norm
             for k in range(n):  # Πᵀ scatters where Π gathered
                 z[perm[k]] = (scale * g[k]) * w[k]
             _fwht(z)

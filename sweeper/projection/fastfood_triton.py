@@ -54,6 +54,8 @@ _GOLDEN: tl.constexpr = tl.constexpr(gen.GOLDEN)
 _SIGN_SALT: tl.constexpr = tl.constexpr((gen.STREAM_SIGN * gen.GOLDEN) & gen.M32)
 _GAUSS_SALT: tl.constexpr = tl.constexpr((gen.STREAM_GAUSS * gen.GOLDEN) & gen.M32)
 _PERM_SALT: tl.constexpr = tl.constexpr((gen.STREAM_PERM * gen.GOLDEN) & gen.M32)
+_PERM_ROUNDS: tl.constexpr = tl.constexpr(gen.PERM_ROUNDS)
+_ROUND_STRIDE: tl.constexpr = tl.constexpr(1 << gen.PERM_ROUND_BITS)
 _GAUSS_BITS: tl.constexpr = tl.constexpr(gen.GAUSS_BITS)
 _GAUSS_DROP: tl.constexpr = tl.constexpr(gen.GAUSS_DROP)
 
@@ -94,34 +96,42 @@ def _gauss(key, k, table_ptr):
 
 
 @triton.jit
-def _perm_params(key):
-    """(a, c, b) of generator.perm_params; the shift is a constexpr of n."""
-    pkey = _mix32(key ^ _PERM_SALT)
-    return _mix32(pkey) | 1, _mix32(pkey ^ 1), _mix32(pkey ^ 2) | 1
+def _perm_key(key):
+    """The perm stream's key (generator.perm_params); the index split is a constexpr of n."""
+    return _mix32(key ^ _PERM_SALT)
 
 
 @triton.jit
-def _inverse_odd(a):
-    inv = a
-    for _ in tl.static_range(5):
-        inv = inv * (2 - a * inv)
-    return inv
+def _feistel(pkey, r: tl.constexpr, v):
+    return _mix32(pkey ^ ((r * _ROUND_STRIDE) | v))
 
 
 @triton.jit
-def _permute(x, a, c, b, SHIFT: tl.constexpr, MASK: tl.constexpr):
-    x = (x * a) & MASK
-    x = (x + c) & MASK
-    x = x ^ (x >> SHIFT)
-    return (x * b) & MASK
+def _permute(x, pkey, LOG2N: tl.constexpr):
+    """generator.permute: PERM_ROUNDS Feistel rounds on (hi, lo) = (x >> ⌊LOG2N/2⌋, low bits)."""
+    LO: tl.constexpr = LOG2N // 2
+    LO_MASK: tl.constexpr = (1 << LO) - 1
+    HI_MASK: tl.constexpr = (1 << (LOG2N - LO)) - 1
+    hi = x >> LO
+    lo = x & LO_MASK
+    for r in tl.static_range(0, _PERM_ROUNDS, 2):
+        hi = hi ^ (_feistel(pkey, r, lo) & HI_MASK)
+        lo = lo ^ (_feistel(pkey, r + 1, hi) & LO_MASK)
+    return (hi << LO) | lo
 
 
 @triton.jit
-def _unpermute(y, a_inv, c, b_inv, SHIFT: tl.constexpr, MASK: tl.constexpr):
-    y = (y * b_inv) & MASK
-    y = y ^ (y >> SHIFT)
-    y = (y - c) & MASK
-    return (y * a_inv) & MASK
+def _unpermute(y, pkey, LOG2N: tl.constexpr):
+    """generator.unpermute: the rounds of `_permute` backwards."""
+    LO: tl.constexpr = LOG2N // 2
+    LO_MASK: tl.constexpr = (1 << LO) - 1
+    HI_MASK: tl.constexpr = (1 << (LOG2N - LO)) - 1
+    hi = y >> LO
+    lo = y & LO_MASK
+    for i in tl.static_range(0, _PERM_ROUNDS, 2):
+        lo = lo ^ (_feistel(pkey, _PERM_ROUNDS - 1 - i, hi) & LO_MASK)
+        hi = hi ^ (_feistel(pkey, _PERM_ROUNDS - 2 - i, lo) & HI_MASK)
+    return (hi << LO) | lo
 
 
 # --- the transform -------------------------------------------------------------------------------
@@ -155,16 +165,14 @@ def _block_state(seed, chunk, blk, k, table_ptr, scale_ptr, N: tl.constexpr):
 def _project_blocks(x, key, sign, g, k, ROWS: tl.constexpr, N: tl.constexpr, LOG2N: tl.constexpr):
     """scale · H G Π H B x for ROWS blocks: x (1, N) or (R, N), the rest from `_block_state`."""
     u = _fwht(x * sign, ROWS, N, LOG2N)
-    a, c, b = _perm_params(key)
-    perm = _permute(k, a, c, b, LOG2N // 2 + 1, N - 1)
+    perm = _permute(k, _perm_key(key), LOG2N)
     return _fwht(g * tl.gather(u, perm.to(tl.int32), 1), ROWS, N, LOG2N)
 
 
 @triton.jit
 def _adjoint_blocks(hw, key, sign, g, k, ROWS: tl.constexpr, N: tl.constexpr, LOG2N: tl.constexpr):
     """Bᵀ H Πᵀ (scale G) of hw = H w: z[π(j)] = g[j] hw[j], i.e. z = (g hw)[π⁻¹]."""
-    a, c, b = _perm_params(key)
-    inv = _unpermute(k, _inverse_odd(a), c, _inverse_odd(b), LOG2N // 2 + 1, N - 1)
+    inv = _unpermute(k, _perm_key(key), LOG2N)
     z = tl.gather(g * hw, inv.to(tl.int32), 1)
     return sign * _fwht(z, ROWS, N, LOG2N)
 
@@ -377,11 +385,11 @@ def _staged_project(
     tl.debug_barrier()
     _columns(S, S, key, 0, False, N1, LOG2N - LOG2SUB, SUB)
     tl.debug_barrier()
-    a, c, b = _perm_params(key)
+    pkey = _perm_key(key)
     for r in range(0, N1):
         k = r * SUB + lane
         ku = k.to(tl.uint32)
-        src = _permute(ku, a, c, b, LOG2N // 2 + 1, N - 1).to(tl.int32)
+        src = _permute(ku, pkey, LOG2N).to(tl.int32)
         v = gscale * _gauss(key, ku, table_ptr) * tl.load(S + src)
         tl.store(S2 + k, _fwht(v, 1, SUB, LOG2SUB))
     tl.debug_barrier()
@@ -518,12 +526,10 @@ def _backward_staged_kernel(
         tl.debug_barrier()
         _columns(S, S, key, 0, False, N1, LOG2N - LOG2SUB, SUB)
         tl.debug_barrier()
-        a, cc, b = _perm_params(key)
-        a_inv = _inverse_odd(a)
-        b_inv = _inverse_odd(b)
+        pkey = _perm_key(key)
         for r in range(0, N1):
             k = r * SUB + lane
-            src = _unpermute(k.to(tl.uint32), a_inv, cc, b_inv, LOG2N // 2 + 1, N - 1)
+            src = _unpermute(k.to(tl.uint32), pkey, LOG2N)
             z = gscale * _gauss(key, src, table_ptr) * tl.load(S + src.to(tl.int32))
             tl.store(S2 + k, _fwht(z, 1, SUB, LOG2SUB))
         tl.debug_barrier()

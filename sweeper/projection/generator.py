@@ -14,10 +14,20 @@ on Triton uint32 tensors.
   in L1, where the 2^16-point grid of generator 1 (256 KiB) made the lookups a fifth of the
   CPU kernel's time. The grid's variance is 1 − 3e-4 and its kurtosis 3 − 0.01; it is
   truncated at ±3.67σ (probability 2.4e-4). G only enters through G / ‖G‖, per block.
-* Π: must be a genuinely pseudo-random bijection of [0, n): an XOR mask or a bit permutation
-  commutes with the Walsh–Hadamard matrix and collapses H Π H into a signed permutation. We use
-  an invertible integer hash on n = 2^k values — odd multiply, add, xorshift by more than half
-  the bits, odd multiply — whose inverse is closed-form.
+* Π: must behave like a uniform random permutation of [0, n), n = 2^k. An XOR mask or a bit
+  permutation commutes with the Walsh–Hadamard matrix and collapses H Π H into a signed
+  permutation; generator 2's affine-style hash (odd multiply, add, xorshift, odd multiply) is a
+  bijection but keeps structure that H exposes on aligned read-outs: the sum of 2^j consecutive
+  outputs of H sees only the multiples of 2^j, so a Π that maps that index set onto a structured
+  set loses rank (toy-sums with 33 groups of 2 at d = 33: rank 18 of 33, where a random Π gives
+  about 26). Π is now a Feistel network over the k index bits: x = (hi, lo), lo the low ⌊k/2⌋
+  bits, and PERM_ROUNDS rounds that alternately do hi ^= F_r(lo) and lo ^= F_r(hi) (unbalanced
+  when k is odd: hi has one bit more), F_r(v) = `bits(perm stream, r · 2^16 + v)` cut to the
+  half's width. Every round is its own inverse, so π⁻¹ runs the rounds backwards. Six rounds:
+  with ideal round functions four are a strong pseudo-random permutation only for far fewer
+  queries than √n (Luby–Rackoff, Patarin), and our read-outs use all n values; measured, four
+  and six rounds both match a random Π on tests/test_permutation.py. The CPU kernel tabulates
+  F_r over the at most 2^⌈k/2⌉ ≤ 256 half-values, so a round costs one lookup per index.
 """
 
 from __future__ import annotations
@@ -37,7 +47,10 @@ STREAM_PERM = 3
 
 # Version of the numbers below: part of every Fastfood probe's config hash and of compressed
 # model files, so nothing made with other numbers is ever reused as if it were the same P.
-VERSION = 2
+VERSION = 3
+
+PERM_ROUNDS = 6  # Feistel rounds of Π (even: the last round updates lo, as the first hi)
+PERM_ROUND_BITS = 16  # F_r(v) hashes word r · 2^16 + v; half-indices stay below 2^16
 
 GAUSS_BITS = 16  # bits of the hash word per element (two elements per word)
 GAUSS_TABLE_BITS = 12  # of which the top 12 index the table
@@ -92,36 +105,43 @@ def gauss_index(skey, k):
 
 @register_jitable
 def perm_params(key, log2n):
-    """(a, c, b, shift) of the permutation hash; a and b odd, shift > log2n / 2."""
-    pkey = stream_key(key, STREAM_PERM)
-    return bits(pkey, 0) | 1, bits(pkey, 1), bits(pkey, 2) | 1, log2n // 2 + 1
+    """(pkey, lo_bits, lo_mask, hi_mask) of Π on 2^log2n values: the perm stream's key, and the
+    split of an index into hi (the top ⌈log2n / 2⌉ bits) and lo (the low ⌊log2n / 2⌋ bits)."""
+    lo_bits = log2n // 2
+    return (
+        stream_key(key, STREAM_PERM),
+        lo_bits,
+        (1 << lo_bits) - 1,
+        (1 << (log2n - lo_bits)) - 1,
+    )
 
 
 @register_jitable
-def inverse_odd(a):
-    """Multiplicative inverse of an odd number modulo 2^32 (Newton: each step doubles the bits)."""
-    inv = a
-    for _ in range(5):
-        inv = (inv * ((0x100000002 - ((a * inv) & M32)) & M32)) & M32
-    return inv
+def feistel(pkey, r, v):
+    """Round function F_r(v): 32 random bits, of which a round keeps the half's width."""
+    return bits(pkey, (r << PERM_ROUND_BITS) | v)
 
 
 @register_jitable
-def permute(x, a, c, b, shift, mask):
-    """π(x) on [0, mask]: odd multiply, add, xorshift, odd multiply (all mod mask + 1)."""
-    x = (x * a) & mask
-    x = (x + c) & mask
-    x = x ^ (x >> shift)
-    return (x * b) & mask
+def permute(x, pkey, lo_bits, lo_mask, hi_mask):
+    """π(x): PERM_ROUNDS Feistel rounds on (hi, lo), even rounds hi ^= F(lo), odd lo ^= F(hi)."""
+    hi = x >> lo_bits
+    lo = x & lo_mask
+    for r in range(0, PERM_ROUNDS, 2):
+        hi = hi ^ (feistel(pkey, r, lo) & hi_mask)
+        lo = lo ^ (feistel(pkey, r + 1, hi) & lo_mask)
+    return (hi << lo_bits) | lo
 
 
 @register_jitable
-def unpermute(y, a_inv, c, b_inv, shift, mask):
-    """π⁻¹(y): `permute` undone step by step (xorshift by > half the bits is an involution)."""
-    y = (y * b_inv) & mask
-    y = y ^ (y >> shift)
-    y = (y - c) & mask
-    return (y * a_inv) & mask
+def unpermute(y, pkey, lo_bits, lo_mask, hi_mask):
+    """π⁻¹(y): `permute`'s rounds backwards (each round undoes itself)."""
+    hi = y >> lo_bits
+    lo = y & lo_mask
+    for r in range(PERM_ROUNDS - 2, -1, -2):
+        lo = lo ^ (feistel(pkey, r + 1, hi) & lo_mask)
+        hi = hi ^ (feistel(pkey, r, lo) & hi_mask)
+    return (hi << lo_bits) | lo
 
 
 # --- NumPy front ends (the reference implementation and the tests) -------------------------
@@ -140,15 +160,13 @@ def block_states(
     idx = np.arange(n, dtype=np.uint64)[None, :]
     b = sign(stream_key(key, np.uint64(STREAM_SIGN)), idx)
     g = GAUSS_TABLE[gauss_index(stream_key(key, np.uint64(STREAM_GAUSS)), idx).astype(np.int64)]
-    a, c, bb, shift = perm_params(key, np.uint64(n.bit_length() - 1))
-    perm = permute(idx, a, c, bb, shift, np.uint64(n - 1))
+    perm = permute(idx, *perm_params(key, np.uint64(n.bit_length() - 1)))
     return b.astype(np.float64), g, perm.astype(np.int64)
 
 
 def inverse_perms(seed: int, chunk: int, blocks, n: int) -> np.ndarray:
     """π⁻¹ of several blocks by the closed form (tests check it against argsort of π)."""
     key = _keys(seed, chunk, blocks)
-    a, c, b, shift = perm_params(key, np.uint64(n.bit_length() - 1))
     idx = np.arange(n, dtype=np.uint64)[None, :]
-    inv = unpermute(idx, inverse_odd(a), c, inverse_odd(b), shift, np.uint64(n - 1))
+    inv = unpermute(idx, *perm_params(key, np.uint64(n.bit_length() - 1)))
     return inv.astype(np.int64)
