@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from sweeper.tasks.base import Problem, TrainSettings, epochs
 
 HIDDEN = 64
+MAX_HIDDEN = 4096  # 17M weights; the MLP grows as hidden², and 10^5 would take 40 GB
 
 
 class MLP(nn.Module):

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sweeper.errors import SpecError
-from sweeper.tasks.base import Option, Problem, TrainSettings, epochs
+from sweeper.tasks.base import SEED_MAX, Option, Problem, TrainSettings, epochs
 
 BUILTIN_MODEL = "minilm"  # the asset all-MiniLM-L6-v2: a real pretrained BERT, offline
 LORA_TARGETS = ("query", "value")  # Hu et al.'s choice; BERT and RoBERTa name them so
@@ -87,6 +87,7 @@ SOURCES: dict[str, Source] = {
     },
 }
 TASK_NAMES = (*SOURCES, "file", "rotten-tomatoes")
+MAX_EXAMPLES = 100_000_000  # train_size, eval_size: more is not a data set this runs through
 BINARY_METRICS = ("accuracy", "f1")
 
 
@@ -95,10 +96,10 @@ def options(task: str) -> dict[str, Option]:
     metrics = SOURCES[task].metrics if task in SOURCES else BINARY_METRICS
     out = {
         "max_length": Option(int, 8, 4096),
-        "train_size": Option(int, 1),
-        "eval_size": Option(int, 1),
-        "data_seed": Option(int, 0),
-        "init_seed": Option(int, 0),
+        "train_size": Option(int, 1, MAX_EXAMPLES),
+        "eval_size": Option(int, 1, MAX_EXAMPLES),
+        "data_seed": Option(int, 0, SEED_MAX),
+        "init_seed": Option(int, 0, SEED_MAX),
         "metric": Option(str, choices=metrics),
     }
     if task in SOURCES:
@@ -111,7 +112,7 @@ def options(task: str) -> dict[str, Option]:
             "text": Option(str),
             "text_pair": Option(str),
             "label": Option(str),
-            "num_labels": Option(int, 2),
+            "num_labels": Option(int, 2, 100_000),
         }
     return out
 
