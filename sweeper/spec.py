@@ -386,11 +386,12 @@ def _read_bounded(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise SpecError(str(path), f"cannot read the job spec ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise SpecError(str(path), f"{kind}; give a job spec YAML file (a regular file)")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise SpecError(str(path), f"{kind}; give a job spec YAML file (a regular file)")
         try:
             data = f.read(MAX_SPEC_BYTES + 1)
         except OSError as e:

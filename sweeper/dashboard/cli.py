@@ -73,9 +73,11 @@ def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
                 f"not given and {why}; pass e.g. --tracking-uri sqlite:///runs/quickstart/mlflow.db",
             )
         uri = f"sqlite:///{found[0]}"
-    from sweeper.preflight import store_problem
+    from sweeper.preflight import scheme_of, server_problem, store_problem
 
     problem = store_problem(uri)  # MLflow would make a store of an empty file or a new folder
+    if not problem and scheme_of(uri) in ("http", "https"):
+        problem = server_problem(uri)  # in seconds, not MLflow's minutes of retries
     if problem:
         raise SpecError("--tracking-uri", problem)
     return uri

@@ -324,6 +324,13 @@ def test_report_of_an_unknown_experiment_changes_nothing(store):
     assert snapshot(store) == before
 
 
+def test_report_against_a_dead_server_is_one_line_in_seconds(work):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    assert_refused(sweeper("report", "toy", "--tracking-uri", uri, cwd=work), "--tracking-uri")
+    assert time.monotonic() - started < 60 and snapshot(work) == {}
+
+
 def test_dashboard_on_an_empty_store_file_leaves_it_empty(work):
     (work / "empty.db").touch()
     done = sweeper("dashboard", "--tracking-uri", "sqlite:///empty.db", "--port", "0", cwd=work)
