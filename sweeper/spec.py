@@ -351,7 +351,8 @@ def parse_spec(data: Any) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
+        # a NaN among a union's members (task options) reads best as itself, not as a non-int
+        first = next((x for x in e.errors() if x["type"] == "finite_number"), e.errors()[0])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against the README's annotated example"
