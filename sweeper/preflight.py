@@ -221,7 +221,9 @@ def _check_db_driver(uri: str, field: str) -> None:
         make_url(uri).get_dialect().import_dbapi()
     except ImportError as e:
         raise SpecError(
-            field, f"{uri.split('://')[0]}: its database driver is not installed ({e})"
+            field,
+            f"{uri.split('://')[0]}: its database driver is not installed ({e}); install it, "
+            "or name one that is (postgresql+psycopg2://…)",
         ) from None
     except Exception as e:  # a malformed URL, an unknown dialect
         raise SpecError(field, f"{uri!r}: {' '.join(str(e).split())[:200]}") from None
