@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from sweeper.errors import ClusterError, SpecError
 
 EXIT_USAGE = 2
 EXIT_CLUSTER = 1  # the cluster cannot run the job: unreachable, wrong Ray, a package missing
+MAX_THREADS = 1024
+SEEDS = 2**32  # the projections' generator takes seeds in [0, 2^32)
 
 
 def _task_options(pairs: Sequence[str]) -> dict:
@@ -22,14 +25,57 @@ def _task_options(pairs: Sequence[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SpecError("--task-option", f"expected KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)  # data only: numbers, strings, booleans
+        try:
+            parsed = yaml.safe_load(value)  # data only: numbers, strings, booleans
+        except yaml.YAMLError:
+            parsed = None  # `[1`, a tag: not a scalar either
+        if not isinstance(parsed, int | float | str | bool) or (
+            isinstance(parsed, float) and not math.isfinite(parsed)
+        ):
+            raise SpecError(
+                "--task-option", f"{pair!r}: VALUE must be a finite number, a string or a boolean"
+            )
+        options[key] = parsed
     return options
+
+
+def _finite(flag: str, value: float | None, low: float = 0.0) -> None:
+    """NaN and inf pass every `<` test: refuse them by name, with anything ≤ `low`."""
+    if value is not None and not (math.isfinite(value) and value > low):
+        raise SpecError(flag, f"must be a finite number > {low:g}, got {value}")
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """The flags `check_trial` cannot blame by name, checked before anything is built."""
+    from sweeper.spec import MAX_STEPS
+
+    _finite("--lr", args.lr)
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise SpecError("--threshold", f"must be a finite number, got {args.threshold}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise SpecError("--steps", f"must be in [1, {MAX_STEPS:,}], got {args.steps}")
+    if not 0 <= args.seed < SEEDS:
+        raise SpecError("--seed", f"must be in [0, 2^32), got {args.seed}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise SpecError("--threads", f"must be in [1, {MAX_THREADS}], got {args.threads}")
+    if args.save:
+        if args.method not in ("did", "said"):
+            raise SpecError("--save", "only subspace methods (did, said) save compressed models")
+        from sweeper.preflight import check_file
+
+        check_file(Path(args.save), "--save", make_folder=False)
+
+
+def _json_safe(value):
+    """JSON has no NaN or inf: they become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sweeper.tasks import TrainSettings, build_problem
-    from sweeper.train import TrialSpec, check_trial, run_trial
+    from sweeper.train import TrialSpec, check_trial, dimension_range, run_trial
 
+    _check_train_flags(args)
     spec = TrialSpec(
         task=args.task,
         model=args.model,
@@ -64,22 +110,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         flag = flags.get(field, f"--{field}")
         raise SpecError(flag.replace("_", "-"), e.message) from None
     problem = build_problem(spec.task, spec.model, spec.task_options)
+    if spec.method == "lora" and spec.dim > (widest := dimension_range(problem, spec)[1]):
+        raise SpecError(  # PEFT would allocate r × width per layer, gigabytes for a huge r
+            "--r", f"rank {spec.dim} exceeds the narrowest adapted layer ({widest}); use ≤ {widest}"
+        )
     if spec.threshold is None and problem.natural_threshold is not None:
         spec = TrialSpec(**{**spec.__dict__, "threshold": problem.natural_threshold})
     if args.steps is not None or args.lr is not None:
         base = problem.train_defaults(spec.method)
         overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
-        if args.steps is not None and args.steps < 1:
-            raise SpecError("--steps", "must be ≥ 1")
-        if args.lr is not None and args.lr <= 0:
-            raise SpecError("--lr", "must be > 0")
         spec = TrialSpec(
             **{**spec.__dict__, "train": TrainSettings(**{**base.__dict__, **overrides})}
         )
     result = run_trial(spec, threads=args.threads)
     if args.save:
-        if spec.method not in ("did", "said"):
-            raise SpecError("--save", "only subspace methods (did, said) save compressed models")
         from sweeper.compressed import save_compressed
 
         save_compressed(
@@ -106,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 3),
     }
     if args.json:
-        print(json.dumps(record))
+        print(json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False))
     else:
         print(" ".join(f"{k}={v}" for k, v in record.items()))
     return 0
@@ -132,14 +176,17 @@ def _fastfood_caveat(task, method) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from sweeper.preflight import check_run
     from sweeper.spec import load_spec
 
     spec = load_spec(args.job)
+    where = check_run(spec)  # what `run` needs from this machine, as `run` checks it
     print(f"{args.job}: valid job {spec.name!r}")
     print(
         f"  decided on held-out data: LR, checkpoint and stop-on-pass on `select`, pass/fail on "
         f"`report`; head: {spec.head} (the same for every method)"
     )
+    print("  writes: " + "; ".join(where.lines()))
     for model, task, method in spec.searches():
         m = getattr(spec.methods, method).search
         dim = "r" if method == "lora" else "d"
@@ -162,11 +209,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sweeper.driver import run_job
+    from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_ready, load_spec
     from sweeper.stops import install_signal_handlers
 
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
+    check_run(spec)  # and what it needs from this machine: `validate`'s checks
+    if args.command == "resume":
+        check_resumable(spec)  # a job that never ran: say so, creating no store
     install_signal_handlers()
     console = Console(width=None if sys.stdout.isatty() else 140)  # logs: don't fold the table
     summary = run_job(spec, resume=args.command == "resume", console=console)
@@ -319,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print one JSON object")
     train.set_defaults(func=cmd_train)
 
-    validate = sub.add_parser("validate", help="check a job spec; touches no cluster or store")
+    validate = sub.add_parser(
+        "validate",
+        help="check a job spec and what running it needs here (folders, store, server, CPUs/GPUs); "
+        "creates nothing",
+    )
     validate.add_argument("job", help="job spec YAML")
     validate.set_defaults(func=cmd_validate)
 

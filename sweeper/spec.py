@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +23,16 @@ from sweeper.tasks import TASKS, check_task
 SEARCHED = ("did", "said", "lora")
 Scalar = int | float | str | bool
 
+# Caps on sizes: beyond them a job would never finish or would exhaust memory, so they are
+# refused up front instead of found out hours in.
+MAX_STEPS = 10_000_000
+MAX_BATCH = 1_000_000
+MAX_DIM = 10**12  # d or r searched; clipped to the model's D (or narrowest layer) anyway
+MAX_PROBES = 10_000
+MAX_SECONDS = 366 * 86_400  # wall-clock budgets and waits: a year
+MAX_PATH = 1024  # characters of a run dir, store or artifact location
+MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; 1 MiB is generous
+
 
 class _Strict(BaseModel):
     # strict: no "2" → 2 or true → 1 coercions; no inf/nan sneaking into rates or budgets
@@ -29,8 +42,8 @@ class _Strict(BaseModel):
 class SearchRange(_Strict):
     """The log-scaled integer range searched for d (or r): `lo` should fail, `hi` pass."""
 
-    lo: Annotated[int, Field(ge=1)]
-    hi: Annotated[int, Field(ge=2)]
+    lo: Annotated[int, Field(ge=1, le=MAX_DIM)]
+    hi: Annotated[int, Field(ge=2, le=MAX_DIM)]
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchRange:
@@ -59,12 +72,12 @@ class TrainSpec(_Strict):
     optimizer: Literal["adam", "adamw", "sgd", "lbfgs"] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     lr_search: LRSearch | None = None
-    steps: Annotated[int, Field(ge=1)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] | None = None
-    eval_every: Annotated[int, Field(ge=1)] | None = None
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
+    eval_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     # micro-batches per step (batch_size // grad_accum examples each): memory, not maths
-    grad_accum: Annotated[int, Field(ge=1)] | None = None
+    grad_accum: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
 
     @model_validator(mode="after")
     def _one_lr_rule(self) -> TrainSpec:
@@ -142,14 +155,15 @@ class Seeds(_Strict):
 
 
 class Resources(_Strict):
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
-    max_concurrent: Annotated[int, Field(ge=1)] | None = None  # default: all that fit
+    # what the machine (or a cluster node) has is checked by `sweeper validate` and `run`
+    cpus_per_trial: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None  # default: all that fit
 
 
 class Budget(_Strict):
-    max_probes: Annotated[int, Field(ge=2)] = 40  # per search
-    max_wall_seconds: Annotated[float, Field(gt=0)] | None = None  # whole job
+    max_probes: Annotated[int, Field(ge=2, le=MAX_PROBES)] = 40  # per search
+    max_wall_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = None  # whole job
 
 
 class EarlyStop(_Strict):
@@ -163,18 +177,29 @@ class EarlyStop(_Strict):
     # Stop a probe whose metric has not improved for this many evaluations while below the
     # threshold (counts as a fail). Off by default: its effect on answers is measured in
     # bench/search.py, not assumed.
-    hopeless_patience: Annotated[int, Field(ge=1)] | None = None
+    hopeless_patience: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+
+
+# A path or URI; whether this machine can write there is `sweeper.preflight`'s question.
+Location = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 
 
 class Tracking(_Strict):
     """Where results go. Defaults: runs/<name>/mlflow.db (SQLite) and runs/<name>/artifacts."""
 
-    run_dir: str | None = None
-    uri: str | None = None
-    artifact_location: str | None = None
+    run_dir: Location | None = None
+    uri: Location | None = None
+    artifact_location: Location | None = None
     # How long a write waits out an unreachable tracking server before the job fails (seconds
     # after the first failure; MLflow's own ~4 min of HTTP retries come on top of it).
-    retry_seconds: Annotated[float, Field(ge=0)] = 600.0
+    retry_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = 600.0
+
+    @field_validator("run_dir", "uri", "artifact_location")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("holds a NUL byte, which no path or URI can")
+        return value
 
 
 class JobSpec(_Strict):
@@ -255,6 +280,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             keys.add(key)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string: its floats need a dot (`1.0e-3`). YAML 1.2 and
+# every user read it as a number, as the README's own `lr_search: {low: 1e-3, …}` does; so here
+# an exponent without a dot is a float too. Quoted "1e-3" stays a string (strict fields refuse).
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
@@ -376,12 +411,15 @@ def parse_spec(data: Any) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
+        # a NaN among a union's members (task options) reads best as itself, not as a non-int
+        first = next((x for x in e.errors() if x["type"] == "finite_number"), e.errors()[0])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against the README's annotated example"
             if first["loc"][-1] == "train_head":
                 message = "moved: the head is one policy for every method, `head: train` at the top"
+        if first["type"] in ("less_than_equal", "string_too_long"):
+            message += " (a cap: more would exhaust memory or never finish)"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise SpecError(_field_path(first["loc"]), message + more) from None
     _check_names(spec)
@@ -392,9 +430,7 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a job spec file; every problem is a SpecError naming the field."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SpecError(str(path), f"cannot read the job spec ({e.strerror})") from None
+        text = _read_bounded(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(str(path), f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
@@ -404,6 +440,28 @@ def load_spec(path: str | Path) -> JobSpec:
     except RecursionError:
         raise SpecError(str(path), "nested too deeply to be a job spec") from None
     return parse_spec(data)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, read only if it is a regular file of at most MAX_SPEC_BYTES: a device
+    (/dev/zero) would be read forever and a FIFO would block, so neither is read at all."""
+    try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise SpecError(str(path), f"cannot read the job spec ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise SpecError(str(path), f"{kind}; give a job spec YAML file (a regular file)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        except OSError as e:
+            raise SpecError(str(path), f"cannot read the job spec ({e.strerror})") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), f"over {MAX_SPEC_BYTES >> 20} MiB; a job spec is a page of YAML")
+    return data
 
 
 def _yaml_where(error: yaml.YAMLError, text: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,11 @@ def register(subparsers) -> None:
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     report.add_argument("--csv", metavar="PATH", help="also write the summary table as CSV")
     report.add_argument("--parquet", metavar="PATH", help="also write it as Parquet")
+    report.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files even when they are not earlier reports (a store, say)",
+    )
     dashboard = subparsers.add_parser(
         "dashboard", help="serve the report's views live on loopback, refreshed from MLflow"
     )
@@ -67,12 +73,13 @@ def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
                 f"not given and {why}; pass e.g. --tracking-uri sqlite:///runs/quickstart/mlflow.db",
             )
         uri = f"sqlite:///{found[0]}"
-    if uri.startswith("sqlite:"):
-        path = Path(uri.removeprefix("sqlite:").removeprefix("///"))
-        if not path.is_absolute():
-            path = Path.cwd() / path
-        if not path.is_file():  # MLflow would create an empty store there: refuse instead
-            raise SpecError("--tracking-uri", f"no MLflow store at {path}")
+    from sweeper.preflight import scheme_of, server_problem, store_problem
+
+    problem = store_problem(uri)  # MLflow would make a store of an empty file or a new folder
+    if not problem and scheme_of(uri) in ("http", "https"):
+        problem = server_problem(uri)  # in seconds, not MLflow's minutes of retries
+    if problem:
+        raise SpecError("--tracking-uri", problem)
     return uri
 
 
@@ -85,7 +92,9 @@ def _check_url(value: str) -> str:
     return value
 
 
-def _writable(flag: str, value: str | None) -> Path | None:
+def _writable(flag: str, value: str | None, force: bool = False) -> Path | None:
+    """An output path; an existing file is overwritten only if it is an earlier output of the
+    same kind (or with --force): `-o runs/EXP/mlflow.db` must not turn a store into HTML."""
     if value is None:
         return None
     path = Path(value)
@@ -93,7 +102,45 @@ def _writable(flag: str, value: str | None) -> Path | None:
         raise SpecError(flag, f"folder {path.parent} does not exist")
     if path.is_dir():
         raise SpecError(flag, f"{path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise SpecError(flag, f"{path} is not a regular file")
+    if path.is_file() and path.stat().st_size and not force and not _own_output(flag, path):
+        raise SpecError(
+            flag,
+            f"{path} exists and is not an earlier {OUTPUT_KINDS[flag]}; refusing to overwrite "
+            "it (pass --force to overwrite anyway)",
+        )
     return path
+
+
+OUTPUT_KINDS = {
+    "--output": "sweeper report",
+    "--csv": "summary CSV",
+    "--parquet": "summary Parquet",
+}
+
+
+def _own_output(flag: str, path: Path) -> bool:
+    """Whether `path` looks like what `flag` writes: a report page, the summary's CSV header,
+    a Parquet file with the summary's columns."""
+    from sweeper.dashboard.data import SUMMARY_COLUMNS
+
+    with open(path, "rb") as f:
+        head = f.read(2048)
+    if flag == "--output":
+        return head.lstrip().lower().startswith(b"<!doctype html>") and b"<title>sweeper " in head
+    if flag == "--csv":
+        return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace") == ",".join(
+            SUMMARY_COLUMNS
+        )
+    if not head.startswith(b"PAR1"):
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        return tuple(pq.read_schema(path).names) == tuple(SUMMARY_COLUMNS)
+    except Exception:  # a damaged file: not ours to overwrite
+        return False
 
 
 def _loader(uri: str, experiments: Sequence[str], ui_base: str):
@@ -127,10 +174,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeper.dashboard.render import render_page
 
     ui_base = _check_url(args.mlflow_ui)
-    output = _writable("--output", args.output)
-    csv_path = _writable("--csv", args.csv)
-    parquet_path = _writable("--parquet", args.parquet)
     uri = tracking_uri(args.tracking_uri, args.experiments)
+    output = _writable("--output", args.output, args.force)
+    csv_path = _writable("--csv", args.csv, args.force)
+    parquet_path = _writable("--parquet", args.parquet, args.force)
+    named = [p.resolve() for p in (output, csv_path, parquet_path) if p is not None]
+    if len(set(named)) < len(named):
+        raise SpecError("--output", "--output, --csv and --parquet must name different files")
     _quiet_mlflow()
     data = _loader(uri, args.experiments, ui_base)()
     title = f"sweeper report: {', '.join(args.experiments)}"
@@ -151,7 +201,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     ui_base = _check_url(args.mlflow_ui)
     if not 0 <= args.port <= 65535:
         raise SpecError("--port", f"{args.port} is not a port (0–65535; 0 picks a free one)")
-    if args.refresh < 1:
+    if not (math.isfinite(args.refresh) and args.refresh >= 1):
         raise SpecError("--refresh", f"{args.refresh} s is too often; use ≥ 1 second")
     uri = tracking_uri(args.tracking_uri, args.experiments)
     _quiet_mlflow()

@@ -8,7 +8,7 @@ from functools import partial
 
 from sweeper.errors import SpecError
 from sweeper.tasks import digits, text, toy_sums
-from sweeper.tasks.base import Option, Problem, TrainSettings
+from sweeper.tasks.base import SEED_MAX, Option, Problem, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,23 @@ TASKS: dict[str, TaskInfo] = {
     "toy-sums": TaskInfo(
         "toy-sums",
         ("vector",),
-        {"groups": Option(int, 1), "group_size": Option(int, 1), "init_seed": Option(int, 0)},
+        {
+            "groups": Option(int, 1, toy_sums.MAX_SIZE),
+            "group_size": Option(int, 1, toy_sums.MAX_SIZE),
+            "init_seed": Option(int, 0, SEED_MAX),
+        },
         toy_sums.build,
         methods=("full", "did", "said"),
+        check=toy_sums.check,
     ),
     "digits": TaskInfo(
         "digits",
         ("mlp",),
-        {"hidden": Option(int, 1), "init_seed": Option(int, 0), "data_seed": Option(int, 0)},
+        {
+            "hidden": Option(int, 1, digits.MAX_HIDDEN),
+            "init_seed": Option(int, 0, SEED_MAX),
+            "data_seed": Option(int, 0, SEED_MAX),
+        },
         digits.build,
         module_names=lambda model, options: set(digits.MODULES),
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +15,8 @@ Role = Literal["select", "report"]
 """The two held-out sets (DESIGN.md §4): `select` alone chooses the learning rate, the
 checkpoint and stop-on-pass; `report` alone scores the one chosen checkpoint."""
 ROLES: tuple[Role, ...] = ("select", "report")
+
+SEED_MAX = 2**32 - 1  # task seeds (init_seed, data_seed), as for a trial's seed
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,8 @@ class Option:
     def problem(self, value: Any) -> str | None:
         """Why `value` is not acceptable (one phrase), or None when it is."""
         kinds = (int, float) if self.kind is float else (self.kind,)
-        if type(value) not in kinds:
-            noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        if type(value) not in kinds or (type(value) is float and not math.isfinite(value)):
+            noun = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
             return f"must be {noun}{self._range()}, got {value!r}"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {list(self.choices)}, got {value!r}"

@@ -20,6 +20,7 @@ from sweeper.tasks.base import Problem, Role, TrainSettings, epochs, majority_ra
 HIDDEN = 64
 MODULES = ("fc1", "fc2", "head")  # the MLP's linear layers, by name
 FRACTIONS = (0.2, 0.2)  # select, report
+MAX_HIDDEN = 4096  # 17M weights; the MLP grows as hidden², and 10^5 would take 40 GB
 
 
 class MLP(nn.Module):

@@ -56,6 +56,7 @@ from torch.nn import functional as F
 from sweeper.errors import SpecError
 from sweeper.tasks.base import (
     ROLES,
+    SEED_MAX,
     Option,
     Problem,
     Role,
@@ -122,6 +123,7 @@ SOURCES: dict[str, Source] = {
     },
 }
 TASK_NAMES = (*SOURCES, "file", "rotten-tomatoes")
+MAX_EXAMPLES = 100_000_000  # train/select/report_size: more is not a data set this runs through
 BINARY_METRICS = ("accuracy", "f1")
 
 
@@ -130,11 +132,11 @@ def options(task: str) -> dict[str, Option]:
     metrics = SOURCES[task].metrics if task in SOURCES else BINARY_METRICS
     out = {
         "max_length": Option(int, 8, 4096),
-        "train_size": Option(int, 1),
-        "select_size": Option(int, 1),
-        "report_size": Option(int, 1),
-        "data_seed": Option(int, 0),
-        "init_seed": Option(int, 0),
+        "train_size": Option(int, 1, MAX_EXAMPLES),
+        "select_size": Option(int, 1, MAX_EXAMPLES),
+        "report_size": Option(int, 1, MAX_EXAMPLES),
+        "data_seed": Option(int, 0, SEED_MAX),
+        "init_seed": Option(int, 0, SEED_MAX),
         "metric": Option(str, choices=metrics),
     }
     if task in SOURCES:
@@ -149,7 +151,7 @@ def options(task: str) -> dict[str, Option]:
             "text": Option(str),
             "text_pair": Option(str),
             "label": Option(str),
-            "num_labels": Option(int, 2),
+            "num_labels": Option(int, 2, 100_000),
         }
     return out
 

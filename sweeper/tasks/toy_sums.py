@@ -13,9 +13,15 @@ import itertools
 import torch
 from torch import nn
 
+from sweeper.errors import SpecError
 from sweeper.tasks.base import Problem, Role, TrainSettings
 
 SOLVED_TOLERANCE = 1e-4  # max |group sum − target| counted as solved
+GROUPS, GROUP_SIZE = 10, 100  # defaults
+MAX_SIZE = 100_000  # groups, group_size
+# groups × group_size weights in float64; full fine-tuning's L-BFGS keeps 200 vectors of them,
+# so 10^6 weights already take 1.6 GB
+MAX_WEIGHTS = 1_000_000
 
 
 class SumsVector(nn.Module):
@@ -33,9 +39,20 @@ class SumsVector(nn.Module):
         return self.theta.view(self.groups, self.group_size).sum(dim=1)
 
 
+def check(model: str, options: dict) -> None:
+    """The vector's size, which no one option bounds: groups × group_size ≤ MAX_WEIGHTS."""
+    groups, group_size = options.get("groups", GROUPS), options.get("group_size", GROUP_SIZE)
+    if groups * group_size > MAX_WEIGHTS:
+        raise SpecError(
+            "task_options.group_size",
+            f"groups × group_size = {groups * group_size:,} weights; at most {MAX_WEIGHTS:,} "
+            "(L-BFGS keeps 200 copies of them)",
+        )
+
+
 def build(model: str, options: dict) -> Problem:
-    groups = int(options.get("groups", 10))
-    group_size = int(options.get("group_size", 100))
+    groups = int(options.get("groups", GROUPS))
+    group_size = int(options.get("group_size", GROUP_SIZE))
     init_seed = int(options.get("init_seed", 0))
     if groups < 1 or group_size < 1:
         raise ValueError("toy-sums needs groups ≥ 1 and group_size ≥ 1")
