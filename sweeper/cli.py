@@ -180,7 +180,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from sweeper.spec import load_spec
 
     spec = load_spec(args.job)
-    where = check_run(spec)  # what `run` needs from this machine, as `run` checks it
+    where = check_run(spec, this_machine=not args.cluster)  # as `run` checks it
     print(f"{args.job}: valid job {spec.name!r}")
     print(
         f"  decided on held-out data: LR, checkpoint and stop-on-pass on `select`, pass/fail on "
@@ -376,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         "creates nothing",
     )
     validate.add_argument("job", help="job spec YAML")
+    validate.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a spec for `sweeper submit`: skip this machine's CPU and GPU checks",
+    )
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="run a job locally (embedded Ray, SQLite MLflow)")

@@ -71,8 +71,10 @@ class Destinations:
         ]
 
 
-def check_run(spec: JobSpec) -> Destinations:
-    """Everything `run` needs from this machine; returns where it will write."""
+def check_run(spec: JobSpec, *, this_machine: bool = True) -> Destinations:
+    """Everything `run` needs from this machine; returns where it will write.
+    `this_machine=False`: a spec for a cluster (`validate --cluster`), whose CPUs and GPUs
+    `submit` checks there."""
     from sweeper.tracking import default_uris
 
     check_folder(spec.run_dir, "tracking.run_dir")
@@ -80,7 +82,8 @@ def check_run(spec: JobSpec) -> Destinations:
     check_tracking(uri, "tracking.uri" if spec.tracking.uri else "tracking.run_dir")
     if artifacts is not None:
         check_artifacts(artifacts, "tracking.artifact_location")
-    check_resources(spec)
+    if this_machine:
+        check_resources(spec)
     return Destinations(spec.run_dir.resolve(), uri, artifacts)
 
 
@@ -270,7 +273,8 @@ def check_resources(spec: JobSpec) -> None:
         raise SpecError(
             "resources.cpus_per_trial",
             f"{r.cpus_per_trial:g} CPUs per trial, but this machine has {cpus}; a trial would "
-            f"wait forever (use ≤ {cpus}, or `sweeper submit` to a cluster with such nodes)",
+            f"wait forever (use ≤ {cpus}, or `sweeper submit` to a cluster with such nodes; "
+            "`sweeper validate --cluster` checks a spec meant for one)",
         )
     if r.gpus_per_trial > 0:
         gpus = _gpu_count()
