@@ -208,6 +208,8 @@ class Tracker:
             "point": str(request.point),
             "write_id": write_id or uuid.uuid4().hex,
         }
+        if result.get("kernel"):  # subspace probes: the Fastfood kernel that trained, and why
+            tags |= {"kernel": result["kernel"], "kernel_reason": result["kernel_reason"][:5000]}
         from sweeper.plan import family
 
         tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)

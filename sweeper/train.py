@@ -47,6 +47,7 @@ class TrialSpec:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
     rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
+    fastfood_kernel: str = "auto"  # GPU Fastfood: 'auto' (self-tested), 'fused' or 'reference'
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # stop as soon as the metric reaches it (a pass)
     patience: int | None = None  # stop below threshold after this many evals without a new best
@@ -64,6 +65,8 @@ class TrialResult:
     seconds: float
     history: list[dict[str, float]]
     module: nn.Module | None = None  # the trained (wrapped) model, for saving
+    kernel: str | None = None  # subspace methods: 'fused', 'triton' or 'reference'
+    kernel_reason: str | None = None  # why that kernel (self-test verdict, forced, CPU, …)
 
     @property
     def passed(self) -> bool:
@@ -84,7 +87,9 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
             said_groups=spec.said_groups,
             train_head=spec.train_head,
         )
-        return SubspaceModel(problem.model, config, head=problem.head)
+        model = SubspaceModel(problem.model, config, head=problem.head)
+        model.fastfood_kernel = spec.fastfood_kernel
+        return model
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -231,6 +236,8 @@ def run_trial(
     D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
     module = wrap(problem, spec).to(device)
+    # before the first step: on a GPU this runs the fused kernel's self-test (once per process)
+    kernel = module.kernel_choice() if isinstance(module, SubspaceModel) else (None, None)
     settings = spec.train or problem.train_defaults(spec.method)
     check_settings(settings)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -305,4 +312,6 @@ def run_trial(
         seconds=time.perf_counter() - started,
         history=history,
         module=module,
+        kernel=kernel[0],
+        kernel_reason=kernel[1],
     )
