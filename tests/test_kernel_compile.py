@@ -9,13 +9,30 @@ skip); only a platform without Triton at all (not Linux x86-64) skips.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton is not installed (Linux x86-64 only)")
 
-from sweeper.projection import fastfood_triton as ft  # noqa: E402
-from sweeper.projection import kernel_check as kc  # noqa: E402
+from sweeper.projection import fastfood_triton as ft
+from sweeper.projection import kernel_check as kc
+
+# In a pytest process where another test file set TRITON_INTERPRET=1 before triton's import,
+# @triton.jit makes interpreter functions, which do not compile: this file then runs in a
+# fresh interpreter instead (the last test), so the check still runs, and loudly.
+FRESH = "test_this_file_in_a_process_without_the_interpreter"
+
+
+@pytest.fixture(autouse=True)
+def compiled_triton(request):
+    if ft.INTERPRETED and request.node.name != FRESH:
+        pytest.skip("triton was imported under TRITON_INTERPRET=1: run by the subprocess test")
+
 
 # Shared memory a block may use (with Triton's opt-in): A100 163 KiB, H100/H200 227 KiB.
 MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
@@ -83,3 +100,18 @@ def test_compile_dtypes_are_the_trainers():
     apply_delta also takes bf16 weights, so both are compiled."""
     launches = ft.trainer_launches([64], dtypes=(torch.float32,))
     assert all("bf16" not in launch.label for launch in launches)
+
+
+@pytest.mark.skipif(not ft.INTERPRETED, reason="this process compiles: the tests above ran")
+def test_this_file_in_a_process_without_the_interpreter():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", __file__],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(run.stdout[-20000:])
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout

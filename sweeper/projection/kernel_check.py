@@ -32,7 +32,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sweeper.projection.fastfood_triton import Launch, trainer_launches
+from sweeper.projection.fastfood_triton import INTERPRETED, Launch, trainer_launches
 
 ARCHS = (80, 90)  # A100; H100 and H200
 # The block sizes CI compiles: each path's smallest and largest n (n = 1 has no WHT stage at
@@ -156,6 +156,11 @@ def build(launch: Launch, arch: int, use_cache: bool = True) -> Build:
     """Compile `launch` for sm_`arch` (from the cache when its key is there)."""
     result = Build(label=launch.label, family=launch.family, arch=arch)
     start = time.perf_counter()
+    if not isinstance(launch.kernel, triton.runtime.JITFunction):
+        raise TypeError(
+            f"{launch.family} is {type(launch.kernel).__name__}, not a JITFunction: this process "
+            "imported triton under TRITON_INTERPRET=1; use build_all (its workers start without it)"
+        )
     try:
         src = source(launch)
         path = _cache_path(launch, arch)
@@ -189,6 +194,17 @@ def build(launch: Launch, arch: int, use_cache: bool = True) -> Build:
     return result
 
 
+@contextlib.contextmanager
+def _without(variable: str):
+    """The environment less `variable` (for the worker processes started inside)."""
+    value = os.environ.pop(variable, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[variable] = value
+
+
 @lru_cache(maxsize=4)
 def _launches(ns: tuple[int, ...], dtypes: tuple) -> list[Launch]:
     return trainer_launches(list(ns), dtypes)
@@ -213,16 +229,21 @@ def build_all(
     launches = _launches(ns, dtypes)
     jobs = [(i, arch) for i in range(len(launches)) for arch in archs]
     results: dict[tuple[int, int], Build] = {}
-    if use_cache:  # hits in this process: no pool start-up when everything is cached
+    # Hits are read here (no pool start-up when everything is cached) unless this process's
+    # kernels are the interpreter's (TRITON_INTERPRET=1 before triton's import): those do not
+    # compile, so every job then goes to the workers, which start without the variable.
+    if use_cache and not INTERPRETED:
         for i, arch in jobs:
-            hit = build(launches[i], arch) if _cached(launches[i], arch) else None
-            if hit is not None:
-                results[(i, arch)] = hit
+            if _cached(launches[i], arch):
+                results[(i, arch)] = build(launches[i], arch)
     missing = [job for job in jobs if job not in results]
     if missing:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch
         workers = min(len(missing), workers or os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with (
+            _without("TRITON_INTERPRET"),
+            ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+        ):
             futures = {job: pool.submit(_build_job, ns, dtypes, *job, use_cache) for job in missing}
             results.update({job: future.result() for job, future in futures.items()})
     return [results[job] for job in jobs]
