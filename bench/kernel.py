@@ -270,7 +270,7 @@ def main() -> None:
         sys.exit(
             "bench/kernel.py times the Triton kernels and needs a CUDA GPU "
             "(torch.cuda.is_available() is False here). Without one, "
-            "`python bench/kernel.py --compile-only` still builds them for sm_90."
+            "`python bench/kernel.py --compile-only` still builds them for sm_80 and sm_90."
         )
     meta.update(device=torch.cuda.get_device_name(), machine=platform.machine())
     Ds = [int(D) for D in args.D]
