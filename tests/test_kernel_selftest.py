@@ -184,3 +184,35 @@ def test_a_probe_that_fell_back_is_tagged_in_mlflow_with_the_kernel_and_the_reas
     tags = MlflowClient(tracker.client.tracking_uri).get_run(run_id).data.tags
     assert tags["kernel"] == "reference"
     assert tags["kernel_reason"] == result["kernel_reason"]
+
+
+ON_GPU = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (bench/gpu_check.sh runs it there)")
+def test_on_a_gpu_the_self_test_passes_and_a_cuda_model_trains_fused():
+    verdict = selftest.run(torch.device("cuda"), "triton")
+    assert verdict.ok, verdict.reason
+    model = SubspaceModel(Tiny(), SubspaceConfig(d=9, method="said", seed=4)).cuda()
+    assert model.kernel_choice()[0] == "fused" and model._fused()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (bench/gpu_check.sh runs it there)")
+def test_on_a_gpu_a_wrong_kernel_falls_back_to_the_same_numbers(monkeypatch):
+    """The fallback computes P θ_d on the CPU (numba) for a CUDA model: no Triton launch."""
+    results = []
+    for broken in (False, True):
+        selftest.forget()
+        if broken:
+            monkeypatch.setattr(ft, "apply_delta", garbage)
+        model = SubspaceModel(Tiny(), SubspaceConfig(d=9, method="said", seed=4)).cuda()
+        with torch.no_grad():
+            model.theta_d.copy_(torch.linspace(-1, 1, model.theta_d.numel()))
+        assert model.kernel_choice()[0] == ("reference" if broken else "fused")
+        torch.manual_seed(1)
+        x, y = torch.randn(6, 4).cuda(), torch.randint(0, 2, (6,)).cuda()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss.detach().cpu(), model.theta_d.grad.cpu(), model.lam.grad.cpu()))
+    for fused, reference in zip(*results, strict=True):
+        torch.testing.assert_close(reference, fused, rtol=1e-5, atol=1e-6)
