@@ -257,11 +257,21 @@ def main() -> None:
     )
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compile-only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="compile-only: also write tests/kernel_builds.json (what CI reads before compiling)",
+    )
     args = parser.parse_args()
     meta = {"torch": torch.__version__, "triton": triton.__version__, "seed": SEED}
 
     if args.compile_only:
         rows = compile_rows(args.n, args.arch)
+        if args.record:
+            from sweeper.projection import kernel_check
+
+            record = Path(__file__).parents[1] / "tests" / "kernel_builds.json"
+            print(f"recorded {kernel_check.write_record(record, args.n, args.arch)} in {record}")
         targets = [f"sm_{a}" for a in args.arch]
         payload = {"meta": {**meta, "targets": targets}, "rows": rows}
         write("kernel_compile.json", payload, args.out)

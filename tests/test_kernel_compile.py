@@ -34,6 +34,11 @@ def compiled_triton(request):
         pytest.skip("triton was imported under TRITON_INTERPRET=1: run by the subprocess test")
 
 
+# Builds of the current kernels, committed: a clean clone's run reads them instead of compiling
+# (keys are hashes of the kernel source and the Triton version; refresh after a kernel change
+# with `python bench/kernel.py --compile-only --n 1 1024 2048 32768 --record`).
+RECORD = Path(__file__).with_name("kernel_builds.json")
+
 # Shared memory a block may use (with Triton's opt-in): A100 163 KiB, H100/H200 227 KiB.
 MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
 
@@ -56,7 +61,7 @@ def test_trainer_launches_cover_both_paths_with_and_without_lambda_in_fp32_and_b
 
 @pytest.mark.slow  # seconds from the build cache; about 2-4 min of compiling when it is cold
 def test_every_trainer_specialisation_compiles_for_sm80_and_sm90_without_a_gpu():
-    builds = kc.build_all(kc.CI_BLOCKS, kc.ARCHS)
+    builds = kc.build_all(kc.CI_BLOCKS, kc.ARCHS, record=RECORD)
     print("\n" + kc.table(builds))
     failed = [f"sm_{b.arch} {b.label}: {b.error}" for b in builds if b.error]
     assert not failed, "\n".join(failed)

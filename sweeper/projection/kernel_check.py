@@ -7,7 +7,9 @@ Triton's own compiler and bundled ptxas, and reads ptxas' report of registers an
 
 Results are cached in `cache_dir()` under a key of the Triton version, the target and
 `ASTSource.hash()` (which covers the kernel's source and every `@triton.jit` function it calls,
-so an edit to the generator's transcription is a new key); a warm run takes seconds.
+so an edit to the generator's transcription is a new key); a warm run takes seconds. A record
+committed beside the tests (`write_record`, `build_all(record=…)`) seeds the cache of a clean
+clone; an entry whose key no longer matches is never read, so a stale record only costs time.
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ def build(launch: Launch, arch: int, use_cache: bool = True) -> Build:
         src = source(launch)
         path = _cache_path(launch, arch)
         if use_cache and path.is_file():
-            result.__dict__.update(json.loads(path.read_text()), cached=True)
+            entry = json.loads(path.read_text())
+            entry.pop("label", None)
+            result.__dict__.update(entry, cached=True)
             result.seconds = time.perf_counter() - start
             return result
         # Triton runs ptxas -v itself; its log (printed when asked) saves a second ptxas run,
@@ -214,17 +218,46 @@ def _build_job(ns: tuple[int, ...], dtypes: tuple, index: int, arch: int, use_ca
     return build(_launches(ns, dtypes)[index], arch, use_cache)
 
 
+def _seed(record: Path) -> None:
+    """Copy a committed record's entries into the cache (keys are content hashes)."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, entry in json.loads(record.read_text())["builds"].items():
+        path = folder / f"{key}.json"
+        if not path.exists():
+            path.write_text(json.dumps(entry))
+
+
+def write_record(record: Path, ns=CI_BLOCKS, archs=ARCHS) -> int:
+    """Write the cached builds of these specialisations to `record` (after `build_all`)."""
+    dtypes = (torch.float32, torch.bfloat16)
+    builds = {}
+    for launch in _launches(tuple(ns), dtypes):
+        for arch in archs:
+            path = _cache_path(launch, arch)
+            if path.is_file():
+                builds[path.stem] = {"label": f"sm_{arch} {launch.label}"}
+                builds[path.stem] |= json.loads(path.read_text())
+    payload = {"triton": triton.__version__, "builds": dict(sorted(builds.items()))}
+    record.write_text(json.dumps(payload, indent=0) + "\n")
+    return len(builds)
+
+
 def build_all(
     ns=CI_BLOCKS,
     archs=ARCHS,
     dtypes=(torch.float32, torch.bfloat16),
     workers: int | None = None,
     use_cache: bool = True,
+    record: Path | None = None,
 ) -> list[Build]:
     """Every trainer specialisation at block sizes `ns`, for every arch; misses are compiled
-    in `workers` processes (default: one per CPU)."""
+    in `workers` processes (default: one per CPU). `record`: a committed record to seed the
+    cache from."""
     for arch in archs:
         ptxas(arch)  # fail once, up front, if a tool is missing
+    if use_cache and record is not None and record.is_file():
+        _seed(record)
     ns, dtypes = tuple(ns), tuple(dtypes)
     launches = _launches(ns, dtypes)
     jobs = [(i, arch) for i in range(len(launches)) for arch in archs]
