@@ -154,3 +154,20 @@ def test_a_real_mlflow_server_answers_takes_a_write_and_keeps_no_trace(tmp_path)
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.mark.slow  # starts a real (head-only) Ray cluster on loopback: 20-60 s
+def test_a_real_ray_cluster_answers_with_this_clients_version(tmp_path, capsys):
+    from sweeper.local_cluster import LocalCluster, Ports
+
+    cluster = LocalCluster(tmp_path / "ray", Ports.free())
+    try:
+        cluster.up(workers=0)
+        assert main(["doctor", "--address", cluster.dashboard_url]) == 0
+    finally:
+        cluster.down()
+    out = capsys.readouterr().out
+    assert lines(out)["ray cluster"] == "ok"
+    import ray
+
+    assert f"answers, Ray {ray.__version__}" in out
