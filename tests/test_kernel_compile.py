@@ -77,6 +77,8 @@ def test_a_kernel_that_does_not_compile_is_reported_with_the_reason(tmp_path, mo
     import triton
     import triton.language as tl
 
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # set by another test file, maybe
+
     @triton.jit
     def broken(x_ptr, N: tl.constexpr):
         tl.store(x_ptr + tl.arange(0, N), undefined_name)  # noqa: F821
