@@ -2,7 +2,8 @@
 of subspace fine-tuning as a ratio to one of full fine-tuning.
 
     python bench/kernel.py [--D 1e7 1.25e8 3.55e8] [--d 1e3 1e4 1e5] [--steps 10] [--skip-step]
-    python bench/kernel.py --compile-only      # no GPU needed: compile for sm_90, report spills
+    python bench/kernel.py --compile-only      # no GPU needed: sm_80 + sm_90 builds, spills
+    python bench/kernel.py --out DIR           # JSON into DIR (default bench/results)
 
 Kernels (GPU only): for every (D, d), with n = block_size(d), each time is the median of
 `triton.testing.do_bench` and is divided by a copy of D fp32 values measured in the same run:
@@ -218,103 +219,25 @@ def step_rows(ds: list[int], steps: int) -> list[dict]:
     return rows
 
 
-# --- compile-only: the kernels built for an H100 without one ----------------------------------
+# --- compile-only: the kernels built for an A100 and an H100 without one ----------------------
 
 
-def compile_rows(ns: list[int]) -> list[dict]:
-    """Compile every kernel family at each n for sm_90 and read ptxas' register/spill report."""
-    import subprocess
-    import tempfile
+def compile_rows(ns: list[int], archs: list[int]) -> list[dict]:
+    """Every specialisation the trainer launches at each n, for each arch, with ptxas' report
+    (`sweeper.projection.kernel_check`, the same builds and cache as the CI test)."""
+    from sweeper.projection import kernel_check
 
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    target = GPUTarget("cuda", 90, 32)
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        ptxas = get_ptxas(90).path
-    except Exception:  # an older or newer triton: report without ptxas
-        ptxas = None
-    rows = []
-    print(f"{'kernel':<24}{'n':>7}{'compile s':>11}{'regs':>6}{'spill B':>9}{'smem B':>8}")
-    for n in ns:
-        shape = ft._Shape(10**8, 10**5, n)
-        staged = ["scratch_ptr"] if shape.staged else []
-        fwd_ptrs = [
-            "theta_ptr",
-            "base_ptr",
-            "out_ptr",
-            *staged,
-            "table_ptr",
-            "scale_ptr",
-            "lam_ptr",
-        ]
-        bwd_ptrs = ["grad_ptr", "theta_ptr", "partial_ptr", "lam_partial_ptr", *staged]
-        bwd_ptrs += ["table_ptr", "scale_ptr", "lam_ptr"]
-        tail = ["groups", "max_groups"]
-        bwd_ints = ["d", "D", "m", "seed", *([] if shape.staged else ["tiles"]), *tail]
-        cases = [
-            (
-                ft._forward_staged_kernel if shape.staged else ft._forward_kernel,
-                fwd_ptrs,
-                ["d", "D", "m", "seed", "chunks", *tail],
-                {"HAS_BASE": True, "HAS_LAM": True},
-            ),
-            (
-                ft._backward_staged_kernel if shape.staged else ft._backward_kernel,
-                bwd_ptrs,
-                bwd_ints,
-                {"HAS_LAM": True, "LAM_GRAD": True},
-            ),
-        ]
-        for kernel, ptrs, ints, flags in cases:
-            constexprs = {**ft._constexprs(shape), **flags}
-            signature = {p: "*fp32" for p in ptrs}
-            signature.update(offsets_ptr="*i64", block_group_ptr="*i32")
-            signature.update({i: "i32" for i in ints})
-            signature.update({c: "constexpr" for c in constexprs})
-            start = time.perf_counter()
-            compiled = triton.compile(
-                ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                target=target,
-                options={"num_warps": shape.num_warps},
-            )
-            row = {
-                "kernel": kernel.__name__,
-                "n": n,
-                "compile_s": time.perf_counter() - start,
-                "shared_bytes": compiled.metadata.shared,
-                "registers": None,
-                "spill_bytes": None,
-            }
-            if ptxas:
-                with tempfile.TemporaryDirectory() as tmp:
-                    ptx = Path(tmp) / "k.ptx"
-                    ptx.write_text(compiled.asm["ptx"])
-                    report = subprocess.run(
-                        [ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx) + ".o"],
-                        capture_output=True,
-                        text=True,
-                    ).stderr
-                for line in report.splitlines():
-                    if "spill stores" in line:
-                        row["spill_bytes"] = int(line.split("bytes spill stores")[0].split(",")[-1])
-                    if "Used" in line and "registers" in line:
-                        row["registers"] = int(line.split("Used")[1].split("registers")[0])
-            rows.append(row)
-            print(
-                f"{row['kernel']:<24}{n:>7}{row['compile_s']:>11.1f}{row['registers'] or '-':>6}"
-                f"{row['spill_bytes'] if row['spill_bytes'] is not None else '-':>9}"
-                f"{row['shared_bytes']:>8}",
-                flush=True,
-            )
-    return rows
+    builds = kernel_check.build_all(ns, archs)
+    print(kernel_check.table(builds), flush=True)
+    failed = [b for b in builds if b.error]
+    spilled = [b for b in builds if b.spills]
+    print(f"{len(builds)} builds, {len(failed)} failed, {len(spilled)} with spills")
+    return kernel_check.as_rows(builds)
 
 
-def write(name: str, payload: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / name
+def write(name: str, payload: dict, folder: Path = RESULTS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / name
     out.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out}")
 
@@ -325,29 +248,48 @@ def main() -> None:
     parser.add_argument("--d", type=float, nargs="+", default=[1e3, 1e4, 1e5])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-step", action="store_true", help="kernels only")
-    parser.add_argument("--compile-only", action="store_true", help="no GPU: sm_90 build report")
-    parser.add_argument("--n", type=int, nargs="+", default=[64, 1024, 2048, 32768])
+    parser.add_argument("--skip-kernels", action="store_true", help="the step bench only")
+    parser.add_argument(
+        "--compile-only", action="store_true", help="no GPU: sm_80/sm_90 build report"
+    )
+    parser.add_argument(
+        "--n", type=int, nargs="+", default=[1 << k for k in range(16)], help="compile-only"
+    )
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compile-only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="compile-only: also write tests/kernel_builds.json (what CI reads before compiling)",
+    )
     args = parser.parse_args()
     meta = {"torch": torch.__version__, "triton": triton.__version__, "seed": SEED}
 
     if args.compile_only:
-        rows = compile_rows(args.n)
-        write("kernel_compile.json", {"meta": {**meta, "target": "sm_90"}, "rows": rows})
+        rows = compile_rows(args.n, args.arch)
+        if args.record:
+            from sweeper.projection import kernel_check
+
+            record = Path(__file__).parents[1] / "tests" / "kernel_builds.json"
+            print(f"recorded {kernel_check.write_record(record, args.n, args.arch)} in {record}")
+        targets = [f"sm_{a}" for a in args.arch]
+        payload = {"meta": {**meta, "targets": targets}, "rows": rows}
+        write("kernel_compile.json", payload, args.out)
         return
     if not torch.cuda.is_available():
         sys.exit(
             "bench/kernel.py times the Triton kernels and needs a CUDA GPU "
             "(torch.cuda.is_available() is False here). Without one, "
-            "`python bench/kernel.py --compile-only` still builds them for sm_90."
+            "`python bench/kernel.py --compile-only` still builds them for sm_80 and sm_90."
         )
     meta.update(device=torch.cuda.get_device_name(), machine=platform.machine())
     Ds = [int(D) for D in args.D]
     ds = [int(d) for d in args.d]
     print(f"Fastfood kernels on {meta['device']}: time ÷ copy of D fp32 values (same run)")
     print_kernel_header()
-    kernels = kernel_rows(Ds, ds)
+    kernels = [] if args.skip_kernels else kernel_rows(Ds, ds)
     steps = [] if args.skip_step else step_rows(ds, args.steps)
-    write("kernel.json", {"meta": meta, "kernels": kernels, "step": steps})
+    write("kernel.json", {"meta": meta, "kernels": kernels, "step": steps}, args.out)
 
 
 if __name__ == "__main__":

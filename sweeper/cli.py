@@ -333,6 +333,20 @@ def cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from sweeper import doctor
+
+    address = args.address
+    if address is None:  # Ray's own variables, when they name a dashboard; else no cluster check
+        for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+            if os.environ.get(var, "").startswith(("http://", "https://")):
+                address = os.environ[var]
+                break
+    return doctor.main(address, args.tracking_uri)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -407,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     actions.add_parser("list", help="every built-in asset and whether it is fetched")
     assets.set_defaults(func=cmd_assets)
+
+    doctor = sub.add_parser(
+        "doctor", help="check this machine, its GPUs and kernels, the cluster and the store"
+    )
+    doctor.add_argument("--address", help="Ray dashboard URL to check (http://HEAD:8265)")
+    doctor.add_argument("--tracking-uri", help="MLflow store to check: http(s)://… or sqlite:///…")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -165,6 +165,8 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
             from sweeper.projection.generator import VERSION
 
             config["generator"] = VERSION
+        if spec.resources.fastfood_kernel != "auto":  # only when set: hashes stay as they were
+            config["fastfood_kernel"] = spec.resources.fastfood_kernel
     if method == "lora":
         config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
         # only when set: a job that leaves them out keeps the config hashes it always had

@@ -43,6 +43,7 @@ def trial_spec(config: dict[str, Any], problem: Problem, lr: float | None = None
         lora_dropout=config.get("lora_dropout", 0.0),
         lora_targets=tuple(config["lora_targets"]) if config.get("lora_targets") else None,
         rslora=config.get("rslora", False),
+        fastfood_kernel=config.get("fastfood_kernel", "auto"),
         train=train,
         threshold=config.get("threshold"),
         stop_on_pass=config.get("stop_on_pass", True),
@@ -85,7 +86,7 @@ def _summary(
         "lr": lr,
         "history": result.history,
         "compressed": _compressed_b64(result, config, model_ref) if passed else None,
-    }
+    } | ({"kernel": result.kernel, "kernel_reason": result.kernel_reason} if result.kernel else {})
 
 
 def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, Any]:

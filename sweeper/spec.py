@@ -159,6 +159,10 @@ class Resources(_Strict):
     cpus_per_trial: Annotated[float, Field(gt=0, le=1024)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
     max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None  # default: all that fit
+    # Fastfood on GPUs: 'auto' trains with the fused Triton kernel once it passes its self-test
+    # on the device (else the reference path, tagged with the reason); 'fused' or 'reference'
+    # force one. Same numbers either way; the reference path is slower.
+    fastfood_kernel: Literal["auto", "fused", "reference"] = "auto"
 
 
 class Budget(_Strict):

@@ -122,6 +122,9 @@ class SubspaceModel(nn.Module):
 
     # 'triton' on CUDA tensors; tests set 'cpu' to run the same fused path through numba.
     fused_backend: str | None = None
+    # 'auto': the fused kernel if it passes its self-test on this device, else the reference
+    # path; 'fused' or 'reference' force one (the job's resources.fastfood_kernel).
+    fastfood_kernel: str = "auto"
 
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         """θ0 + (λ ·) P θ_d for every projected parameter, by name."""
@@ -133,7 +136,10 @@ class SubspaceModel(nn.Module):
                 name: piece.view_as(base[name])
                 for name, piece in zip(self.projected, pieces, strict=True)
             }
-        delta = self.projection(self.theta_d).split(self.sizes)
+        theta_d = self.theta_d
+        if theta_d.is_cuda and self.config.projection == "fastfood" and not self._trusted():
+            theta_d = theta_d.cpu()  # P on the CPU (numba), the Triton kernels left alone
+        delta = self.projection(theta_d).to(self.theta_d.device).split(self.sizes)
         out = {}
         for name, piece, group in zip(self.projected, delta, self.group_of, strict=True):
             if self.lam is not None:
@@ -145,7 +151,42 @@ class SubspaceModel(nn.Module):
         """Global Fastfood on a GPU (or a forced backend): one kernel writes W = θ0 + λ·PΘ."""
         c = self.config
         wanted = self.theta_d.is_cuda or self.fused_backend is not None
-        return wanted and c.projection == "fastfood" and c.layout == "global"
+        return wanted and c.projection == "fastfood" and c.layout == "global" and self._trusted()
+
+    def _trusted(self) -> bool:
+        return self.kernel_choice()[0] != "reference"
+
+    def kernel_choice(self) -> tuple[str, str]:
+        """(kernel, reason): 'fused' (Triton on a GPU, or the forced backend) or 'reference',
+        and why. Decided once per device; the first GPU use runs the self-test."""
+        key = (self.theta_d.device, self.fused_backend, self.fastfood_kernel)
+        if getattr(self, "_kernel", (None,))[0] != key:
+            self._kernel = (key, self._choose_kernel())
+        return self._kernel[1]
+
+    def _choose_kernel(self) -> tuple[str, str]:
+        c = self.config
+        if self.fastfood_kernel not in ("auto", "fused", "reference"):
+            raise ValueError(
+                f"fastfood_kernel must be auto, fused or reference, got {self.fastfood_kernel!r}"
+            )
+        if c.projection != "fastfood":
+            return "reference", f"projection {c.projection!r}: there is no fused kernel"
+        if not (self.theta_d.is_cuda or self.fused_backend is not None):
+            return "reference", "CPU tensors: Fastfood runs in numba (the fused kernel is for GPUs)"
+        if self.fastfood_kernel != "auto":
+            return (
+                self.fastfood_kernel,
+                f"forced by the job (fastfood_kernel: {self.fastfood_kernel})",
+            )
+        from sweeper.projection import selftest
+
+        verdict = selftest.verdict(self.theta_d.device, self.fused_backend or "triton")
+        if not verdict.ok:
+            return "reference", verdict.reason
+        if c.layout != "global":  # per_tensor: the Triton kernels, one tensor at a time
+            return "triton", f"{verdict.reason}; layout per_tensor has no fused kernel"
+        return "fused", verdict.reason
 
     def _fused_weights(self, base: dict[str, torch.Tensor]) -> torch.Tensor:
         from sweeper.projection.fastfood_triton import apply_delta

@@ -226,6 +226,8 @@ class Tracker:
         if result.get("outcome") == "error":  # what went wrong stays with the run
             tags["error"] = _tail(str(result.get("error", "")), 2000)
             tags["traceback"] = _tail(str(result.get("traceback", "")), MAX_TAG)
+        if result.get("kernel"):  # subspace probes: the Fastfood kernel that trained, and why
+            tags |= {"kernel": result["kernel"], "kernel_reason": result["kernel_reason"][:5000]}
         from sweeper.plan import family
 
         tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)

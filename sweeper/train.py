@@ -52,6 +52,7 @@ class TrialSpec:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
     rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
+    fastfood_kernel: str = "auto"  # GPU Fastfood: 'auto' (self-tested), 'fused' or 'reference'
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
     stop_on_pass: bool = True  # stop once the select score clears the threshold by...
@@ -78,6 +79,8 @@ class TrialResult:
     stop_reason: str = "steps"  # steps | pass_on_select | hopeless | diverged
     report_metrics: dict[str, float] = field(default_factory=dict)
     module: nn.Module | None = None  # the trained (wrapped) model at its chosen checkpoint
+    kernel: str | None = None  # subspace methods: 'fused', 'triton' or 'reference'
+    kernel_reason: str | None = None  # why that kernel (self-test verdict, forced, CPU, …)
 
     @property
     def passed(self) -> bool:
@@ -98,7 +101,9 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
             said_groups=spec.said_groups,
             train_head=spec.head == "train",
         )
-        return SubspaceModel(problem.model, config, head=problem.head)
+        model = SubspaceModel(problem.model, config, head=problem.head)
+        model.fastfood_kernel = spec.fastfood_kernel
+        return model
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -272,6 +277,8 @@ def run_trial(
     D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
     module = wrap(problem, spec).to(device)
+    # before the first step: on a GPU this runs the fused kernel's self-test (once per process)
+    kernel = module.kernel_choice() if isinstance(module, SubspaceModel) else (None, None)
     settings = spec.train or problem.train_defaults(spec.method)
     check_settings(settings)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -355,6 +362,8 @@ def run_trial(
         checkpoint_step=best_step,
         stop_reason=stop_reason,
         module=module,
+        kernel=kernel[0],
+        kernel_reason=kernel[1],
     )
     return score_report(result, problem, spec.threshold) if score else result
 

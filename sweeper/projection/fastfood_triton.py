@@ -930,3 +930,93 @@ def apply_delta(
 
 
 __all__ = ["INTERPRETED", "FastfoodDelta", "adjoint", "apply_delta", "forward"]
+
+
+# --- what the trainer launches (for offline compile checks) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel specialisation as a launch would build it: the kernel, its runtime arguments'
+    Triton types by name ('*fp32', 'i32', …), its constexprs and num_warps."""
+
+    family: str  # the kernel's name
+    kernel: object
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, object], ...]
+    num_warps: int
+
+    @property
+    def label(self) -> str:
+        shown = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in self.constexprs)
+        dtypes = sorted({t[1:] for _, t in self.signature if t[1:] in ("fp32", "bf16", "fp64")})
+        return f"{self.family}[{shown}|{'/'.join(dtypes)}]"
+
+
+_TRITON_TYPES = {
+    torch.float32: "*fp32",
+    torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+    torch.float64: "*fp64",
+    torch.int64: "*i64",
+    torch.int32: "*i32",
+}
+
+
+class _Recorder:
+    """Stands in for a kernel: `kernel[grid](*args, **kwargs)` records the call."""
+
+    def __init__(self, kernel, calls: list) -> None:
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.kernel, args, kwargs))
+
+
+def trainer_launches(ns=None, dtypes=(torch.float32, torch.bfloat16)) -> list[Launch]:
+    """Every kernel specialisation the trainer launches at block sizes `ns` (default: every n
+    in [1, MAX_BLOCK]): `forward`/`adjoint` (per_tensor layout on a GPU) and `apply_delta`'s
+    forward and backward for DID and SAID, with fp32 or bf16 weights.
+
+    The host code runs for real on meta tensors with the kernels swapped for recorders, so the
+    list follows `_launch_forward`/`_launch_backward` as they are, not a copy of them."""
+    ns = ns or [1 << k for k in range(MAX_BLOCK.bit_length())]
+    calls: list = []
+    names = ("_forward_kernel", "_forward_staged_kernel", "_backward_kernel")
+    names += ("_backward_staged_kernel", "_sum_rows_kernel", "_segment_sum_kernel")
+    saved = {name: globals()[name] for name in names}
+    saved_check = globals()["_check_device"]
+    meta = torch.device("meta")
+    try:
+        globals().update({name: _Recorder(kernel, calls) for name, kernel in saved.items()})
+        globals()["_check_device"] = lambda *tensors: tensors[0].device
+        for n in ns:
+            D, d = 3 * n + 1, n  # three blocks and a partial one: every branch of the host code
+            shape, sizes = _shape(D, d, n), (D - D // 2, D // 2)
+            theta = torch.empty(d, device=meta)
+            lam = torch.empty(2, device=meta)
+            _launch_forward(theta, shape, 0, 1.0, torch.empty(D, device=meta))
+            _launch_backward(torch.empty(D, device=meta), shape, 0, 1.0)
+            for dtype in dtypes:
+                W0 = torch.empty(D, device=meta, dtype=dtype)
+                _launch_forward(theta, shape, 0, 1.0, torch.empty_like(W0), W0)
+                _launch_forward(theta, shape, 0, 1.0, torch.empty_like(W0), W0, lam, sizes)
+                _launch_backward(W0, shape, 0, 1.0)
+                _launch_backward(W0, shape, 0, 1.0, theta, lam, sizes)
+    finally:
+        globals().update(saved)
+        globals()["_check_device"] = saved_check
+    launches: dict = {}
+    for kernel, args, kwargs in calls:
+        num_warps = kwargs.pop("num_warps", 4)
+        arg_names = [a for a in kernel.arg_names if a not in kwargs]
+        signature = []
+        for name, value in zip(arg_names, args, strict=True):
+            if isinstance(value, torch.Tensor):
+                signature.append((name, _TRITON_TYPES[value.dtype]))
+            else:
+                signature.append((name, "i32" if -(2**31) <= value < 2**31 else "i64"))
+        constexprs = tuple((k, kwargs[k]) for k in kernel.arg_names if k in kwargs)
+        launch = Launch(kernel.__name__, kernel, tuple(signature), constexprs, num_warps)
+        launches.setdefault((launch.family, launch.signature, constexprs, num_warps), launch)
+    return list(launches.values())
