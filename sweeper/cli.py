@@ -137,6 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from sweeper import supervisor
+
+    if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
+        return supervisor.run([args.command, args.job])
     from sweeper.driver import run_job
     from sweeper.spec import check_ready, load_spec
     from sweeper.stops import install_signal_handlers
