@@ -56,6 +56,7 @@ def run(argv: Sequence[str]) -> int:
     """Run `python -m sweeper.cli *argv` as the driver; return its exit code once it and
     everything it started have ended (128 + N if signal N killed it)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # SIG_IGN (inherited) would reap for us
     waited = {*_FORWARDED, signal.SIGCHLD}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     supervisor = os.getpid()

@@ -94,6 +94,20 @@ class Sweeper:
                 os.kill(pid, 9)
 
 
+def finished_runs(store: Path) -> int:
+    """Runs a SQLite store holds as FINISHED, read without MLflow (which might migrate it)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 def marked_pids(mark: str) -> set[int]:
     found = set()
     needle = f"{MARK}={mark}".encode()

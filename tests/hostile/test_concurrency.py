@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from net_helpers import Sweeper, tiny_job, write_job
+from net_helpers import Sweeper, finished_runs, tiny_job, write_job
 
 from sweeper.driver import job_id
 from sweeper.errors import SpecError
@@ -56,8 +56,9 @@ def test_a_second_start_of_a_running_job_exits_2_naming_it(tmp_path, second):
     jid = job_id(parse_spec(tiny_job(tmp_path / "run")))
     first = Sweeper(tmp_path, "run", str(job_file))
     try:
-        if second == "resume":  # resume needs finished probes to resume from
-            first.wait_for(lambda: "trials finished" in first.output, 240, "a first trial")
+        if second == "resume":  # resume needs finished trials to resume from
+            store = tmp_path / "run" / "mlflow.db"
+            first.wait_for(lambda: finished_runs(store) >= 1, 240, "a first trial in the store")
         else:
             time.sleep(0.3)  # the case: two starts 0.3 s apart, no store yet
         other = Sweeper(tmp_path, second, str(job_file))
@@ -74,7 +75,8 @@ def test_a_sigkilled_driver_leaves_no_lock_behind(tmp_path):
     job_file = write_job(tmp_path)
     first = Sweeper(tmp_path, "run", str(job_file))
     try:
-        first.wait_for(lambda: "trials finished" in first.output, 240, "a first trial")
+        store = tmp_path / "run" / "mlflow.db"
+        first.wait_for(lambda: finished_runs(store) >= 1, 240, "a first trial in the store")
         driver = first.driver_pid() or first.proc.pid
         os.kill(driver, signal.SIGKILL)
         first.wait(timeout=60)
