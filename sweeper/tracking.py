@@ -86,10 +86,10 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):  # the default, or a store named in the spec
             self.store_file = Path(self.uri.removeprefix("sqlite:///")).absolute()
             self.store_file.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        # MLflow creates a SQLite store's schema on first use, unguarded: two drivers doing it
-        # at once fail ("table … already exists"), so they take turns.
+        # MLflow creates a SQLite store's schema when a client first opens it, unguarded: two
+        # drivers doing it at once fail ("table … already exists"), so they take turns.
         with _store_lock(self.store_file):
+            self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(spec.name)
             if experiment is None:
                 self.experiment_id = self.client.create_experiment(
