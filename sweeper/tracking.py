@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweeper.errors import SpecError
@@ -90,15 +91,24 @@ class Tracker:
         # drivers doing it at once fail ("table … already exists"), so they take turns.
         with _store_lock(self.store_file):
             self.client = MlflowClient(tracking_uri=self.uri)
-            experiment = self.client.get_experiment_by_name(spec.name)
-            if experiment is None:
-                self.experiment_id = self.client.create_experiment(
-                    spec.name, artifact_location=artifacts, tags={"sweeper.kind": "job"}
-                )
-            else:
-                self.experiment_id = experiment.experiment_id
+            self.experiment_id = self._experiment(spec.name, artifacts)
         self._parents: dict[str, str] = {}
         self.patient = Patience(spec.tracking.retry_seconds)
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        """The job's experiment, created if new; of two drivers creating it at once (on a
+        server nothing serialises them), the second finds the first's."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=artifacts, tags={"sweeper.kind": "job"}
+            )
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     # --- one writer per store and job -------------------------------------------------------
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from net_helpers import Sweeper, finished_runs, tiny_job, write_job
 
@@ -26,14 +27,16 @@ def _store(folder: Path) -> str:
     return f"sqlite:///{(folder / 'run' / 'mlflow.db').resolve()}"
 
 
-def _probe_runs(uri: str) -> list:
+def _probe_runs(uri: str, experiment: str | None) -> list:
     client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
+    experiments = [
+        e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)
+    ]
     return client.search_runs(experiments, "tags.kind = 'probe'", max_results=10_000)
 
 
-def _assert_each_probe_once(uri: str) -> None:
-    runs = _probe_runs(uri)
+def _assert_each_probe_once(uri: str, experiment: str | None = None) -> None:
+    runs = _probe_runs(uri, experiment)
     keys = [r.data.tags["config_hash"] for r in runs]
     assert keys and len(keys) == len(set(keys)), f"{len(keys)} probe runs, {len(set(keys))} probes"
     parents = MlflowClient(uri).search_runs(
@@ -152,3 +155,20 @@ def test_an_expired_lease_is_taken_over(tmp_path, mlflow_server):
     time.sleep(1.5)  # its driver died: no heartbeat renews it
     _tracker(tmp_path, mlflow_server, "expired").claim().release()
     assert dead is not None
+
+
+@pytest.mark.slow
+def test_two_starts_on_a_tracking_server_write_each_probe_once(tmp_path, mlflow_server):
+    job = {**tiny_job(tmp_path / "run", name="served"), "tracking": {"uri": mlflow_server}}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    first = Sweeper(tmp_path, "run", str(job_file))
+    try:
+        time.sleep(0.3)
+        other = Sweeper(tmp_path, "run", str(job_file))
+        codes = {other.wait(timeout=300), first.wait(timeout=300)}
+        assert codes == {0, 2}, first.output[-2000:] + other.output[-2000:]
+        _refused(other if other.proc.returncode == 2 else first, job_id(parse_spec(job)))
+        _assert_each_probe_once(mlflow_server, experiment="served")
+    finally:
+        first.kill_all()
