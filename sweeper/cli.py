@@ -208,6 +208,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from sweeper import supervisor
+
+    if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
+        return supervisor.run([args.command, args.job])
     from sweeper.driver import run_job
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_ready, load_spec

@@ -7,6 +7,7 @@ already holds, so nothing that finished runs twice.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -63,6 +64,7 @@ def job_id(spec: JobSpec) -> str:
 # on a node that died a moment ago and is not yet known dead; the searcher then issues the probe
 # again after a pause (PlanSearcher.on_trial_complete).
 NODE_LOSS_RETRIES = 3
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a single-node Ray on 127.0.0.1
 
 
 def probe_trainable(config: dict[str, Any]) -> None:
@@ -163,11 +165,17 @@ def _is_number(value: Any) -> bool:
 
 
 def _init_ray() -> None:
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Loopback only: Ray's public switch that keeps a node's address (and so every port
+        # it binds: GCS, raylet, object manager, agents, workers) on 127.0.0.1 instead of the
+        # machine's address. Read when ray is imported, so set before; the supervised
+        # `sweeper run` (sweeper.supervisor) imports ray nowhere earlier.
+        os.environ[LOOPBACK_ONLY] = "0"
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -179,16 +187,36 @@ def _init_ray() -> None:
         address = "local"
         kwargs["num_cpus"] = os.cpu_count() or 1
     ray.init(address=address, **kwargs)
+    if address == "local" and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
+        logging.getLogger("sweeper").warning(
+            "the embedded Ray listens on %s, not only on loopback: ray was imported before "
+            "sweeper could set %s=0 (set it in the environment)",
+            ray.util.get_node_ip_address(),
+            LOOPBACK_ONLY,
+        )
 
 
 def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = None) -> JobSummary:
-    """Run (or resume) a job to the end and return its summary; everything is in MLflow."""
-    console = console or Console(stderr=True)
+    """Run (or resume) a job to the end and return its summary; everything is in MLflow.
+
+    Only one driver at a time writes a job to a store (`Tracker.claim`): a second one exits
+    before it touches anything, naming the running one.
+    """
     started = time.monotonic()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    jid = job_id(spec)
-    tracker = Tracker(spec, jid)
+    tracker = Tracker(spec, job_id(spec))
+    claim = tracker.claim()
+    try:
+        return _run_claimed(spec, tracker, resume, console or Console(stderr=True), started)
+    finally:
+        claim.release()
+
+
+def _run_claimed(
+    spec: JobSpec, tracker: Tracker, resume: bool, console: Console, started: float
+) -> JobSummary:
+    jid = tracker.job_id
     tracker.close_open_runs()  # left by a driver that died without closing them
     cache = tracker.load_cache()
     if resume and not cache.probes and not cache.baselines:

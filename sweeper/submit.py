@@ -46,6 +46,11 @@ if TYPE_CHECKING:  # sweeper.spec imports torch: the preflight must run before i
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PREFLIGHT_MARK = "sweeper-preflight: "
 PREFLIGHT_TIMEOUT_S = 240.0
+# Ray's Jobs client sends its requests without a timeout, and MLflow's waits 120 s and retries
+# 7 times: against a server that accepts and never answers, `sweeper status` hung for minutes.
+JOBS_API_TIMEOUT_S = 30.0  # to connect, and between bytes of an answer
+STATUS_MLFLOW_TIMEOUT_S = "10"  # MLFLOW_HTTP_REQUEST_TIMEOUT for `status`, unless set
+STATUS_MLFLOW_RETRIES = "1"  # MLFLOW_HTTP_REQUEST_MAX_RETRIES for `status`, unless set
 # Packages the driver and the trials import; the text tasks' (transformers, peft, datasets)
 # too, since a node cannot tell which task it will be given.
 DEPENDENCIES = (
@@ -147,13 +152,14 @@ def connect(address: str):
     import logging
 
     import ray
-    from ray.job_submission import JobSubmissionClient
 
     quiet = ("dashboard_sdk", "job.sdk")  # "Uploading package …", "WebSocket closed …"
     for name in [f"ray.dashboard.modules.{m}" for m in quiet] + ["ray._private.runtime_env"]:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        client = JobSubmissionClient(url.geturl())
+        client = _timed_client()(url.geturl())
+    except ClusterError:
+        raise
     except Exception as e:  # an HTTP server that is not Ray's dashboard, an auth failure, …
         raise ClusterError(f"{address} does not answer as Ray's Jobs API: {_one_line(e)}") from None
     theirs = getattr(client, "_server_ray_version", None) or "unknown"
@@ -163,6 +169,28 @@ def connect(address: str):
             f"cluster's version here (pip install 'ray[default,tune]=={theirs}') or upgrade it"
         )
     return client
+
+
+def _timed_client():
+    """Ray's JobSubmissionClient with a timeout on every request; a server that does not
+    answer in time is a ClusterError naming it. (`_do_request` is where the client sends every
+    request, and what it forwards to `requests.request`; it takes `timeout` like any kwarg.)"""
+    import requests
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any):
+            kwargs.setdefault("timeout", JOBS_API_TIMEOUT_S)
+            try:
+                return super()._do_request(method, endpoint, **kwargs)
+            except requests.Timeout:
+                raise ClusterError(
+                    f"the Ray dashboard at {self._address} did not answer within "
+                    f"{JOBS_API_TIMEOUT_S:.0f}s ({method} {endpoint}); is it overloaded, or is "
+                    "this not its address?"
+                ) from None
+
+    return TimedJobSubmissionClient
 
 
 def _minor(version: str) -> tuple[str, ...]:
@@ -416,6 +444,9 @@ def progress(uri: str, experiment: str) -> list[str]:
     bracket so far while a search runs, its verdict and answer once it ends."""
     if uri.startswith("sqlite:///") and not _sqlite_ready(Path(uri.removeprefix("sqlite:///"))):
         return ["no results yet (the store is not created yet)"]
+    # A look, not a write that must get through: give up in ~20 s, not MLflow's ~10 min.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", STATUS_MLFLOW_TIMEOUT_S)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", STATUS_MLFLOW_RETRIES)
     from mlflow.tracking import MlflowClient
 
     from sweeper.dashboard.data import read_snapshot

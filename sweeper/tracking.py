@@ -13,17 +13,26 @@ Every write the driver makes mid-job waits out a tracking server that is down (`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import math
 import os
+import socket
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeper.errors import SpecError
 from sweeper.paths import confined
 from sweeper.tracking_retry import Patience, unreachable
 
@@ -32,7 +41,10 @@ if TYPE_CHECKING:  # the dashboard reads through this module without importing t
     from sweeper.search import SearchResult
     from sweeper.spec import JobSpec
 
+log = logging.getLogger("sweeper.tracking")
 PAGE = 10_000
+LEASE_TTL_S = 60.0  # a tracking server's writer lease lasts this long without a heartbeat
+LEASE_SETTLE_S = 2.0  # written, then read back after this: of two racing drivers, one stays
 
 
 def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
@@ -86,18 +98,47 @@ class Tracker:
         # MLflow's own retries of one request (7 by default: ~4 min, uninterruptible) shrink to
         # ~12 s; `Patience` waits out longer outages, asking between attempts whether to stop.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        self.store_file: Path | None = None  # a SQLite store: its locks are files beside it
         if self.uri.startswith("sqlite:///"):  # the default, or a store named in the spec
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name(spec.name)
-        if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                spec.name, artifact_location=artifacts, tags={"sweeper.kind": "job"}
-            )
-        else:
-            self.experiment_id = experiment.experiment_id
+            self.store_file = Path(self.uri.removeprefix("sqlite:///")).absolute()
+            self.store_file.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates a SQLite store's schema when a client first opens it, unguarded: two
+        # drivers doing it at once fail ("table … already exists"), so they take turns.
+        with _store_lock(self.store_file):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(spec.name, artifacts)
         self._parents: dict[str, str] = {}
         self.patient = Patience(spec.tracking.retry_seconds)
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        """The job's experiment, created if new; of two drivers creating it at once (on a
+        server nothing serialises them), the second finds the first's."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=artifacts, tags={"sweeper.kind": "job"}
+            )
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    # --- one writer per store and job -------------------------------------------------------
+
+    def claim(self, ttl_s: float = LEASE_TTL_S, heartbeat: bool = True) -> Claim:
+        """Make this process the job's only writer in this store, or raise `SpecError` naming
+        the driver that is.
+
+        A SQLite store: an exclusive `flock` on a file beside it, which the kernel releases
+        when the process ends however it ends, so a killed driver leaves no stale lock. A
+        tracking server: a lease, an experiment tag renewed every `ttl_s`/4 by a heartbeat;
+        a driver that died without releasing it blocks the job for at most `ttl_s`.
+        """
+        if self.store_file is not None:
+            return _FileClaim.take(self.store_file, self.job_id, self.uri)
+        return _Lease.take(self, ttl_s, heartbeat)
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -406,3 +447,144 @@ def _metric_batch(metrics: dict[str, float]) -> list[Metric]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+# --- one writer per store and job ----------------------------------------------------------
+
+
+class Claim:
+    """This process is the job's writer until `release` (or its end)."""
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+
+def _holder() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _busy(job_id: str, uri: str, holder: dict[str, Any], until: str = "") -> SpecError:
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since')}"
+    return SpecError(
+        "JOB",
+        f"job {job_id} is already running on {uri} ({who}); wait for it to end, or stop it "
+        f"(Ctrl-C there, or `kill -INT {holder.get('pid', 'PID')}`), then `sweeper resume`" + until,
+    )
+
+
+@contextlib.contextmanager
+def _store_lock(store_file: Path | None) -> Iterator[None]:
+    """Held while a SQLite store is opened (and maybe created): a short wait, never a refusal."""
+    if store_file is None:
+        yield
+        return
+    fd = os.open(f"{store_file}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+class _FileClaim(Claim):
+    """An exclusive flock on `<store>.<job_id>.lock`, holding who took it (for the refusal)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def take(cls, store_file: Path, job_id: str, uri: str) -> _FileClaim:
+        # O_CLOEXEC (Python's default): processes this driver starts do not inherit the lock.
+        fd = os.open(f"{store_file}.{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:  # it is writing them this instant
+                holder = {}
+            os.close(fd)
+            raise _busy(job_id, uri, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Lease(Claim):
+    """An experiment tag `sweeper.writer.<job_id>` = who holds the job and until when.
+
+    MLflow has no compare-and-set, so a driver writes its lease, waits `LEASE_SETTLE_S` and
+    reads it back: of two drivers starting together the last write stays, and the other one
+    sees it and leaves. A heartbeat thread renews the lease; a driver that finds it taken
+    over (it was stalled past the TTL, say) logs so, and the new holder is the writer.
+    """
+
+    def __init__(self, tracker: Tracker, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self.client, self.experiment_id = tracker.client, tracker.experiment_id
+        self.key, self.value, self.ttl_s = key, value, ttl_s
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def take(cls, tracker: Tracker, ttl_s: float, heartbeat: bool) -> _Lease:
+        key = f"sweeper.writer.{tracker.job_id}"
+        owner = uuid.uuid4().hex
+        lease = cls(tracker, key, {**_holder(), "owner": owner, "ttl_s": ttl_s}, ttl_s)
+        held = lease.current()
+        if held and held.get("owner") != owner and held.get("expires", 0) > time.time():
+            raise _busy(tracker.job_id, tracker.uri, held, lease.until(held))
+        lease.renew()
+        time.sleep(LEASE_SETTLE_S)
+        held = lease.current()
+        if not held or held.get("owner") != owner:
+            raise _busy(tracker.job_id, tracker.uri, held or {}, lease.until(held or {}))
+        if heartbeat:
+            lease.thread = threading.Thread(target=lease._beat, name=key, daemon=True)
+            lease.thread.start()
+        return lease
+
+    @staticmethod
+    def until(held: dict[str, Any]) -> str:
+        expires = time.strftime("%H:%M:%S", time.localtime(held.get("expires", 0)))
+        return f"; if that driver is gone, its lease expires at {expires}"
+
+    def current(self) -> dict[str, Any] | None:
+        value = self.client.get_experiment(self.experiment_id).tags.get(self.key)
+        try:
+            return json.loads(value) if value else None
+        except ValueError:
+            return None
+
+    def renew(self) -> None:
+        self.value["expires"] = time.time() + self.ttl_s
+        self.client.set_experiment_tag(self.experiment_id, self.key, json.dumps(self.value))
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.ttl_s / 4):
+            try:
+                held = self.current()
+                if held and held.get("owner") != self.value["owner"]:
+                    log.warning("the writer lease %s was taken over: %s", self.key, held)
+                    return
+                self.renew()
+            except Exception as e:  # a server outage: the job's own writes wait it out
+                log.warning("could not renew the writer lease %s: %s", self.key, e)
+
+    def release(self) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        with contextlib.suppress(Exception):  # unreachable: the lease simply expires
+            held = self.current()
+            if held and held.get("owner") == self.value["owner"]:
+                self.client.delete_experiment_tag(self.experiment_id, self.key)

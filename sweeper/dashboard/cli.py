@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import math
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from sweeper.dashboard import DEFAULT_MLFLOW_UI
 from sweeper.errors import SpecError
 
 DEFAULT_PORT = 8050
+WILDCARDS = ("", "0.0.0.0", "::")
 
 
 def register(subparsers) -> None:
@@ -41,6 +44,13 @@ def register(subparsers) -> None:
         "experiments", nargs="*", metavar="EXPERIMENT", help="job name(s); default: all"
     )
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also serve requests for this host name (default: loopback names only)",
+    )
     dashboard.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free one")
     dashboard.add_argument(
         "--refresh", type=float, default=5.0, metavar="SECONDS", help="page refresh interval"
@@ -208,11 +218,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     load = _loader(uri, args.experiments, ui_base)
     load()  # unknown experiments and unreadable stores fail here, before anything is served
     title = f"sweeper dashboard: {', '.join(args.experiments) or 'all experiments'}"
+    # The name it was started with is served too, wildcards aside (they name no one host).
+    allowed = [*args.allow_host, *([args.host] if args.host not in WILDCARDS else [])]
     try:
-        server = DashboardServer((args.host, args.port), load, title=title, refresh_s=args.refresh)
-    except OSError as e:
-        where = f"{args.host}:{args.port}"
-        raise SpecError("--port", f"cannot listen on {where}: {e.strerror}") from None
+        server = DashboardServer(
+            (args.host, args.port), load, title=title, refresh_s=args.refresh, allowed_hosts=allowed
+        )
+    except (OSError, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode ("a..b")
+        raise _listen_error(args.host, args.port, e) from None
     if not _loopback(args.host):
         print(f"warning: {args.host} is not loopback; anyone who reaches it sees the runs")
     print(f"sweeper dashboard on {server.url} (reading {uri}); Ctrl-C stops it", flush=True)
@@ -223,6 +236,23 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _listen_error(host: str, port: int, error: OSError | UnicodeError) -> SpecError:
+    """Blame the argument that is wrong: a host that does not resolve or is not this machine's
+    is --host's fault; a port in use or privileged is --port's."""
+    why = getattr(error, "strerror", None) or str(error)
+    if not isinstance(error, OSError) or isinstance(error, socket.gaierror):
+        bad_host = True
+    else:
+        bad_host = error.errno == errno.EADDRNOTAVAIL
+    if bad_host:
+        return SpecError(
+            "--host",
+            f"cannot listen on {host!r}: {why}; give an address of this machine, "
+            "e.g. 127.0.0.1 (the default)",
+        )
+    return SpecError("--port", f"cannot listen on {host}:{port}: {why}")
 
 
 def _loopback(host: str) -> bool:

@@ -2,14 +2,21 @@
 
 Standard library only (`http.server`). `/` is the page with the data of the moment inlined, and
 the page re-fetches `/api/data` every few seconds, so running searches update in place.
+
+Loopback is not enough on its own: a web page the user visits can point its own host name at
+127.0.0.1 (DNS rebinding) and read the dashboard as same-origin. Such a request carries the
+attacker's name in its Host header, so only loopback names and addresses, and names configured
+with `--allow-host`, are served. An idle connection is dropped after `IDLE_TIMEOUT_S`, so
+connections that never send a request cannot hold a thread each forever.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +24,26 @@ from typing import Any
 from sweeper.dashboard.render import render_page
 
 ENDPOINT = "/api/data"
+IDLE_TIMEOUT_S = 15.0  # a connection that sends or takes nothing for this long is closed
+
+
+def host_allowed(header: str | None, allowed: Iterable[str] = ()) -> bool:
+    """Whether a request's Host header names this server: `localhost`, a loopback address, or
+    one of `allowed` (any port). No Host header at all is refused too: browsers always send it.
+    """
+    if not header:
+        return False
+    name = header.strip().lower()
+    if name.startswith("["):  # [v6]:port
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost" or name in {a.lower() for a in allowed}:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class DashboardServer(ThreadingHTTPServer):
@@ -30,10 +57,14 @@ class DashboardServer(ThreadingHTTPServer):
         title: str,
         refresh_s: float,
         min_interval_s: float = 1.0,
+        allowed_hosts: Iterable[str] = (),
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         super().__init__(address, _Handler)
         self.load, self.title, self.refresh_s = load, title, refresh_s
         self.min_interval_s = min_interval_s
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.idle_timeout_s = idle_timeout_s
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
 
@@ -58,8 +89,21 @@ class DashboardServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: DashboardServer
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # StreamRequestHandler applies it to the socket
+        super().setup()
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        host = self.headers.get("Host")
+        if not host_allowed(host, self.server.allowed_hosts):
+            name = (host or "").rsplit(":", 1)[0] or "NAME"
+            message = (
+                f"Host {host!r} is not served: this dashboard answers loopback names only. "
+                f"If you reach it by that name, start it with --allow-host {name}\n"
+            )
+            self._send(HTTPStatus.FORBIDDEN, "text/plain; charset=utf-8", message)
+            return
         try:
             if path == "/":
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", self.server.page())
