@@ -42,9 +42,11 @@ from scipy.special import logsumexp, xlogy
 LEVEL = 0.9
 """The interval's level: equal tails, (1 − LEVEL)/2 each."""
 
-# The nuisance grid: widths log-uniform from a near-step to a curve that takes a factor 4.5
-# of d to go from 1/4 to 3/4; lapses as in Psi-marginal. Priors are uniform over each list.
-_WIDTHS = np.geomspace(0.01, 1.0, 8)
+# The nuisance grid: widths log-spaced from the crossing grid's spacing (a curve sharper than
+# that is a step at the resolution the tolerance asks for, and a node between two probes
+# could not represent it) to a curve that takes a factor e of d to go from 1/4 to 3/4.
+_WIDEST = 1.0
+_N_WIDTHS = 8
 _LUCKY = 0.01  # γ: a pass far below the crossing
 _LAPSES = (0.01, 0.1)  # λ: a fail far above it (a diverged run, an unlucky seed)
 _WIDTH_PRIOR_POWER = 0.5
@@ -152,7 +154,7 @@ class CrossingModel:
         self._d90 = np.maximum(1, np.ceil(np.exp(self.nodes) * (1.0 - 1e-12))).astype(np.int64)
         shapes = [
             (w, kind, lapse, _link_inverse(kind, (0.5 - _LUCKY) / (1.0 - _LUCKY - lapse)))
-            for w in _WIDTHS
+            for w in np.geomspace(min(step, _WIDEST / 2), _WIDEST, _N_WIDTHS)
             for kind in range(3)
             for lapse in _LAPSES
         ]
