@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp, xlogy
+from scipy.special import xlogy
 
 LEVEL = 0.9
 """The interval's level: equal tails, (1 − LEVEL)/2 each."""
@@ -90,9 +90,10 @@ class Posterior:
     values: np.ndarray
     cdf: np.ndarray
 
-    def cdf_at(self, point: int) -> float:
-        i = int(np.searchsorted(self.values, point, side="right")) - 1
-        return 0.0 if i < 0 else float(self.cdf[i])
+    def cdf_at(self, points: np.ndarray) -> np.ndarray:
+        """P(d90 ≤ point) for each point."""
+        i = np.searchsorted(self.values, points, side="right") - 1
+        return np.where(i >= 0, self.cdf[np.maximum(i, 0)], 0.0)
 
     def quantile(self, q: float, *, strict: bool = False) -> int:
         """The smallest value whose cdf reaches q (exceeds it with ``strict``)."""
@@ -181,7 +182,9 @@ class CrossingModel:
         for point, n, k in sorted(counts):
             log_pass, log_fail = self._table(point)
             log_lik += k * log_pass + (n - k) * log_fail
-        log_post = logsumexp(log_lik + self._log_shape_prior, axis=0) + self._log_prior
+        log_lik += self._log_shape_prior
+        top = log_lik.max(axis=0)
+        log_post = top + np.log(np.exp(log_lik - top).sum(axis=0)) + self._log_prior
         weights = np.exp(log_post - log_post.max())
         cdf = np.cumsum(weights) / weights.sum()
         last = np.append(self._d90[1:] != self._d90[:-1], True)  # last node of each d90 value

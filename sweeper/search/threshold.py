@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from sweeper.search.estimate import LEVEL, CrossingModel, Posterior, monotone_p_value
 from sweeper.search.grid import is_converged, widened_down, widened_up
 
@@ -342,16 +344,14 @@ class ThresholdSearch:
         """
         s = self.settings
         k = max(1, room // s.probe_seeds)
-        candidates = sorted(
-            {self._floor, self._ceiling}
-            | {int(v) for v in posterior.values if self._floor < v < self._ceiling}
-        )
-        cdf = [posterior.cdf_at(c) for c in candidates]
+        values = posterior.values
+        inner = values[(values > self._floor) & (values < self._ceiling)]
+        candidates = np.unique(np.concatenate([[self._floor, self._ceiling], inner]))
+        cdf = posterior.cdf_at(candidates)
         wanted: dict[int, int] = {}
         for i in range(1, k + 1):
-            q = i / (k + 1)
-            best = min(range(len(candidates)), key=lambda j: (abs(cdf[j] - q), j))
-            wanted[candidates[best]] = wanted.get(candidates[best], 0) + s.probe_seeds
+            best = int(candidates[int(np.argmin(np.abs(cdf - i / (k + 1))))])  # first on ties
+            wanted[best] = wanted.get(best, 0) + s.probe_seeds
         probes = [
             Probe(point, seed)
             for point, extra in sorted(wanted.items())
