@@ -85,35 +85,34 @@ def _link_inverse(kind: int, u: float) -> float:
 
 @dataclass(frozen=True)
 class Posterior:
-    """The posterior of the integer d90: ``values`` ascending, ``cdf[i]`` = P(d90 ≤ values[i])."""
+    """The posterior of the integer d90 on the crossing grid, one entry per distinct value:
+    ``values`` ascending, ``cdf[i]`` = P(d90 ≤ values[i]), and [``low[i]``, ``high[i]``] the
+    integers that entry answers for (where the grid is coarser than the integers, several)."""
 
     values: np.ndarray
     cdf: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
 
     def cdf_at(self, points: np.ndarray) -> np.ndarray:
         """P(d90 ≤ point) for each point."""
         i = np.searchsorted(self.values, points, side="right") - 1
         return np.where(i >= 0, self.cdf[np.maximum(i, 0)], 0.0)
 
-    def quantile(self, q: float, *, strict: bool = False) -> int:
-        """The smallest value whose cdf reaches q (exceeds it with ``strict``)."""
+    def _index(self, q: float, *, strict: bool = False) -> int:
         hits = self.cdf > q if strict else self.cdf >= q - 1e-12
-        return int(self.values[int(np.argmax(hits))]) if hits.any() else int(self.values[-1])
+        return int(np.argmax(hits)) if hits.any() else self.values.size - 1
 
     @property
     def answer(self) -> int:
         """The posterior median of d90."""
-        return self.quantile(0.5)
+        return int(self.values[self._index(0.5)])
 
     def interval(self, level: float = LEVEL) -> tuple[int, int]:
-        """Equal-tailed: P(d90 < lower) ≤ (1 − level)/2 and P(d90 > upper) ≤ (1 − level)/2;
-        it always contains ``answer``."""
+        """Equal-tailed: P(d90 < lower) ≤ (1 − level)/2 and P(d90 > upper) ≤ (1 − level)/2,
+        each end widened to the integers its grid entry answers for; it contains ``answer``."""
         tail = (1.0 - level) / 2.0
-        i = int(np.argmax(self.cdf > tail))
-        # A grid node stands for every crossing between it and the node below, so the lowest
-        # value the interval holds is one above the value of the node below.
-        lower = int(self.values[i - 1]) + 1 if i > 0 else int(self.values[0])
-        return lower, self.quantile(1.0 - tail)
+        return int(self.low[self._index(tail, strict=True)]), int(self.high[self._index(1 - tail)])
 
 
 class CrossingModel:
@@ -151,8 +150,15 @@ class CrossingModel:
         ):
             mass[region] = share * cell[region] / cell[region].sum()
         self._log_prior = np.log(mass)
-        # d90 of a crossing x: the smallest integer d with log d ≥ x
-        self._d90 = np.maximum(1, np.ceil(np.exp(self.nodes) * (1.0 - 1e-12))).astype(np.int64)
+        self._d90 = _d90_of(self.nodes)
+        # One entry per distinct d90 (its last node).  A crossing between two nodes is judged
+        # by the likelihood at one of them, so an entry stands for every integer strictly
+        # between its neighbours' values: that is what the interval's ends report.
+        self._last = np.append(self._d90[1:] != self._d90[:-1], True)
+        values = self._d90[self._last]
+        self._values = values
+        self._low = np.concatenate([values[:1], values[:-1] + 1])
+        self._high = np.concatenate([values[1:] - 1, values[-1:]])
         shapes = [
             (w, kind, lapse, _link_inverse(kind, (0.5 - _LUCKY) / (1.0 - _LUCKY - lapse)))
             for w in np.geomspace(min(step, _WIDEST / 2), _WIDEST, _N_WIDTHS)
@@ -187,8 +193,12 @@ class CrossingModel:
         log_post = top + np.log(np.exp(log_lik - top).sum(axis=0)) + self._log_prior
         weights = np.exp(log_post - log_post.max())
         cdf = np.cumsum(weights) / weights.sum()
-        last = np.append(self._d90[1:] != self._d90[:-1], True)  # last node of each d90 value
-        return Posterior(values=self._d90[last], cdf=cdf[last])
+        return Posterior(values=self._values, cdf=cdf[self._last], low=self._low, high=self._high)
+
+
+def _d90_of(crossings: np.ndarray) -> np.ndarray:
+    """The smallest integer d with log d ≥ the crossing."""
+    return np.maximum(1, np.ceil(np.exp(crossings) * (1.0 - 1e-12))).astype(np.int64)
 
 
 def monotone_p_value(counts: Iterable[tuple[int, int, int]], *, draws: int = 400) -> float:
