@@ -60,6 +60,10 @@ _EXTEND = 1.0
 """The grid reaches this far (in log d) past the widest ends: 'below the floor' and 'above the
 ceiling' are states the posterior can be in, not impossibilities."""
 _MAX_NODES = 3000
+_FINEST = 0.025
+"""The crossing grid's spacing in log d is log(1 + tolerance)/4, but never coarser than this
+(2.5 %): an interval's ends are rounded out to the grid, and the narrowest width the model
+knows is the spacing, so a coarse grid would cost probes at a loose tolerance."""
 
 # Links standardised to G(0) = 1/2 and G(1/2) − G(−1/2) = 1/2 (the 1/4 → 3/4 span is 1).
 _LOGISTIC_SLOPE = 2.0 * math.log(3.0)
@@ -119,15 +123,15 @@ class CrossingModel:
     """The grid posterior for one search's range: built once, fed per-point counts.
 
     The crossing's grid spans [log floor − 1, log ceiling + 1] (floor, ceiling: the widest
-    ends the search may probe) at a spacing of log(1 + tolerance)/4, so the stopping rule
-    can always be met.  Prior: uniform in log d within each region, 88 % of the mass inside
-    (lo, hi] and 6 % on each side.  Per-point likelihood tables are cached: a probe point's table is
-    computed once per search.
+    ends the search may probe) at a spacing of log(1 + tolerance)/4 (at most 2.5 %), so the
+    stopping rule can always be met.  Prior: uniform in log d within each region, 88 % of the
+    mass inside (lo, hi] and 6 % on each side.  Per-point likelihood tables are cached: a
+    probe point's table is computed once per search.
     """
 
     def __init__(self, lo: int, hi: int, floor: int, ceiling: int, tolerance: float) -> None:
         start, stop = math.log(floor) - _EXTEND, math.log(ceiling) + _EXTEND
-        step = max(math.log1p(tolerance) / 4.0, (stop - start) / _MAX_NODES)
+        step = max(min(math.log1p(tolerance) / 4.0, _FINEST), (stop - start) / _MAX_NODES)
         # A crossing for every integer where integers are sparser than the grid (small d),
         # and one just below the widest ends, so that d90 can be exactly the floor or ceiling.
         dense = int(1.0 / -math.expm1(-step)) + 1  # above it, log(c / (c − 1)) < step
