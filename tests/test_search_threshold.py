@@ -481,6 +481,24 @@ def test_state_dict_is_strict_json_even_with_diverged_runs():
     assert restored.propose(2) == []
 
 
+def test_a_state_saved_by_the_k_section_searcher_resumes_as_a_replay():
+    old = {
+        "format": 1,
+        "settings": {"lo": 2, "hi": 1000, "threshold": 0.5, "boundary_seeds": 3},
+        "results": [
+            {"point": 63, "seed": 0, "metric": 1.0, "passed": True},
+            {"point": 16, "seed": 0, "metric": None, "passed": False},
+        ],
+        "pending": [[251, 0]],
+    }
+    search = ThresholdSearch.from_state_dict(old)
+
+    assert search.status().probes_done == 2 and search.status().probes_pending == 0
+    assert search.state_dict()["format"] == 2
+    with pytest.raises(ValueError, match="format 7"):
+        ThresholdSearch.from_state_dict({**old, "format": 7})
+
+
 def test_record_accepts_an_identical_replay_and_rejects_a_conflicting_one():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
     search.record(ProbeResult(5, 0, math.nan, False))

@@ -270,16 +270,20 @@ class ThresholdSearch:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ThresholdSearch:
-        if state.get("format") != _STATE_FORMAT:
+        """Format 1 (the k-section searcher) holds the same finished results and settings, so
+        a job saved by it resumes here as a crash replay would: its probes count, its decisions
+        are this searcher's; only its pending probes are dropped (they are re-proposed)."""
+        if state.get("format") not in (1, _STATE_FORMAT):
             raise ValueError(
                 f"unknown searcher state format {state.get('format')!r}; "
-                f"this sweeper reads format {_STATE_FORMAT}"
+                f"this sweeper reads formats 1 and {_STATE_FORMAT}"
             )
         search = cls(SearchSettings(**state["settings"]))
         for r in state["results"]:
             metric = math.nan if r["metric"] is None else float(r["metric"])
             search.record(ProbeResult(r["point"], r["seed"], metric, r["passed"]))
-        search._pending = {(point, seed) for point, seed in state["pending"]}
+        if state["format"] == _STATE_FORMAT:
+            search._pending = {(point, seed) for point, seed in state["pending"]}
         return search
 
     def _finished(self, assessment: _Assessment) -> bool:
