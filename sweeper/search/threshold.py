@@ -158,10 +158,11 @@ class ThresholdSearch:
     points, ``probe_seeds`` seeds each): for one worker that is the median — probabilistic
     bisection, the probe that halves the posterior and maximises the expected entropy drop
     (Waeber, Frazier & Henderson 2013) — and for k workers the parallel version of it
-    (quantile sampling, Rodriguez & Ludkovski 2020).  A point probed before gets the smallest
-    unused seed, so a point near the crossing is re-probed exactly as often as the model needs.
+    (quantile sampling, Rodriguez & Ludkovski, arXiv:1711.00843).  A point probed before gets
+    the smallest unused seed, so a point near the crossing is re-probed as often as the model
+    needs.
 
-    The range's ends are confirmed lazily: the prior puts 90 % of the crossing inside (lo, hi],
+    The range's ends are confirmed lazily: the prior puts 88 % of the crossing inside (lo, hi],
     so lo or hi is probed only once the posterior moves there.  Past them the range widens by
     ``widen_factor`` up to ``max_widen`` times (within ``hard_lo`` / ``hard_hi``); at the widest
     end, a posterior whose whole interval lies beyond it, with that end probed and agreeing,
