@@ -1,6 +1,5 @@
 """Pure search core for d90 / r90: no Ray, no MLflow (DESIGN.md §4)."""
 
-from sweeper.search.estimate import estimate_threshold_crossing
 from sweeper.search.threshold import (
     Probe,
     ProbeResult,
@@ -17,5 +16,4 @@ __all__ = [
     "SearchSettings",
     "SearchStatus",
     "ThresholdSearch",
-    "estimate_threshold_crossing",
 ]

@@ -1,8 +1,10 @@
 """Threshold search: the smallest integer d (or LoRA rank r) whose metric reaches a bar.
 
-A pure state machine (DESIGN.md §4) wrapped later by a thin Ray Tune ``Searcher``: ``propose``
-hands out probes, ``record`` takes their results.  Every decision is a function of the *set*
-of recorded results keyed by (point, seed), and rounds are separated by a barrier, so
+A pure state machine (DESIGN.md §4) wrapped by a thin Ray Tune ``Searcher``: ``propose``
+hands out probes, ``record`` takes their results.  One model (``estimate.CrossingModel``: a
+posterior over where pass probability crosses 1/2) decides both where to probe next and the
+answer with its 90 % interval.  Every decision is a function of the *set* of recorded results
+keyed by (point, seed), and rounds are separated by a barrier, so
 
 * the search does not depend on the order in which trials finish, and
 * replaying finished probes into a fresh searcher after a crash (in any order) rebuilds the
@@ -16,13 +18,26 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from sweeper.search.estimate import estimate_threshold_crossing
-from sweeper.search.grid import is_converged, log_spaced_interior, widened_down, widened_up
+import numpy as np
 
-Phase = Literal["bracketing", "sectioning", "boundary", "done"]
-Outcome = Literal["found", "not_bracketed_lo_passes", "not_bracketed_hi_fails", "budget_exhausted"]
+from sweeper.search.estimate import LEVEL, CrossingModel, Posterior, monotone_p_value
+from sweeper.search.grid import is_converged, widened_down, widened_up
 
-_STATE_FORMAT = 1
+Phase = Literal["bracketing", "sectioning", "done"]
+Outcome = Literal[
+    "found",
+    "non_monotone",
+    "not_bracketed_lo_passes",
+    "not_bracketed_hi_fails",
+    "budget_exhausted",
+]
+
+_STATE_FORMAT = 2  # 2: the posterior searcher (1: k-section + isotonic bootstrap)
+MONOTONE_ALPHA = 0.05
+"""Evidence is called non-monotone when a monotone pass-rate curve explains it this badly
+(``estimate.monotone_p_value`` below this): a noisy but monotone metric is flagged in about
+this fraction of searches (bench/calibration.py counts them), while 3 of 3 passes below
+points that fail 9 of 9 give p ≈ 0.003–0.013 (tests/test_search_threshold.py)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,8 @@ class SearchSettings:
     """Ceiling for widening hi (e.g. D, the model size); None = no ceiling."""
     hard_lo: int = 1
     """Floor for widening lo (e.g. SAID's λ count + 1: below it there is no θ_d at all)."""
+    level: float = LEVEL
+    """Level of the reported interval (and of the not-bracketed verdicts)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +81,7 @@ class SearchSettings:
             (self.max_probes >= 1, f"max_probes ({self.max_probes}) must be ≥ 1"),
             (self.widen_factor >= 2, f"widen_factor ({self.widen_factor}) must be ≥ 2"),
             (self.max_widen >= 0, f"max_widen ({self.max_widen}) must be ≥ 0"),
+            (0.5 < self.level < 1, f"level ({self.level}) must lie in (0.5, 1), e.g. 0.9"),
             (1 <= self.hard_lo <= self.lo, f"hard_lo ({self.hard_lo}) must be in [1, lo]"),
             (
                 self.hard_hi is None or self.hard_hi >= self.hi,
@@ -108,8 +126,11 @@ class SearchStatus:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The search's verdict.  ``answer`` and ``interval`` come from all probes (see
-    ``estimate_threshold_crossing``) and are None unless a (fail, pass) ``bracket`` was found."""
+    """The search's verdict.  ``answer`` (the posterior median of d90) and ``interval`` (its
+    90 % equal-tailed credible interval, which always contains ``answer``) come from all probes;
+    they are None when the model puts d90 beyond the widest ends (the not-bracketed outcomes).
+    ``bracket`` is the tightest (fail, pass) pair of probed points around ``answer`` by each
+    point's seed majority (ties pass), for dashboards; None while there is none."""
 
     outcome: Outcome
     answer: int | None
@@ -123,29 +144,42 @@ class _Assessment:
     """What the recorded results imply: where the search stands and what it wants next."""
 
     phase: Phase  # never "done": finishing also needs every pending probe back
+    posterior: Posterior
     bracket: tuple[int, int] | None
-    section: tuple[int, int] | None  # bracket to k-section in the next round
-    seeds_wanted: dict[int, int]  # point → total seeds it must have after the next round
     outcome: Outcome | None  # set when no more probes are wanted
     out_of_budget: Outcome  # the honest outcome should the budget end now
 
 
 class ThresholdSearch:
-    """Finds the smallest point whose metric passes: bracket, parallel k-section, boundary seeds.
+    """Finds d90: probes where the posterior of the crossing is most uncertain, stops when
+    its 90 % interval is within the tolerance.
 
-    The bracket's ends are confirmed lazily: (lo, hi) is k-sectioned from the first round,
-    and lo or hi is probed only when the search reaches it (see ``_bracketing``).
+    Each round puts its probes at the posterior quantiles i/(k + 1), i = 1..k, of d90 (k
+    points, ``probe_seeds`` seeds each): for one worker that is the median — probabilistic
+    bisection, the probe that halves the posterior and maximises the expected entropy drop
+    (Waeber, Frazier & Henderson 2013) — and for k workers the parallel version of it
+    (quantile sampling, Rodriguez & Ludkovski, arXiv:1711.00843).  A point probed before gets
+    the smallest unused seed, so a point near the crossing is re-probed as often as the model
+    needs.
 
-    A point's verdict is its seeds' majority: pass when at least half of them pass (ties pass).
-    We vote on pass indicators rather than averaging metrics so that one diverged seed (nan)
-    or one outlier cannot drag a point across the bar.  Points with fewer than
-    ``probe_seeds`` seeds have no verdict; their missing seeds come first in the next round.
+    The range's ends are confirmed lazily: the prior puts 88 % of the crossing inside (lo, hi],
+    so lo or hi is probed only once the posterior moves there.  Past them the range widens by
+    ``widen_factor`` up to ``max_widen`` times (within ``hard_lo`` / ``hard_hi``); at the widest
+    end, a posterior whose whole interval lies beyond it, with that end probed and agreeing,
+    ends the search as not bracketed.
     """
 
     def __init__(self, settings: SearchSettings) -> None:
+        s = settings
         self.settings = settings
         self._results: dict[tuple[int, int], ProbeResult] = {}
         self._pending: set[tuple[int, int]] = set()
+        self._floor = (widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo) or [s.lo])[-1]
+        self._ceiling = (widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi) or [s.hi])[-1]
+        self._model = CrossingModel(s.lo, s.hi, self._floor, self._ceiling, s.tolerance)
+        self._cache: tuple[int, _Assessment] | None = None
+        self._monotone_cache: tuple[int, bool] | None = None
+        self._version = 0
 
     def propose(self, free_workers: int) -> list[Probe]:
         """The next round's probes, at most ``free_workers`` of them; [] while a round is out.
@@ -161,7 +195,7 @@ class ThresholdSearch:
         room = min(free_workers, self.settings.max_probes - len(self._results))
         if assessment.outcome is not None or room <= 0:
             return []
-        probes = self._round(assessment, room)
+        probes = self._round(assessment.posterior, room)
         self._pending.update((p.point, p.seed) for p in probes)
         return probes
 
@@ -173,6 +207,8 @@ class ThresholdSearch:
         known = self._results.get(key)
         if known is not None and not _same_outcome(known, result):
             raise ValueError(f"conflicting results for probe {key}: {known} then {result}")
+        if known is None:
+            self._version += 1
         self._results[key] = result
         self._pending.discard(key)
 
@@ -188,7 +224,7 @@ class ThresholdSearch:
             bracket=assessment.bracket,
             probes_done=len(self._results),
             probes_pending=len(self._pending),
-            outcome=_final_outcome(assessment) if finished else None,
+            outcome=self._verdict(assessment, finished=True) if finished else None,
         )
 
     def result(self, *, partial: bool = False) -> SearchResult:
@@ -201,13 +237,15 @@ class ThresholdSearch:
                 f"search not finished (phase {assessment.phase!r}, "
                 f"{len(self._pending)} probes pending): wait until `finished` is True"
             )
+        outcome = self._verdict(assessment, finished=finished)
         answer, interval = None, None
-        if assessment.bracket is not None:
-            answer, interval = estimate_threshold_crossing(
-                list(self._results.values()), self.settings.threshold
-            )
+        posterior = assessment.posterior
+        beyond = outcome in ("not_bracketed_lo_passes", "not_bracketed_hi_fails")
+        if not beyond and self._floor < posterior.answer <= self._ceiling:
+            a, b = posterior.interval(self.settings.level)
+            answer, interval = posterior.answer, (max(a, self._floor), min(b, self._ceiling))
         return SearchResult(
-            outcome=_final_outcome(assessment) if finished else assessment.out_of_budget,
+            outcome=outcome,
             answer=answer,
             interval=interval,
             bracket=assessment.bracket,
@@ -233,144 +271,111 @@ class ThresholdSearch:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ThresholdSearch:
-        if state.get("format") != _STATE_FORMAT:
+        """Format 1 (the k-section searcher) holds the same finished results and settings, so
+        a job saved by it resumes here as a crash replay would: its probes count, its decisions
+        are this searcher's; only its pending probes are dropped (they are re-proposed)."""
+        if state.get("format") not in (1, _STATE_FORMAT):
             raise ValueError(
                 f"unknown searcher state format {state.get('format')!r}; "
-                f"this sweeper reads format {_STATE_FORMAT}"
+                f"this sweeper reads formats 1 and {_STATE_FORMAT}"
             )
         search = cls(SearchSettings(**state["settings"]))
         for r in state["results"]:
             metric = math.nan if r["metric"] is None else float(r["metric"])
             search.record(ProbeResult(r["point"], r["seed"], metric, r["passed"]))
-        search._pending = {(point, seed) for point, seed in state["pending"]}
+        if state["format"] == _STATE_FORMAT:
+            search._pending = {(point, seed) for point, seed in state["pending"]}
         return search
 
     def _finished(self, assessment: _Assessment) -> bool:
         out_of_budget = len(self._results) >= self.settings.max_probes
         return not self._pending and (assessment.outcome is not None or out_of_budget)
 
-    def _assess(self) -> _Assessment:
-        s = self.settings
-        seeds: dict[int, int] = {}
-        passes: dict[int, int] = {}
+    def _counts(self) -> dict[int, tuple[int, int]]:
+        """point → (probes, passes)."""
+        counts: dict[int, tuple[int, int]] = {}
         for (point, _), r in self._results.items():
-            seeds[point] = seeds.get(point, 0) + 1
-            passes[point] = passes.get(point, 0) + bool(r.passed)
-        verdict = {p: 2 * passes[p] >= n for p, n in seeds.items() if n >= s.probe_seeds}
-        incomplete = {p: s.probe_seeds for p in seeds if p not in verdict}
+            n, k = counts.get(point, (0, 0))
+            counts[point] = (n + 1, k + bool(r.passed))
+        return counts
 
-        lowest_pass = min((p for p, ok in verdict.items() if ok), default=None)
-        fail_below = None
-        if lowest_pass is not None:
-            fail_below = max(
-                (p for p, ok in verdict.items() if not ok and p < lowest_pass), default=None
-            )
-        phase: Phase = "bracketing"
-        bracket: tuple[int, int] | None = None
-        section: tuple[int, int] | None = None
-        wanted: dict[int, int] = {}
-        out_of_budget: Outcome
-        if lowest_pass is None or fail_below is None:
-            wanted, section, out_of_budget = self._bracketing(verdict, lowest_pass)
-        else:
-            bracket = (fail_below, lowest_pass)
-            if not is_converged(*bracket, s.tolerance):
-                phase, section, out_of_budget = "sectioning", bracket, "budget_exhausted"
-            else:
-                phase, out_of_budget = "boundary", "found"
-                wanted = {
-                    p: seeds[p] + 1
-                    for p in bracket
-                    if _undecided(passes[p], seeds[p], s.boundary_seeds)
-                }
-        if incomplete:  # no verdict without all seeds: complete them before anything else
-            section, wanted = None, incomplete
-        done = section is None and not wanted
-        return _Assessment(
-            phase=phase,
+    def _assess(self) -> _Assessment:
+        if self._cache is not None and self._cache[0] == self._version:
+            return self._cache[1]
+        s = self.settings
+        counts = self._counts()
+        posterior = self._model.posterior((p, n, k) for p, (n, k) in counts.items())
+        majority = {p: 2 * k >= n for p, (n, k) in counts.items()}  # ties pass
+        a, b = posterior.interval(s.level)
+        outcome: Outcome | None = None
+        if b <= self._floor and majority.get(self._floor) is True:
+            outcome = "not_bracketed_lo_passes"
+        elif a > self._ceiling and majority.get(self._ceiling) is False:
+            outcome = "not_bracketed_hi_fails"
+        answer = posterior.answer
+        fails = [p for p, ok in majority.items() if not ok and p < answer]
+        passes = [p for p, ok in majority.items() if ok and p >= answer]
+        bracket = (max(fails), min(passes)) if fails and passes else None
+        converged = self._floor < a and b <= self._ceiling and is_converged(a - 1, b, s.tolerance)
+        if outcome is None and converged and bracket is not None:
+            outcome = "found"
+        assessment = _Assessment(
+            phase="sectioning" if bracket else "bracketing",
+            posterior=posterior,
             bracket=bracket,
-            section=section,
-            seeds_wanted=wanted,
-            outcome=out_of_budget if done else None,
-            out_of_budget=out_of_budget,
+            outcome=outcome,
+            out_of_budget=outcome or "budget_exhausted",
         )
+        self._cache = (self._version, assessment)
+        return assessment
 
-    def _bracketing(
-        self, verdict: dict[int, bool], lowest_pass: int | None
-    ) -> tuple[dict[int, int], tuple[int, int] | None, Outcome]:
-        """Step 1: find a fail below a pass, confirming lo and hi only when they matter.
+    def _verdict(self, assessment: _Assessment, *, finished: bool) -> Outcome:
+        """The outcome, unless the evidence contradicts a monotone pass rate: then no answer
+        the model gives (found or not bracketed) can be trusted, and we say so."""
+        if self._monotone_cache is None or self._monotone_cache[0] != self._version:
+            counts = [(p, n, k) for p, (n, k) in self._counts().items()]
+            self._monotone_cache = (self._version, monotone_p_value(counts) >= MONOTONE_ALPHA)
+        if not self._monotone_cache[1]:
+            return "non_monotone"
+        if finished and assessment.outcome is not None:
+            return assessment.outcome
+        return assessment.out_of_budget
 
-        Until an inside point says otherwise, lo is taken to fail and hi to pass, and
-        (lo, hi) is k-sectioned at once: lo is probed only when every point above it passes
-        (it is then the bracket's lower end), hi only when every point below it fails. A job
-        whose range is right never pays for its ends; one whose range is wrong finds out when
-        the search reaches that end, then widens it as before.
+    def _round(self, posterior: Posterior, room: int) -> list[Probe]:
+        """Up to ``room`` probes at the posterior quantiles i/(k + 1) of d90, k = room // seeds.
 
-        Returns the seeds wanted per point, the (unconfirmed) section to k-section next, and
-        the outcome should no more probes be possible.
+        Probing d asks "is d90 ≤ d?", so quantile q is served by the probe-able point whose
+        P(d90 ≤ d) is closest to q; quantiles that meet at one point take consecutive seeds.
         """
         s = self.settings
-        seeds = s.probe_seeds
-        fails = [p for p, ok in verdict.items() if not ok]
-        if lowest_pass is not None and lowest_pass <= s.lo:  # lo (or a widened lo) passes
-            lower = widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo)
-            points = [p for p in lower if p < lowest_pass][:1]
-            return {p: seeds for p in points}, None, "not_bracketed_lo_passes"
-        if lowest_pass is None and fails and max(fails) >= s.hi:  # hi (or a widened hi) fails
-            higher = widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi)
-            points = [p for p in higher if p not in verdict][:1]
-            return {p: seeds for p in points}, None, "not_bracketed_hi_fails"
-        # the bracket so far, with lo taken to fail and hi to pass until probed
-        low = s.lo if lowest_pass is not None else max(fails, default=s.lo)
-        high = lowest_pass if lowest_pass is not None else s.hi
-        if high - low > 1:
-            return {}, (low, high), "budget_exhausted"
-        return {p: seeds for p in (low, high) if p not in verdict}, None, "budget_exhausted"
-
-    def _round(self, assessment: _Assessment, room: int) -> list[Probe]:
-        """Up to ``room`` probes: k log-spaced points when sectioning, else the missing seeds."""
-        s = self.settings
-        if assessment.section is not None:
-            k = max(1, room // s.probe_seeds)
-            wanted = {p: s.probe_seeds for p in log_spaced_interior(*assessment.section, k)}
-        else:
-            wanted = assessment.seeds_wanted
+        k = max(1, room // s.probe_seeds)
+        values = posterior.values
+        inner = values[(values > self._floor) & (values < self._ceiling)]
+        candidates = np.unique(np.concatenate([[self._floor, self._ceiling], inner]))
+        cdf = posterior.cdf_at(candidates)
+        wanted: dict[int, int] = {}
+        for i in range(1, k + 1):
+            best = int(candidates[int(np.argmin(np.abs(cdf - i / (k + 1))))])  # first on ties
+            wanted[best] = wanted.get(best, 0) + s.probe_seeds
         probes = [
             Probe(point, seed)
-            for point, total in sorted(wanted.items())
-            for seed in self._fresh_seeds(point, total)
+            for point, extra in sorted(wanted.items())
+            for seed in self._fresh_seeds(point, extra)
         ]
         return probes[:room]
 
-    def _fresh_seeds(self, point: int, total: int) -> Iterator[int]:
-        """The smallest seeds not yet used at ``point``, enough to bring it to ``total``."""
+    def _fresh_seeds(self, point: int, extra: int) -> Iterator[int]:
+        """The ``extra`` smallest seeds not yet used (or pending) at ``point``."""
         used = {seed for (p, seed) in self._results if p == point}
         used |= {seed for (p, seed) in self._pending if p == point}
         seed = 0
-        for _ in range(total - len(used)):
+        for _ in range(extra):
             while seed in used:
                 seed += 1
             yield seed
             seed += 1
 
 
-def _undecided(passes: int, seeds: int, total: int) -> bool:
-    """Whether a point's majority over `total` seeds (ties pass) can still go either way.
-
-    Boundary seeds are added one per round, so two agreeing seeds of three end it: the third
-    could not change the verdict, and skipping it changes no decision the search makes.
-    """
-    if seeds >= total:
-        return False
-    decided_pass = 2 * passes >= total
-    decided_fail = 2 * (passes + total - seeds) < total
-    return not (decided_pass or decided_fail)
-
-
 def _same_outcome(a: ProbeResult, b: ProbeResult) -> bool:
     same_metric = a.metric == b.metric or (math.isnan(a.metric) and math.isnan(b.metric))
     return bool(a.passed) == bool(b.passed) and same_metric
-
-
-def _final_outcome(assessment: _Assessment) -> Outcome:
-    return assessment.outcome if assessment.outcome is not None else assessment.out_of_budget

@@ -1,0 +1,256 @@
+"""Does the searcher's "90 %" interval cover the truth 90 % of the time?  Simulated oracles.
+
+    python bench/calibration.py [--runs 200] [--out bench/results/calibration.json]
+
+Drives the real, pure `ThresholdSearch` (no Ray, no training) against simulated probes whose
+pass probability is a known curve of log d, so the true crossing is known exactly:
+
+* links: `logistic`, and `asymmetric` — a type-I generalised logistic F(u)³, skewed, and
+  deliberately *not* one of the links the estimator's model uses;
+* widths 0.05, 0.15 and 0.5 in log d, measured link-free as the distance between the points
+  where the pass probability is 1/4 and 3/4;
+* truths log-uniform over [2·lo, hi/2] of the range (lo, hi) = (2, 1000);
+* 1, 4 and 8 workers (rounds of that many probes);
+* `div`: fails from divergence at large d — pass probability × (1 − 0.25·t²), t the position in
+  log over (lo, hi], so a quarter of the probes at hi diverge.
+
+The true d90 is the smallest integer d whose pass probability is ≥ 1/2.  A probe's result is
+drawn from a generator keyed by (run, point, seed), so it does not depend on when it is asked.
+
+Per setting: coverage (runs whose interval contains the true d90, over all runs: a run with
+no interval does not cover), the fraction of `found` answers outside their own interval (and
+outside their bracket), the median |log(answer / truth)| (runs with an answer), the median
+interval hi/lo, mean probes and the outcomes; then the same run searched again at the 10-point
+grid's precision (tolerance = one grid step − 1, as bench/search.py compares): its probes and
+trial-cost (cost ∝ d) as a fraction of the 10-point × 3-seed grid's.  Goal (issue 11):
+coverage ≥ 0.88 everywhere, no `found` answer outside its interval, median error
+≤ log(1 + tolerance), ≤ 40 % of the grid's compute at the grid's precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sweeper.search import Probe, ProbeResult, SearchSettings, ThresholdSearch
+
+LO, HI = 2, 1000
+TOLERANCE = 0.1
+MAX_PROBES = 40  # the job spec's default budget per search
+GRID_POINTS, GRID_SEEDS = 10, 3
+WIDTHS = (0.05, 0.15, 0.5)
+WORKERS = (1, 4, 8)
+DIVERGENCE_AT_HI = 0.25
+
+
+def _logistic(u: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-u))
+
+
+def _asymmetric(u: np.ndarray) -> np.ndarray:
+    return _logistic(u) ** 3
+
+
+LINKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "logistic": _logistic,
+    "asymmetric": _asymmetric,
+}
+
+
+def _standardised(link: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """The link shifted and scaled so that it is 1/2 at 0 and its 1/4 → 3/4 span is 1."""
+    u = np.linspace(-40.0, 40.0, 400_001)
+    f = link(u)
+    q25, q50, q75 = (float(np.interp(q, f, u)) for q in (0.25, 0.5, 0.75))
+    return lambda z: link(q50 + z * (q75 - q25))
+
+
+class Oracle:
+    """Pass probability against d; results keyed by (run, point, seed)."""
+
+    def __init__(self, link: str, width: float, truth: float, divergence: bool, run: int):
+        self.f = _standardised(LINKS[link])
+        self.width, self.truth, self.divergence, self.run = width, truth, divergence, run
+
+    def p_pass(self, d: np.ndarray | float) -> np.ndarray:
+        d = np.asarray(d, dtype=float)
+        p = self.f((np.log(d) - math.log(self.truth)) / self.width)
+        if self.divergence:
+            t = np.clip(np.log(d / LO) / math.log(HI / LO), 0.0, 1.0)
+            p = p * (1.0 - DIVERGENCE_AT_HI * t**2)
+        return p
+
+    def d90(self) -> int:
+        """The smallest integer d with pass probability ≥ 1/2 (the true answer)."""
+        d = np.arange(1, 64 * HI + 1)
+        passing = np.nonzero(self.p_pass(d) >= 0.5)[0]
+        return int(d[passing[0]])
+
+    def __call__(self, probe: Probe) -> ProbeResult:
+        u = random.Random(f"{self.run}:{probe.point}:{probe.seed}").random()
+        ok = bool(u < float(self.p_pass(probe.point)))
+        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+
+
+def search(oracle: Oracle, workers: int, tolerance: float) -> tuple[ThresholdSearch, int, float]:
+    """One search to its end, whole rounds of ``workers`` probes; returns it, probes, cost (Σ d)."""
+    s = ThresholdSearch(
+        SearchSettings(lo=LO, hi=HI, threshold=0.5, tolerance=tolerance, max_probes=MAX_PROBES)
+    )
+    probes, cost = 0, 0.0
+    while not s.finished:
+        round_ = s.propose(workers)
+        if not round_:
+            raise RuntimeError("searcher stalled: not finished, nothing proposed")
+        for probe in round_:
+            s.record(oracle(probe))
+            probes += 1
+            cost += probe.point
+    return s, probes, cost
+
+
+def grid_compute() -> tuple[int, float]:
+    points = sorted({round(float(x)) for x in np.geomspace(LO, HI, GRID_POINTS)})
+    return len(points) * GRID_SEEDS, float(sum(points) * GRID_SEEDS)
+
+
+def run_setting(link: str, width: float, workers: int, divergence: bool, runs: int) -> dict:
+    grid_probes, grid_cost = grid_compute()
+    grid_tolerance = round((HI / LO) ** (1 / (GRID_POINTS - 1)) - 1, 3)
+    rng = np.random.default_rng([list(LINKS).index(link), int(width * 1000), workers, divergence])
+    covered, with_interval, found, found_outside, found_outside_bracket = 0, 0, 0, 0, 0
+    errors, ratios, probes, outcomes = [], [], [], Counter()
+    coarse_probes, coarse_cost, coarse_errors, coarse_covered = [], [], [], 0
+    for run in range(runs):
+        truth_real = float(np.exp(rng.uniform(math.log(2 * LO), math.log(HI / 2))))
+        oracle = Oracle(link, width, truth_real, divergence, run)
+        truth = oracle.d90()
+        s, n, _ = search(oracle, workers, TOLERANCE)
+        r = s.result()
+        outcomes[r.outcome] += 1
+        probes.append(n)
+        if r.interval is not None:
+            with_interval += 1
+            lo, hi = r.interval
+            covered += lo <= truth <= hi
+            ratios.append(hi / lo)
+        if r.answer is not None:
+            errors.append(abs(math.log(r.answer / truth)))
+        if r.outcome == "found":
+            found += 1
+            inside = r.interval is not None and r.answer is not None
+            inside = inside and r.interval[0] <= r.answer <= r.interval[1]
+            found_outside += not inside
+            b = r.bracket
+            found_outside_bracket += b is None or r.answer is None or not b[0] < r.answer <= b[1]
+        c, cn, ccost = search(oracle, workers, grid_tolerance)
+        cr = c.result()
+        coarse_probes.append(cn)
+        coarse_cost.append(ccost)
+        if cr.answer is not None:
+            coarse_errors.append(abs(math.log(cr.answer / truth)))
+        if cr.interval is not None:
+            coarse_covered += cr.interval[0] <= truth <= cr.interval[1]
+    return {
+        "link": link,
+        "width": width,
+        "workers": workers,
+        "divergence": divergence,
+        "runs": runs,
+        "coverage": covered / runs,
+        "with_interval": with_interval / runs,
+        "found": found / runs,
+        "found_answer_outside_interval": found_outside / max(1, found),
+        "found_answer_outside_bracket": found_outside_bracket / max(1, found),
+        "median_abs_log_error": statistics.median(errors) if errors else None,
+        "median_interval_ratio": statistics.median(ratios) if ratios else None,
+        "mean_probes": statistics.fmean(probes),
+        "outcomes": dict(outcomes),
+        "at_grid_precision": {
+            "tolerance": grid_tolerance,
+            "coverage": coarse_covered / runs,
+            "median_abs_log_error": statistics.median(coarse_errors) if coarse_errors else None,
+            "mean_probes": statistics.fmean(coarse_probes),
+            "grid_probes": grid_probes,
+            "fraction_of_grid_probes": statistics.fmean(coarse_probes) / grid_probes,
+            "fraction_of_grid_cost": statistics.fmean(coarse_cost) / grid_cost,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="searches per setting")
+    parser.add_argument("--out", default="bench/results/calibration.json")
+    args = parser.parse_args()
+    settings = [
+        (link, width, workers, divergence)
+        for divergence in (False, True)
+        for link in LINKS
+        for width in WIDTHS
+        for workers in WORKERS
+    ]
+    header = (
+        f"{'link':<11}{'width':>6}{'wk':>3}{'div':>4}{'cover':>7}{'found':>7}{'outside':>8}{'o/brk':>6}"
+        f"{'err':>7}{'hi/lo':>7}{'probes':>7}{'grid pr':>8}{'grid $':>7}  outcomes"
+    )
+    print(
+        f"tolerance {TOLERANCE} (error goal ≤ {math.log(1 + TOLERANCE):.3f}), "
+        f"range ({LO}, {HI}), budget {MAX_PROBES} probes, {args.runs} runs per setting"
+    )
+    print(header)
+    rows = []
+    started = time.perf_counter()
+    for link, width, workers, divergence in settings:
+        row = run_setting(link, width, workers, divergence, args.runs)
+        rows.append(row)
+        g = row["at_grid_precision"]
+        err = row["median_abs_log_error"]
+        ratio = row["median_interval_ratio"]
+        outcomes = " ".join(f"{k}={v}" for k, v in sorted(row["outcomes"].items()))
+        print(
+            f"{link:<11}{width:>6}{workers:>3}{'y' if divergence else 'n':>4}"
+            f"{row['coverage']:>7.2f}{row['found']:>7.2f}"
+            f"{row['found_answer_outside_interval']:>8.2f}"
+            f"{row['found_answer_outside_bracket']:>6.2f}"
+            f"{'-' if err is None else f'{err:.3f}':>7}"
+            f"{'-' if ratio is None else f'{ratio:.2f}':>7}"
+            f"{row['mean_probes']:>7.1f}{g['fraction_of_grid_probes']:>8.2f}"
+            f"{g['fraction_of_grid_cost']:>7.2f}  {outcomes}",
+            flush=True,
+        )
+    print(
+        "cover: runs whose 90 % interval holds the true d90; outside: found answers outside their"
+        " interval; o/brk: ... outside their (fail, pass] bracket; err: median |log(answer/truth)|;"
+        " grid pr / grid $: probes / Σd at the grid's precision as a fraction of the 10-point ×"
+        " 3-seed grid's"
+    )
+    worst = min(r["coverage"] for r in rows)
+    print(f"worst coverage {worst:.2f}; {time.perf_counter() - started:.0f} s")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "range": [LO, HI],
+                "tolerance": TOLERANCE,
+                "max_probes": MAX_PROBES,
+                "grid": {"points": GRID_POINTS, "seeds": GRID_SEEDS},
+                "settings": rows,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
