@@ -32,7 +32,8 @@ STATUS_WORDS = {
     "so {dim}90 lies below the search range",
     "not_bracketed_hi_fails": "not bracketed: the highest {dim} tried still fails, "
     "so {dim}90 lies above the search range",
-    "budget_exhausted": "budget exhausted before the bracket closed",
+    "budget_exhausted": "budget exhausted before the 90 % interval narrowed to the tolerance",
+    "non_monotone": "non-monotone: passes and fails contradict a pass rate rising with {dim}",
     "error": "error: a probe raised, so there is no verdict (its run's `error` tag says why)",
     "running": "running: probes finished so far only",
     "interrupted": "interrupted before its verdict (parent run {run_status}); "

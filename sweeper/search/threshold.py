@@ -30,6 +30,7 @@ Outcome = Literal[
     "not_bracketed_lo_passes",
     "not_bracketed_hi_fails",
     "budget_exhausted",
+    "error",  # set by the plan, never by the search: a probe raised, so there is no verdict
 ]
 
 _STATE_FORMAT = 2  # 2: the posterior searcher (1: k-section + isotonic bootstrap)
