@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from sweeper.errors import SpecError
-from sweeper.tasks import digits, text, toy_sums
+from sweeper.tasks import digits, mnist, text, toy_sums
 from sweeper.tasks.base import Option, Problem, TrainSettings
 
 
@@ -55,6 +55,22 @@ TASKS: dict[str, TaskInfo] = {
         {"hidden": Option(int, 1), "init_seed": Option(int, 0), "data_seed": Option(int, 0)},
         digits.build,
         module_names=lambda model, options: set(digits.MODULES),
+    ),
+    "mnist": TaskInfo(
+        "mnist",
+        mnist.MODELS,
+        {
+            "width": Option(int, 1),
+            "depth": Option(int, 1),
+            "shuffle_pixels": Option(bool),
+            "shuffle_labels": Option(bool),
+            "train_size": Option(int, 10),
+            "data_seed": Option(int, 0),
+            "init_seed": Option(int, 0),
+        },
+        mnist.build,
+        ready=mnist.ready,
+        module_names=mnist.module_names,
     ),
     **{
         name: TaskInfo(

@@ -40,7 +40,7 @@ class TrainSettings:
 class Option:
     """One task option a job spec may set: its type and the values it accepts.
 
-    kind: int, float or str (an int is accepted where a float is; bool never is).
+    kind: int, float, str or bool (an int is accepted where a float is; a bool only as bool).
     minimum / maximum: inclusive bounds for numbers. choices: the allowed values, if listed.
     """
 
@@ -53,7 +53,9 @@ class Option:
         """Why `value` is not acceptable (one phrase), or None when it is."""
         kinds = (int, float) if self.kind is float else (self.kind,)
         if type(value) not in kinds:
-            noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[
+                self.kind
+            ]
             return f"must be {noun}{self._range()}, got {value!r}"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {list(self.choices)}, got {value!r}"
