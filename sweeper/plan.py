@@ -161,10 +161,13 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
             "layout": m.layout,
             "said_groups": m.said_groups,
         }
-        if m.projection == "fastfood":  # other random numbers, another P: never a cache hit
-            from sweeper.projection.generator import VERSION
+    if method == "resampled":
+        config["projection"] = m.projection
+    # other random numbers, another P: never a cache hit
+    if method in ("did", "said", "resampled") and m.projection == "fastfood":
+        from sweeper.projection.generator import VERSION
 
-            config["generator"] = VERSION
+        config["generator"] = VERSION
     if method == "lora":
         config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
         # only when set: a job that leaves them out keeps the config hashes it always had

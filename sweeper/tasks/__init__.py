@@ -69,6 +69,7 @@ TASKS: dict[str, TaskInfo] = {
             "init_seed": Option(int, 0),
         },
         mnist.build,
+        methods=("full", "did", "said", "lora", "resampled"),
         ready=mnist.ready,
         module_names=mnist.module_names,
     ),

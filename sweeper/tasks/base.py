@@ -20,7 +20,8 @@ ROLES: tuple[Role, ...] = ("select", "report")
 class TrainSettings:
     """One trial's optimisation: the defaults a task suggests, overridable per job and method.
 
-    optimizer: 'adam', 'adamw', 'sgd' or 'lbfgs' (toy problems: exact least squares).
+    optimizer: 'adam', 'adamw', 'sgd' (momentum 0.9), 'plain_sgd' (none) or 'lbfgs' (toy
+        problems: exact least squares).
     lr: learning rate. steps: optimiser steps. batch_size: examples per step.
     eval_every: steps between evaluations (early stop on pass needs them).
     grad_accum: micro-batches one step's batch is split into (batch_size // grad_accum
