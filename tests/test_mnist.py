@@ -36,6 +36,24 @@ def test_the_models_have_li_et_al_parameter_counts(fake_mnist):
     assert n_params(build_problem("mnist", "fc", {"width": 50, "depth": 3})) == (
         784 * 50 + 50 + 2 * (50 * 50 + 50) + 50 * 10 + 10
     )
+    assert n_params(build_problem("mnist", "fc-50x3", {})) == n_params(
+        build_problem("mnist", "fc", {"width": 50, "depth": 3})
+    )
+
+
+@pytest.mark.parametrize(
+    "model, options, field",
+    [
+        ("fc-50x3", {"width": 50}, "task_options"),
+        ("lenet", {"depth": 2}, "task_options"),
+        ("fc-0x3", {}, "model"),
+        ("mlp", {}, "model"),
+    ],
+)
+def test_a_model_name_and_its_size_options_must_agree(model, options, field):
+    with pytest.raises(SpecError) as caught:
+        check_task("mnist", model, options)
+    assert caught.value.field == field
 
 
 def test_train_select_report_are_the_pickles_train_valid_and_test(fake_mnist):
@@ -91,9 +109,6 @@ def test_options_are_checked_by_name_and_type():
     assert caught.value.field == "task_options.shuffle_pixels"
     assert "true or false" in caught.value.message
     check_task("mnist", "lenet", {"shuffle_pixels": True, "shuffle_labels": False})
-    with pytest.raises(SpecError) as caught:
-        check_task("mnist", "mlp", {})
-    assert caught.value.field == "model"
 
 
 def test_a_missing_asset_names_the_command_that_fetches_it(tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ TASKS: dict[str, TaskInfo] = {
     ),
     "mnist": TaskInfo(
         "mnist",
-        mnist.MODELS,
+        None,  # fc, lenet, or fc-<width>x<depth>: `check` judges the name
         {
             "width": Option(int, 1),
             "depth": Option(int, 1),
@@ -70,7 +70,9 @@ TASKS: dict[str, TaskInfo] = {
         },
         mnist.build,
         methods=("full", "did", "said", "lora", "resampled"),
+        check=mnist.check,
         ready=mnist.ready,
+        default_model="fc",
         module_names=mnist.module_names,
     ),
     **{

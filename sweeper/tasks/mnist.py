@@ -9,7 +9,9 @@ al. report (they evaluate on the test set).
 Models (Li et al.'s code: uber-research/intrinsic-dimension, `model_builders.py`):
 
 * ``fc``: 784 → `width` → … (`depth` hidden ReLU layers) → 10. The defaults (200, 2) give
-  784-200-200-10, D = 199,210. Layers `fc1` … `fc<depth>`, then `head`.
+  784-200-200-10, D = 199,210. Layers `fc1` … `fc<depth>`, then `head`. ``fc-<width>x<depth>``
+  (e.g. ``fc-50x1``) names one size of the family directly, so a job over sizes gives each its
+  own model name (searches, tracking and the dashboards tell models apart by name).
 * ``lenet``: conv 5×5 1→6, ReLU, max-pool 2; conv 5×5 6→16, ReLU, max-pool 2 (no padding:
   28 → 24 → 12 → 8 → 4); FC 256 → 120, ReLU; 120 → 84, ReLU; `head` 84 → 10. D = 44,426
   (156 + 2,416 + 30,840 + 10,164 + 850), Li et al.'s count.
@@ -59,6 +61,7 @@ import codecs
 import gzip
 import importlib
 import pickle
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from functools import cache
@@ -130,14 +133,34 @@ def he_normal_(net: nn.Module) -> nn.Module:
     return net
 
 
-def make_model(model: str, options: dict) -> nn.Module:
-    if model == "fc":
-        return FC(int(options.get("width", WIDTH)), int(options.get("depth", DEPTH)))
-    if model == "lenet":
-        if "width" in options or "depth" in options:
+_FC_NAME = re.compile(r"fc-([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def check(model: str, options: dict) -> None:
+    """The model name (fc, lenet or fc-<width>x<depth>) and the options it allows."""
+    if model in MODELS:
+        if model == "lenet" and ("width" in options or "depth" in options):
             raise SpecError("task_options", "width and depth apply to model fc, not lenet")
+        return
+    if _FC_NAME.fullmatch(model):
+        if "width" in options or "depth" in options:
+            raise SpecError(
+                "task_options", f"{model!r} sets width and depth by its name; drop the options"
+            )
+        return
+    raise SpecError(
+        "model", f"task 'mnist' runs on models fc, lenet or fc-<width>x<depth>, not {model!r}"
+    )
+
+
+def make_model(model: str, options: dict) -> nn.Module:
+    check(model, options)
+    if model == "lenet":
         return LeNet()
-    raise SpecError("model", f"task 'mnist' runs on models {list(MODELS)}, not {model!r}")
+    sized = _FC_NAME.fullmatch(model)
+    if sized:
+        return FC(int(sized.group(1)), int(sized.group(2)))
+    return FC(int(options.get("width", WIDTH)), int(options.get("depth", DEPTH)))
 
 
 def module_names(model: str, options: dict) -> set[str]:
