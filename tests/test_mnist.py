@@ -140,3 +140,15 @@ def test_each_model_trains_under_each_kind_of_method(fake_mnist, model, method, 
     result = run_trial(spec, threads=1)
     assert result.steps == 4 and len(result.history) == 2
     assert result.outcome in ("pass", "fail") and 0 <= result.metric <= 1
+
+
+@pytest.mark.parametrize(
+    "job", ["li2018-mnist", "li2018-mnist-sparse", "li2018-fc-sizes", "li2018-resampled"]
+)
+def test_the_li2018_jobs_are_valid_specs(job):
+    from pathlib import Path
+
+    from sweeper.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "jobs" / f"{job}.yaml")
+    assert all(task.name == "mnist" for _, task, _ in spec.searches())
