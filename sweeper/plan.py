@@ -161,10 +161,13 @@ def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict
             "layout": m.layout,
             "said_groups": m.said_groups,
         }
-        if m.projection == "fastfood":  # other random numbers, another P: never a cache hit
-            from sweeper.projection.generator import VERSION
+    if method == "resampled":
+        config["projection"] = m.projection
+    # other random numbers, another P: never a cache hit
+    if method in ("did", "said", "resampled") and m.projection == "fastfood":
+        from sweeper.projection.generator import VERSION
 
-            config["generator"] = VERSION
+        config["generator"] = VERSION
         if spec.resources.fastfood_kernel != "auto":  # only when set: hashes stay as they were
             config["fastfood_kernel"] = spec.resources.fastfood_kernel
     if method == "lora":

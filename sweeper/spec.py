@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sweeper.errors import SpecError
 from sweeper.tasks import TASKS, check_task
 
-SEARCHED = ("did", "said", "lora")
+SEARCHED = ("did", "said", "lora", "resampled")
 Scalar = int | float | str | bool
 
 # Caps on sizes: beyond them a job would never finish or would exhaust memory, so they are
@@ -69,7 +69,7 @@ class LRSearch(_Strict):
 class TrainSpec(_Strict):
     """Training settings; anything left out takes the task's default for the method."""
 
-    optimizer: Literal["adam", "adamw", "sgd", "lbfgs"] | None = None
+    optimizer: Literal["adam", "adamw", "sgd", "lbfgs", "plain_sgd"] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     lr_search: LRSearch | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
@@ -124,6 +124,7 @@ class Methods(_Strict):
     did: MethodSpec | None = None
     said: MethodSpec | None = None
     lora: MethodSpec | None = None
+    resampled: MethodSpec | None = None  # a fresh P every step (sweeper/resampled.py)
 
     def searched(self) -> dict[str, MethodSpec]:
         return {name: getattr(self, name) for name in SEARCHED if getattr(self, name)}
@@ -345,7 +346,7 @@ def _check_names(spec: JobSpec) -> None:
         raise SpecError("methods.full.search", "the baseline has no search range; remove it")
     named = [name for name in SEARCHED if getattr(spec.methods, name) is not None]
     if not named:
-        raise SpecError("methods", "name at least one of did, said, lora to search")
+        raise SpecError("methods", f"name at least one of {', '.join(SEARCHED)} to search")
     for name in named:
         if getattr(spec.methods, name).search is None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")

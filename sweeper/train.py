@@ -24,8 +24,8 @@ from sweeper.projection import KINDS, LAYOUTS
 from sweeper.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
 from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
 
-METHODS = ("full", "did", "said", "lora")
-OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
+METHODS = ("full", "did", "said", "lora", "resampled")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")
 HEAD_POLICIES = ("budget", "train")
 HeadPolicy = Literal["budget", "train"]
 RULE = "select-checkpoint-report"  # the decision rule's name, recorded with every run
@@ -38,7 +38,7 @@ class TrialSpec:
     task: str
     model: str
     method: str
-    dim: int | None = None  # d for did/said, r for lora, None for full
+    dim: int | None = None  # d for did/said/resampled, r for lora, None for full
     seed: int = 0
     task_options: dict[str, Any] = field(default_factory=dict)
     projection: str = "fastfood"
@@ -104,6 +104,17 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
         model = SubspaceModel(problem.model, config, head=problem.head)
         model.fastfood_kernel = spec.fastfood_kernel
         return model
+    if spec.method == "resampled":
+        from sweeper.resampled import ResampledModel
+
+        return ResampledModel(
+            problem.model,
+            spec.dim,
+            spec.seed,
+            head=problem.head,
+            train_head=spec.head == "train",
+            projection=spec.projection,
+        )
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -187,6 +198,16 @@ def check_trial(spec: TrialSpec) -> None:
             wrap(problem, spec)
         except ValueError as e:
             raise SpecError("dim", str(e)) from None
+    if spec.method == "resampled":
+        if spec.projection != "fastfood":
+            raise SpecError("projection", "resampled regenerates P every step: use fastfood")
+        settings = spec.train or problem.train_defaults(spec.method)
+        if settings.optimizer == "lbfgs":
+            raise SpecError("train.optimizer", "resampled projects one gradient a step: not lbfgs")
+        try:
+            wrap(problem, spec)
+        except ValueError as e:
+            raise SpecError("dim", str(e)) from None
     if spec.method == "lora":
         names = {name.rpartition(".")[2] for name, _ in problem.model.named_modules()}
         missing = sorted(set(lora_targets(problem, spec)) - names)
@@ -243,6 +264,8 @@ def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch
         return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
+    if name == "plain_sgd":  # no momentum: each update is the step's (projected) gradient alone
+        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay)
     if name == "lbfgs":
         return torch.optim.LBFGS(
             params,
@@ -284,6 +307,8 @@ def run_trial(
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = make_optimizer(settings, params)
+    if spec.method == "resampled":  # g ← P_t P_tᵀ g before each step (sweeper/resampled.py)
+        optimizer.register_step_pre_hook(lambda *_: module.project_gradients())
     accum = settings.grad_accum
     batches = problem.batches(settings.batch_size // accum, spec.seed)
 

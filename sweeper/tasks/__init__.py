@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from sweeper.errors import SpecError
-from sweeper.tasks import digits, text, toy_sums
+from sweeper.tasks import digits, mnist, text, toy_sums
 from sweeper.tasks.base import SEED_MAX, Option, Problem, TrainSettings
 
 
@@ -64,6 +64,25 @@ TASKS: dict[str, TaskInfo] = {
         },
         digits.build,
         module_names=lambda model, options: set(digits.MODULES),
+    ),
+    "mnist": TaskInfo(
+        "mnist",
+        None,  # fc, lenet, or fc-<width>x<depth>: `check` judges the name
+        {
+            "width": Option(int, 1),
+            "depth": Option(int, 1),
+            "shuffle_pixels": Option(bool),
+            "shuffle_labels": Option(bool),
+            "train_size": Option(int, 10),
+            "data_seed": Option(int, 0),
+            "init_seed": Option(int, 0),
+        },
+        mnist.build,
+        methods=("full", "did", "said", "lora", "resampled"),
+        check=mnist.check,
+        ready=mnist.ready,
+        default_model="fc",
+        module_names=mnist.module_names,
     ),
     **{
         name: TaskInfo(

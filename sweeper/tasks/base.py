@@ -23,7 +23,8 @@ SEED_MAX = 2**32 - 1  # task seeds (init_seed, data_seed), as for a trial's seed
 class TrainSettings:
     """One trial's optimisation: the defaults a task suggests, overridable per job and method.
 
-    optimizer: 'adam', 'adamw', 'sgd' or 'lbfgs' (toy problems: exact least squares).
+    optimizer: 'adam', 'adamw', 'sgd' (momentum 0.9), 'plain_sgd' (none) or 'lbfgs' (toy
+        problems: exact least squares).
     lr: learning rate. steps: optimiser steps. batch_size: examples per step.
     eval_every: steps between evaluations (early stop on pass needs them).
     grad_accum: micro-batches one step's batch is split into (batch_size // grad_accum
@@ -43,7 +44,7 @@ class TrainSettings:
 class Option:
     """One task option a job spec may set: its type and the values it accepts.
 
-    kind: int, float or str (an int is accepted where a float is; bool never is).
+    kind: int, float, str or bool (an int is accepted where a float is; a bool only as bool).
     minimum / maximum: inclusive bounds for numbers. choices: the allowed values, if listed.
     """
 
@@ -56,7 +57,12 @@ class Option:
         """Why `value` is not acceptable (one phrase), or None when it is."""
         kinds = (int, float) if self.kind is float else (self.kind,)
         if type(value) not in kinds or (type(value) is float and not math.isfinite(value)):
-            noun = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
+            noun = {
+                int: "an integer",
+                float: "a finite number",
+                str: "a string",
+                bool: "true or false",
+            }[self.kind]
             return f"must be {noun}{self._range()}, got {value!r}"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {list(self.choices)}, got {value!r}"
