@@ -163,3 +163,33 @@ def majority_rate(labels: Sequence[int] | np.ndarray) -> float:
     """The accuracy of always guessing the most frequent label."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
     return float(counts.max() / counts.sum()) if counts.sum() else 0.0
+
+
+TensorData = dict[str, tuple[torch.Tensor, torch.Tensor]]  # role or "train" → (x, y)
+
+
+def tensor_classification(data: TensorData, eval_chunk: int = 5000):
+    """(batches, loss, evaluate) of a classification task held as tensors per data role:
+    seeded shuffled batches of `train`, cross-entropy, accuracy and loss on a role."""
+    from torch.nn import functional as F
+
+    x_tr, y_tr = data["train"]
+
+    def batches(batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in epochs(len(x_tr), batch_size, seed):
+            yield x_tr[idx], y_tr[idx]
+
+    def loss(module: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(module(x), y)
+
+    @torch.no_grad()
+    def evaluate(module: nn.Module, role: Role) -> dict[str, float]:
+        x, y = data[role]
+        logits = torch.cat([module(chunk) for chunk in x.split(eval_chunk)])
+        return {
+            "accuracy": (logits.argmax(1) == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item(),
+        }
+
+    return batches, loss, evaluate

@@ -8,14 +8,19 @@ checkpoint is scored on it), so every probe of every job is chosen and scored on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cache
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sweeper.tasks.base import Problem, Role, TrainSettings, epochs, majority_rate, three_way_split
+from sweeper.tasks.base import (
+    Problem,
+    TrainSettings,
+    majority_rate,
+    tensor_classification,
+    three_way_split,
+)
 
 HIDDEN = 64
 MODULES = ("fc1", "fc2", "head")  # the MLP's linear layers, by name
@@ -51,28 +56,13 @@ def _data(data_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def build(model: str, options: dict) -> Problem:
     data = _data(int(options.get("data_seed", 0)))
-    x_tr, y_tr = data["train"]
+    x_tr = data["train"][0]
     init_seed = int(options.get("init_seed", 0))
     with torch.random.fork_rng(devices=[]):  # θ0 from init_seed; the trial's stream untouched
         torch.manual_seed(init_seed)
         net = MLP(x_tr.shape[1], int(options.get("hidden", HIDDEN)), 10)
 
-    def batches(batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx in epochs(len(x_tr), batch_size, seed):
-            yield x_tr[idx], y_tr[idx]
-
-    def loss(module: nn.Module, batch) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(module(x), y)
-
-    @torch.no_grad()
-    def evaluate(module: nn.Module, role: Role) -> dict[str, float]:
-        x, y = data[role]
-        logits = module(x)
-        return {
-            "accuracy": (logits.argmax(1) == y).float().mean().item(),
-            "loss": F.cross_entropy(logits, y).item(),
-        }
+    batches, loss, evaluate = tensor_classification(data)
 
     subspace = TrainSettings(optimizer="adam", lr=0.05, steps=400, batch_size=128, eval_every=25)
     return Problem(

@@ -62,7 +62,6 @@ import gzip
 import importlib
 import pickle
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -74,7 +73,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from sweeper.errors import SpecError
-from sweeper.tasks.base import Problem, Role, TrainSettings, epochs, majority_rate, stratified_split
+from sweeper.tasks.base import (
+    Problem,
+    TrainSettings,
+    majority_rate,
+    stratified_split,
+    tensor_classification,
+)
 
 ASSET = "mnist"
 FILE = "mnist.pkl.gz"
@@ -272,28 +277,12 @@ def build(model: str, options: dict) -> Problem:
         bool(options.get("shuffle_labels", False)),
         int(train_size) if train_size is not None else None,
     )
-    x_tr, y_tr = data["train"]
     init_seed = int(options.get("init_seed", 0))
     with torch.random.fork_rng(devices=[]):  # θ0 from init_seed; the trial's stream untouched
         torch.manual_seed(init_seed)
         net = he_normal_(make_model(model, options))
 
-    def batches(batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx in epochs(len(x_tr), batch_size, seed):
-            yield x_tr[idx], y_tr[idx]
-
-    def loss(module: nn.Module, batch) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(module(x), y)
-
-    @torch.no_grad()
-    def evaluate(module: nn.Module, role: Role) -> dict[str, float]:
-        x, y = data[role]
-        logits = torch.cat([module(chunk) for chunk in x.split(5000)])
-        return {
-            "accuracy": (logits.argmax(1) == y).float().mean().item(),
-            "loss": F.cross_entropy(logits, y).item(),
-        }
+    batches, loss, evaluate = tensor_classification(data)
 
     # One schedule for every method (README, "How sweeper decides"); Li et al.'s optimiser.
     settings = TrainSettings(
