@@ -467,6 +467,20 @@ def _holder() -> dict[str, Any]:
     }
 
 
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether a lease's holder was a process on this machine that no longer exists: a driver
+    killed outright (Ray Jobs resubmit on the same head) frees its job at once, not at expiry."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 def _busy(job_id: str, uri: str, holder: dict[str, Any], until: str = "") -> SpecError:
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since')}"
     return SpecError(
@@ -541,7 +555,8 @@ class _Lease(Claim):
         owner = uuid.uuid4().hex
         lease = cls(tracker, key, {**_holder(), "owner": owner, "ttl_s": ttl_s}, ttl_s)
         held = lease.current()
-        if held and held.get("owner") != owner and held.get("expires", 0) > time.time():
+        live = held and held.get("expires", 0) > time.time() and not _gone(held)
+        if live and held.get("owner") != owner:
             raise _busy(tracker.job_id, tracker.uri, held, lease.until(held))
         lease.renew()
         time.sleep(LEASE_SETTLE_S)

@@ -157,6 +157,19 @@ def test_an_expired_lease_is_taken_over(tmp_path, mlflow_server):
     assert dead is not None
 
 
+def test_a_lease_whose_driver_on_this_machine_is_gone_is_taken_over_at_once(
+    tmp_path, mlflow_server
+):
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # reaped: its pid names no process now
+    killed = _tracker(tmp_path, mlflow_server, "killed").claim(heartbeat=False)
+    killed.value["pid"] = finished.pid
+    killed.renew()  # as a SIGKILLed driver leaves it: unexpired, its process gone
+    _tracker(tmp_path, mlflow_server, "killed").claim().release()
+
+
 @pytest.mark.slow
 def test_two_starts_on_a_tracking_server_write_each_probe_once(tmp_path, mlflow_server):
     job = {**tiny_job(tmp_path / "run", name="served"), "tracking": {"uri": mlflow_server}}
