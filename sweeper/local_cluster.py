@@ -157,7 +157,13 @@ class LocalCluster:
             {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
         )
         deadline = time.monotonic() + timeout
-        _wait(lambda: _http_ok(f"{self.dashboard_url}/api/version"), deadline, "the dashboard")
+        head = self.nodes[-1]
+        _wait(
+            lambda: _http_ok(f"{self.dashboard_url}/api/version"),
+            deadline,
+            "the dashboard",
+            node=head,
+        )
         for _ in range(workers):
             self.add_worker(deadline=deadline)
 
@@ -182,6 +188,7 @@ class LocalCluster:
             lambda: any(resource in n.get("resources_total", {}) for n in self.alive_nodes()),
             deadline or time.monotonic() + 120,
             f"worker node {name} to join",
+            node=node,
         )
         return node
 
@@ -297,11 +304,24 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _wait(condition, deadline: float, what: str) -> None:
+def _wait(condition, deadline: float, what: str, node: Node | None = None) -> None:
+    """Poll `condition`; a node process that exits meanwhile fails at once, with its log."""
     while not condition():
+        if node is not None and not _alive(node.pid):
+            raise RuntimeError(f"node {node.name} exited while waiting for {what}{_tail(node)}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}{_tail(node)}")
         time.sleep(0.5)
+
+
+def _tail(node: Node | None, lines: int = 40) -> str:
+    if node is None:
+        return ""
+    try:
+        text = Path(node.log).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"; the last lines of {node.log}:\n" + "\n".join(text)
 
 
 def _ray_start_on_loopback(argv: list[str]) -> None:

