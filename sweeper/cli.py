@@ -278,7 +278,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from sweeper.submit import submit
 
-    print(submit(args.job, args.address, args.tracking_uri))
+    print(submit(args.job, args.address, args.tracking_uri, args.autoscaling))
     return 0
 
 
@@ -303,6 +303,11 @@ def _add_cluster(sub, default_address: str) -> None:
         "--tracking-uri",
         help="MLflow store that outlives the job: http(s)://SERVER or sqlite:////ABS/PATH.db "
         "(default: the spec's tracking.uri)",
+    )
+    submit.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: do not refuse a trial that no alive node fits",
     )
     submit.set_defaults(func=cmd_submit)
     jobs = {

@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -297,9 +298,12 @@ def _alive(pid: int) -> bool:
 
 
 def _http_ok(url: str) -> bool:
+    """The server answers: 200, or 401/403 from a dashboard that wants Ray's auth token."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status == 200
+    except urllib.error.HTTPError as e:
+        return e.code in (401, 403)
     except OSError:
         return False
 

@@ -250,7 +250,7 @@ class JobPlan:
         if request.kind == "baseline":
             pair = self.pair_of(request)
             pair.pending.discard(request.seed)
-            pair.results[request.seed] = row["metric"]
+            pair.results[request.seed] = baseline_score(row["outcome"], row["metric"])
             pair.records.append(row)
             pair.error = pair.error or failure
             self.start_searches(pair)
@@ -350,6 +350,13 @@ class JobPlan:
 
     def search_of(self, request: Request) -> SearchState:
         return next(s for p in self.pairs for s in p.searches if s.key == request.search)
+
+
+def baseline_score(outcome: str, metric: float) -> float:
+    """A baseline seed's score for perf_full; nan (an error to report) when the seed diverged
+    or raised. A diverged seed can still carry the report score of an earlier checkpoint; the
+    bar must not rest on a run whose optimisation blew up."""
+    return math.nan if outcome in ("diverged", "error") else metric
 
 
 def _where(request: Request) -> str:

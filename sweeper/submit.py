@@ -10,8 +10,9 @@
 4. a *preflight* job, run with the real job's runtime_env and deleted afterwards: on every alive
    node it looks for sweeper's dependencies and the node's Ray version, and on the head it
    imports the driver, checks the spec's built-in assets (they must be on the cluster, not
-   here) and that the tracking store is reachable. A missing package shows up here, in one
-   line, instead of as a job that fails minutes later.
+   here), that some alive node can hold one trial (unless `--autoscaling`) and that the
+   tracking store is reachable. A missing package or an oversized trial shows up here, in one
+   line, instead of as a job that fails or hangs minutes later.
 
 Only then is the real job submitted: `python -m sweeper.cli run job.yaml` in a working_dir
 holding only the spec, with this `sweeper` package as a py_module; the driver joins the cluster
@@ -225,11 +226,12 @@ def _wait_done(client, job_id: str, timeout: float) -> Any:
         time.sleep(1.0)
 
 
-def preflight(client, folder: Path) -> None:
+def preflight(client, folder: Path, autoscaling: bool = False) -> None:
     """Run `_preflight` on the cluster (see the module docstring); raise what it finds."""
     job = _jobs_api(
         client.submit_job,
-        entrypoint="python -m sweeper.submit _preflight job.yaml",
+        entrypoint="python -m sweeper.submit _preflight job.yaml"
+        + (" --autoscaling" if autoscaling else ""),
         runtime_env=_runtime_env(folder),
         metadata={f"{META}preflight": "true"},
     )
@@ -277,11 +279,11 @@ def _delete(client, job_id: str) -> None:
             time.sleep(1.0)
 
 
-def _preflight(job: str) -> int:
+def _preflight(job: str, autoscaling: bool = False) -> int:
     """On the cluster: print one line, PREFLIGHT_MARK + JSON, saying what is wrong if anything."""
     report: dict[str, Any] = {}
     try:
-        report = _check_cluster(job)
+        report = _check_cluster(job, autoscaling)
     except SpecError as e:
         report = {"field": e.field, "message": e.message}
     except Exception as e:
@@ -303,7 +305,7 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _check_cluster(job: str) -> dict[str, Any]:
+def _check_cluster(job: str, autoscaling: bool = False) -> dict[str, Any]:
     version, missing = _missing()
     if missing:
         return {"error": f"the head lacks {', '.join(missing)}: {INSTALL}"}
@@ -334,8 +336,29 @@ def _check_cluster(job: str) -> dict[str, Any]:
             return {"error": f"node {node} lacks {', '.join(missing)}: {INSTALL}"}
         if theirs != version:
             return {"error": f"node {node} runs Ray {theirs}, the head Ray {version}"}
+    if not autoscaling:
+        misfit = trial_misfit(spec.resources, [n for n in ray.nodes() if n["Alive"]])
+        if misfit:
+            return {"field": misfit[0], "message": misfit[1]}
     problem = _tracking_problem(spec.tracking.uri or "")
     return {"error": problem} if problem else {}
+
+
+def trial_misfit(resources: Any, nodes: list[dict]) -> tuple[str, str] | None:
+    """(field, message) when no alive node can hold one trial: Tune would keep it pending
+    forever ("running 1"). A trial is one bundle, so one node must have both its CPUs and GPUs."""
+    need = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}
+    if any(all(n["Resources"].get(k, 0) >= v for k, v in need.items()) for n in nodes):
+        return None
+    cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    field = "gpus_per_trial" if need["GPU"] > 0 and need["CPU"] <= cpus else "cpus_per_trial"
+    return (
+        f"resources.{field}",
+        f"a trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs on one node, but the "
+        f"cluster's {len(nodes)} alive nodes have at most {cpus:g} CPUs and {gpus:g} GPUs "
+        "each; ask for less, or pass --autoscaling if the cluster adds such nodes on demand",
+    )
 
 
 def _tracking_problem(uri: str) -> str | None:
@@ -367,20 +390,29 @@ def _tracking_problem(uri: str) -> str | None:
 # --- commands --------------------------------------------------------------------------------
 
 
-def submit(path: str | Path, address: str, tracking_uri: str | None = None) -> str:
+def submit(
+    path: str | Path, address: str, tracking_uri: str | None = None, autoscaling: bool = False
+) -> str:
     """Validate, preflight, submit; return the Ray job (submission) id."""
     spec, text = cluster_spec(path, tracking_uri)
-    return _submit(connect(address), spec, text, "run")
+    return _submit(connect(address), spec, text, "run", autoscaling=autoscaling)
 
 
-def _submit(client, spec: JobSpec, text: str, command: str, resumes: str = "") -> str:
+def _submit(
+    client,
+    spec: JobSpec,
+    text: str,
+    command: str,
+    resumes: str = "",
+    autoscaling: bool = False,
+) -> str:
     from sweeper.driver import job_id
 
     with tempfile.TemporaryDirectory(prefix="sweeper-job-") as tmp:
         folder = Path(tmp)
         (folder / "job.yaml").write_text(text)
         print("checking the cluster (a short preflight job) …", file=sys.stderr, flush=True)
-        preflight(client, folder)
+        preflight(client, folder, autoscaling)
         submission = f"sweeper-{spec.name}-{secrets.token_hex(4)}"
         metadata = {
             "name": spec.name,
@@ -389,6 +421,7 @@ def _submit(client, spec: JobSpec, text: str, command: str, resumes: str = "") -
             "command": command,
             "spec": text,
             "submission_id": submission,  # also in the driver's environment: tests find it
+            "autoscaling": autoscaling,  # `resume` checks the cluster as `submit` did
         }
         if resumes:
             metadata["resumes"] = resumes
@@ -424,7 +457,8 @@ def resume(job_id: str, address: str) -> str:
     from sweeper.spec import parse_spec
 
     spec = parse_spec(yaml.safe_load(meta["spec"]))
-    return _submit(client, spec, meta["spec"], "resume", resumes=job_id)
+    autoscaling = meta.get("autoscaling") == "True"
+    return _submit(client, spec, meta["spec"], "resume", resumes=job_id, autoscaling=autoscaling)
 
 
 def status(job_id: str, address: str) -> list[str]:
@@ -528,6 +562,11 @@ def stop(job_id: str, address: str, timeout: float = 60) -> str:
 
 
 if __name__ == "__main__":  # `python -m sweeper.submit _preflight job.yaml`, on the cluster
-    if sys.argv[1:2] != ["_preflight"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m sweeper.submit _preflight JOB.yaml (run by `sweeper submit`)")
-    sys.exit(_preflight(sys.argv[2]))
+    args = sys.argv[1:]
+    autoscaling = args[2:] == ["--autoscaling"]
+    if args[:1] != ["_preflight"] or len(args) != 2 + autoscaling:
+        sys.exit(
+            "usage: python -m sweeper.submit _preflight JOB.yaml [--autoscaling] "
+            "(run by `sweeper submit`)"
+        )
+    sys.exit(_preflight(args[1], autoscaling))

@@ -147,7 +147,7 @@ class Tracker:
 
     def load_cache(self) -> Cache:
         """Finished probes of this experiment, and finished baseline seeds of any experiment."""
-        from sweeper.plan import Cache
+        from sweeper.plan import Cache, baseline_score
 
         cache = Cache()
         finished = "attributes.status = 'FINISHED'"
@@ -170,7 +170,9 @@ class Tracker:
         everywhere = [e.experiment_id for e in self.client.search_experiments()]
         for run in self._runs(everywhere, f"tags.kind = 'baseline_seed' and {finished}"):
             seeds = cache.baselines.setdefault(run.data.tags["baseline_hash"], {})
-            seeds[int(run.data.params["seed"])] = run.data.metrics.get("metric", math.nan)
+            outcome = run.data.tags.get("outcome", "error")
+            metric = run.data.metrics.get("metric", math.nan)
+            seeds[int(run.data.params["seed"])] = baseline_score(outcome, metric)
         return cache
 
     # --- writing ----------------------------------------------------------------------------

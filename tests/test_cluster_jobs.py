@@ -264,6 +264,19 @@ def test_cluster_mode_needs_a_tracking_store_that_outlives_the_job(
     assert code == 2 and err.startswith("sweeper submit: error: --tracking-uri: ")
 
 
+def test_a_trial_no_node_can_hold_is_refused_naming_the_field(cluster, tmp_path, nothing_created):
+    """Every node has at most one CPU: a 2-CPU trial would stay pending forever."""
+    data = copy.deepcopy(QUICK)
+    data["resources"] = {"cpus_per_trial": 2}
+    spec = tmp_path / "big.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    uri = ("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, out, err = sweeper("submit", str(spec), "--address", cluster.dashboard_url, *uri)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("sweeper submit: error: resources.cpus_per_trial: "), err
+    assert "at most 1 CPUs" in err and "--autoscaling" in err
+
+
 def test_an_unreachable_address_is_a_clear_error(tmp_path):
     spec = tmp_path / "quick.yaml"
     spec.write_text(yaml.safe_dump(QUICK))

@@ -155,6 +155,18 @@ def test_a_diverged_baseline_seed_is_an_error_not_a_silent_drop():
     assert all(s.search is None for s in digits.searches)  # no search against an undefined bar
 
 
+def test_a_seed_that_diverged_after_a_scored_checkpoint_is_still_an_error():
+    """Its earlier checkpoint has a finite report score (toy-sums: solved 0 at lr 1e30); that
+    score once became perf_full 0 and a bar of 0 that every probe passed."""
+    plan = JobPlan(_spec(), workers=8)
+    for request in [r for r in plan.propose() if r.kind == "baseline"]:
+        outcome = "diverged" if request.seed == 0 else "completed"
+        plan.record(request, {"metric": 0.0, "outcome": outcome, "passed": False})
+    for pair in plan.pairs:
+        assert "seed(s) [0]" in pair.error and "diverged" in pair.error
+        assert all(s.search is None for s in pair.searches)
+
+
 def test_a_bar_at_or_below_chance_is_refused_with_a_message():
     plan = _plan_with_baseline({0: 0.1, 1: 0.1})  # 0.9 × 0.1 < 1 in 10 by guessing
     digits = next(p for p in plan.pairs if p.task.name == "digits")

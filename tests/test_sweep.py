@@ -1,12 +1,10 @@
-"""The sweep engine end to end: real Ray, real MLflow (SQLite), real signals. No mocks."""
+"""The sweep engine end to end: real Ray, real MLflow (SQLite). No mocks. Interrupting and
+resuming a job, as real processes: tests/hostile/test_faults.py."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -123,68 +121,6 @@ def test_second_job_reuses_the_cached_baseline(toy_run):
     assert any(b.data.tags.get("reused") == "true" for b in baseline)
     assert summary.trials_run == summary.searches[0].probes  # probes only: no baseline trial
     assert summary.searches[0].answer == GROUPS
-
-
-def _finished_probe_runs(uri: str) -> list:
-    # The job creates (and migrates) the SQLite store before it starts Ray: opening the store
-    # while it is being created would race its migration, so wait for Ray's results folder.
-    if not (Path(uri.removeprefix("sqlite:///")).parent / "ray_results").exists():
-        return []
-    return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
-
-
-@pytest.mark.parametrize(("stop_after", "sig"), [(3, signal.SIGTERM), (6, signal.SIGINT)])
-def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
-    tmp_path, toy_run, stop_after, sig
-):
-    spec, uninterrupted = toy_run
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(toy_job(tmp_path / "run")))
-    uri = f"sqlite:///{(tmp_path / 'run' / 'mlflow.db').resolve()}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "sweeper.cli"]
-    proc = subprocess.Popen(
-        [*cmd, "run", str(job_file)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 240
-    while len(_finished_probe_runs(uri)) < stop_after:
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.2)
-    proc.send_signal(sig)  # most likely in the middle of a round
-    proc.wait(timeout=120)
-    before = {r.data.tags["config_hash"] for r in _finished_probe_runs(uri)}
-    assert proc.returncode != 0 and before
-    open_runs = runs(uri, "attributes.status = 'RUNNING'")
-    assert not open_runs  # parents closed as KILLED; no child was left half-written
-
-    done = subprocess.run(
-        [*cmd, "resume", str(job_file)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "will not run again" in done.stdout + done.stderr
-    after = _finished_probe_runs(uri)
-    hashes = [r.data.tags["config_hash"] for r in after]
-    assert len(hashes) == len(set(hashes))  # no finished probe ran twice
-    assert before <= set(hashes)
-    parents = runs(uri, "tags.kind = 'search'")
-    answers = {
-        p.data.tags["method"]: tuple(p.data.metrics.get(k) for k in ("d90", "d90_lo", "d90_hi"))
-        for p in parents
-    }
-    expected = {s.method: (s.answer, *(s.interval or (None, None))) for s in uninterrupted.searches}
-    assert answers == expected
-    whole = runs(f"sqlite:///{(spec.run_dir / 'mlflow.db').resolve()}", "tags.kind = 'probe'")
-    assert set(hashes) == {r.data.tags["config_hash"] for r in whole}  # the very same probes
 
 
 def test_resume_without_a_previous_run_is_a_usage_error(tmp_path):

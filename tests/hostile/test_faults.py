@@ -1,0 +1,153 @@
+"""Faults and errors, as real processes: an interrupted job, resumed, gives exactly the probes,
+answers and intervals of the uninterrupted run (class 3); what went wrong is an error with its
+reason and a non-zero exit, never a result (class 4). Real Ray, real MLflow, real signals.
+
+The pure replay is pinned at nine stop points, mid-round included, in tests/test_plan_resume.py;
+here the whole CLI is stopped by SIGINT or SIGTERM at three points of one toy job.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from net_helpers import Sweeper, tiny_job
+
+pytestmark = pytest.mark.slow
+
+GROUPS = 6
+
+
+def search_job(run_dir: Path, **extra) -> dict:
+    """Two searches (DID and SAID) over 2–64 on toy-sums with 6 groups: ~20 probes in rounds."""
+    grid = [{"models": ["vector"], "tasks": [{"name": "toy-sums", "options": {"groups": GROUPS}}]}]
+    methods = {m: {"search": {"lo": 2, "hi": 64}} for m in ("did", "said")}
+    return tiny_job(
+        run_dir,
+        name="faults",
+        grid=grid,
+        methods=methods,
+        seeds={"baseline": 1, "probe": 1, "boundary": 2},
+        budget={"max_probes": 20},
+        **extra,
+    )
+
+
+def write(folder: Path, job: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def store(folder: Path) -> str:
+    return f"sqlite:///{(folder / 'run' / 'mlflow.db').resolve()}"
+
+
+def runs(uri: str, filter_string: str) -> list:
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string, max_results=10_000)
+
+
+def finished_probes(uri: str) -> list:
+    # The job creates (and migrates) its store before it starts Ray; opening the store while
+    # it is being created would race that migration, so wait for Ray's results folder first.
+    if not (Path(uri.removeprefix("sqlite:///")).parent / "ray_results").exists():
+        return []
+    return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
+
+
+def answers(uri: str) -> dict[str, tuple]:
+    metrics = ("d90", "d90_lo", "d90_hi")
+    return {
+        p.data.tags["method"]: (p.data.tags["status"], *(p.data.metrics.get(k) for k in metrics))
+        for p in runs(uri, "tags.kind = 'search'")
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run = Sweeper(folder, "run", str(write(folder, search_job(folder / "run"))))
+    try:
+        assert run.wait(600) == 0, run.output[-3000:]
+    finally:
+        run.kill_all()
+    return store(folder)
+
+
+# --- class 3: resume equals no interruption ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stop_after", "sig"), [(1, signal.SIGINT), (3, signal.SIGTERM), (6, signal.SIGINT)]
+)
+def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
+    tmp_path, uninterrupted, stop_after, sig
+):
+    job = write(tmp_path, search_job(tmp_path / "run"))
+    uri = store(tmp_path)
+    run = Sweeper(tmp_path, "run", str(job))
+    try:
+        run.wait_for(lambda: len(finished_probes(uri)) >= stop_after, 300, f"{stop_after} probes")
+        run.proc.send_signal(sig)  # most likely in the middle of a round
+        assert run.wait(120) != 0
+    finally:
+        run.kill_all()
+    before = {r.data.tags["config_hash"] for r in finished_probes(uri)}
+    assert before and not runs(uri, "attributes.status = 'RUNNING'")  # parents closed, KILLED
+
+    resumed = Sweeper(tmp_path, "resume", str(job))
+    try:
+        assert resumed.wait(600) == 0, resumed.output[-3000:]
+    finally:
+        resumed.kill_all()
+    assert "will not run again" in resumed.output
+    hashes = [r.data.tags["config_hash"] for r in finished_probes(uri)]
+    assert len(hashes) == len(set(hashes)) and before <= set(hashes)  # nothing ran twice
+    assert answers(uri) == answers(uninterrupted)
+    assert set(hashes) == {r.data.tags["config_hash"] for r in finished_probes(uninterrupted)}
+
+
+# --- class 4: errors are never results --------------------------------------------------------
+
+
+def test_a_diverged_baseline_is_an_error_with_its_reason_not_a_bar(tmp_path):
+    """A baseline whose optimisation blows up once gave perf_full 0 and a bar of 0: every probe
+    passed, the job exited 0. Now no search starts, and the job says why."""
+    job = tiny_job(tmp_path / "run", name="diverged")
+    job["methods"]["full"] = {"train": {"optimizer": "plain_sgd", "lr": 1e30}}
+    path = write(tmp_path, job)
+    uri = store(tmp_path)
+    for command in ("run", "resume"):  # the stored diverged seed stays an error on resume
+        done = Sweeper(tmp_path, command, str(path))
+        try:
+            assert done.wait(300) == 1, done.output[-3000:]
+        finally:
+            done.kill_all()
+        assert "error: baseline seed(s) [0] of vector/toy-sums diverged" in done.output
+        assert "lower methods.full.train.lr" in done.output
+    assert not runs(uri, "tags.kind = 'probe'")  # no probe was held to an undefined bar
+    (baseline,) = runs(uri, "tags.kind = 'baseline'")  # the reason stays with the store
+    assert baseline.info.status == "FAILED" and "diverged" in baseline.data.tags["error"]
+    assert "perf_full" not in baseline.data.metrics
+    (seed,) = runs(uri, "tags.kind = 'baseline_seed'")
+    assert seed.data.tags["outcome"] == "diverged"
+
+
+def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path):
+    """They used to make every probe raise, counted as fails: `not_bracketed_hi_fails`, exit 0."""
+    job = tiny_job(tmp_path / "run", name="targets")
+    job["grid"] = [{"models": ["mlp"], "tasks": [{"name": "digits"}]}]
+    job["methods"] = {"lora": {"search": {"lo": 1, "hi": 8}, "lora_targets": ["q_proj"]}}
+    path = write(tmp_path, job)
+    for command in ("validate", "run"):
+        done = Sweeper(tmp_path, command, str(path))
+        assert done.wait(120) == 2, done.output[-3000:]
+        lines = [line for line in done.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "methods.lora.lora_targets" in lines[0] and "q_proj" in lines[0]
+    assert not (tmp_path / "run").exists()
