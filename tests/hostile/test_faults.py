@@ -93,9 +93,9 @@ def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
     uri = store(tmp_path)
     run = Sweeper(tmp_path, "run", str(job))
     try:
-        run.wait_for(lambda: len(finished_probes(uri)) >= stop_after, 300, f"{stop_after} probes")
+        run.wait_for(lambda: len(finished_probes(uri)) >= stop_after, 600, f"{stop_after} probes")
         run.proc.send_signal(sig)  # most likely in the middle of a round
-        assert run.wait(120) != 0
+        assert run.wait(300) != 0
     finally:
         run.kill_all()
     before = {r.data.tags["config_hash"] for r in finished_probes(uri)}
@@ -147,7 +147,7 @@ def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path)
     path = write(tmp_path, job)
     for command in ("validate", "run"):
         done = Sweeper(tmp_path, command, str(path))
-        assert done.wait(120) == 2, done.output[-3000:]
+        assert done.wait(300) == 2, done.output[-3000:]
         lines = [line for line in done.output.splitlines() if line.strip()]
         assert len(lines) == 1 and "methods.lora.lora_targets" in lines[0] and "q_proj" in lines[0]
     assert not (tmp_path / "run").exists()
