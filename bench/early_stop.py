@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sweeper.train import TrialSpec, run_trial
+from sweeper.training.train import TrialSpec, run_trial
 
 RULES = {
     "no_stop": {"stop_on_pass": False},

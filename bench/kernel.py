@@ -15,7 +15,7 @@ Kernels (GPU only): for every (D, d), with n = block_size(d), each time is the m
 Step (GPU only): RobertaForSequenceClassification with RobertaConfig() defaults (RoBERTa-base
 sizes, random weights), batch 32 × 128 tokens, bf16 autocast, AdamW; forward, loss, backward and
 optimiser step, median of --steps after two warm-up steps. Subspace rows use
-`sweeper.subspace.SubspaceModel` (P θ_d, then θ0 + Δ by tensor) and `fused` rows a wrapper
+`sweeper.training.subspace.SubspaceModel` (P θ_d, then θ0 + Δ by tensor) and `fused` rows a wrapper
 defined here that builds θ = θ0 + (λ·) P θ_d in one `apply_delta` pass over a flat θ0 and runs
 the model with `torch.func.functional_call`.
 
@@ -119,7 +119,7 @@ class FusedSubspace(torch.nn.Module):
         self.group_sizes = None
         n_lambda = 0
         if said:
-            from sweeper.subspace import layer_group
+            from sweeper.training.subspace import layer_group
 
             runs: list[list] = []
             for name, size in zip(self.names, self.sizes, strict=True):
@@ -157,7 +157,7 @@ def step_row(kind: str, d: int | None, steps: int) -> dict:
     if kind == "full":
         module = base
     elif kind in ("did", "said"):
-        from sweeper.subspace import SubspaceConfig, SubspaceModel
+        from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
         module = SubspaceModel(base, SubspaceConfig(d=d, method=kind)).cuda()
     else:

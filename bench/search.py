@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeper.plan import JobPlan, Request
-from sweeper.probe import run_probe
+from sweeper.engine.plan import JobPlan, Request
+from sweeper.engine.probe import run_probe
 from sweeper.spec import digest, parse_spec
 
 _memo: dict[str, dict] = {}
@@ -276,7 +276,7 @@ def measure_ray_overhead() -> dict:
     """A small job through the real driver (wall vs trial-seconds), and Tune's steady state."""
     from rich.console import Console
 
-    from sweeper import driver
+    from sweeper.engine import driver
 
     seconds: list[float] = []
     original = driver.Tracker.log_trial

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sweeper.tasks import build_problem
-from sweeper.train import TrialSpec, make_optimizer, wrap
+from sweeper.training.train import TrialSpec, make_optimizer, wrap
 
 BATCH, TOKENS = 32, 64
 

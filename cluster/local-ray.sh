@@ -16,4 +16,4 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x "$here/.venv/bin/python" ]]; then python="$here/.venv/bin/python"; else python=python3; fi
 fi
-exec "$python" -m sweeper.local_cluster "$@"
+exec "$python" "$here/local_cluster.py" "$@"

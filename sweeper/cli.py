@@ -73,7 +73,7 @@ def _json_safe(value):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sweeper.tasks import TrainSettings, build_problem
-    from sweeper.train import TrialSpec, check_trial, dimension_range, run_trial
+    from sweeper.training.train import TrialSpec, check_trial, dimension_range, run_trial
 
     _check_train_flags(args)
     spec = TrialSpec(
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     result = run_trial(spec, threads=args.threads)
     if args.save:
-        from sweeper.compressed import save_compressed
+        from sweeper.training.compressed import save_compressed
 
         save_compressed(
             args.save, result.module, problem.model_ref, {result.metric_name: result.metric}
@@ -208,14 +208,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sweeper import supervisor
+    from sweeper.engine import supervisor
 
     if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
         return supervisor.run([args.command, args.job])
-    from sweeper.driver import run_job
+    from sweeper.engine.driver import run_job
+    from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_ready, load_spec
-    from sweeper.stops import install_signal_handlers
 
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
@@ -269,14 +269,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.job.endswith((".yaml", ".yml")) or "/" in args.job:
         raise SpecError(args.job, "no such job spec file (or pass a cluster JOB_ID)")
-    from sweeper.submit import default_address, resume
+    from sweeper.cluster.submit import default_address, resume
 
     print(resume(args.job, args.address or default_address()))
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from sweeper.submit import submit
+    from sweeper.cluster.submit import submit
 
     print(submit(args.job, args.address, args.tracking_uri, args.autoscaling))
     return 0
@@ -284,7 +284,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_cluster_job(args: argparse.Namespace) -> int:
     """status / logs / stop of a submitted job."""
-    from sweeper import submit
+    from sweeper.cluster import submit
 
     if args.command == "status":
         print("\n".join(submit.status(args.job_id, args.address)))
@@ -330,7 +330,7 @@ def _add_cluster(sub, default_address: str) -> None:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from sweeper import assets
+    from sweeper.tasks import assets
 
     if args.action == "fetch":
         for name in args.names:
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", help="Ray dashboard URL, for a JOB_ID (default: as submit)")
     resume.set_defaults(func=cmd_resume)
 
-    from sweeper.submit import default_address
+    from sweeper.cluster.submit import default_address
 
     _add_cluster(sub, default_address())
 

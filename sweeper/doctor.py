@@ -95,7 +95,7 @@ def check_gpus() -> Iterator[Check]:
 
 
 def check_assets() -> Iterator[Check]:
-    from sweeper import assets
+    from sweeper.tasks import assets
 
     for row in assets.listing():
         name, path = row["name"], Path(row["path"])
@@ -122,8 +122,8 @@ def check_ray(address: str | None) -> Iterator[Check]:
     if not address:
         yield Check("ray cluster", SKIP, "no --address given (e.g. http://HEAD:8265)")
         return
+    from sweeper.cluster.submit import connect
     from sweeper.errors import ClusterError, SpecError
-    from sweeper.submit import connect
 
     url = urlparse(address if "://" in address else f"http://{address}")
     try:

@@ -124,7 +124,7 @@ class Methods(_Strict):
     did: MethodSpec | None = None
     said: MethodSpec | None = None
     lora: MethodSpec | None = None
-    resampled: MethodSpec | None = None  # a fresh P every step (sweeper/resampled.py)
+    resampled: MethodSpec | None = None  # a fresh P every step (sweeper/training/resampled.py)
 
     def searched(self) -> dict[str, MethodSpec]:
         return {name: getattr(self, name) for name in SEARCHED if getattr(self, name)}

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeper import assets
-from sweeper.tasks import mnist
+from sweeper.tasks import assets, mnist
 
 
 def write_fake_mnist(cache: Path, sizes: tuple[int, int, int] = (300, 100, 100)) -> Path:

@@ -30,9 +30,9 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from test_spec import CORPUS, QUICKSTART, at, dotted, expected_field, walk
 from test_sweep import GROUPS, toy_job
 
+from cluster.local_cluster import LocalCluster, Ports
 from sweeper.cli import main
-from sweeper.local_cluster import LocalCluster, Ports
-from sweeper.tracking import all_runs
+from sweeper.tracking.store import all_runs
 
 pytestmark = pytest.mark.slow
 
@@ -169,8 +169,8 @@ def submit(path: Path, cluster: LocalCluster, uri: str) -> str:
 
 
 def test_a_lost_trial_is_issued_again_and_never_counted_as_a_fail(tmp_path, monkeypatch):
-    from sweeper import tune_searcher
-    from sweeper.plan import JobPlan
+    from sweeper.engine import tune_searcher
+    from sweeper.engine.plan import JobPlan
     from sweeper.spec import parse_spec
 
     monkeypatch.setattr(tune_searcher, "LOST_BACKOFF_S", 0.0)

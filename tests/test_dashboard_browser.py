@@ -53,7 +53,7 @@ def store(tmp_path_factory):
     """A real sweep (`toy-dash`) and a GLUE-like experiment (`glue-sizes`) in one store."""
     import ray
 
-    from sweeper.driver import run_job
+    from sweeper.engine.driver import run_job
     from sweeper.spec import parse_spec
 
     run_dir = tmp_path_factory.mktemp("sweep")

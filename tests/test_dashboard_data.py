@@ -32,7 +32,7 @@ from sweeper.errors import SpecError
 
 UI = "http://mlflow.test:5000"
 
-# --- a store written the way sweeper.tracking writes it -----------------------------------------
+# --- a store written the way sweeper.tracking writes it -------------------------------------------
 
 
 def add_probe(client, experiment_id, parent, *, method, model, task, D, point, seed, metric,

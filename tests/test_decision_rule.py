@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from sweeper.plan import Cache, JobPlan, family
-from sweeper.probe import run_probe
+from sweeper.engine.plan import Cache, JobPlan, family
+from sweeper.engine.probe import run_probe
 from sweeper.spec import parse_spec
 from sweeper.tasks import TASKS, build_problem
 from sweeper.tasks import digits as digits_task

@@ -166,7 +166,7 @@ def test_a_real_mlflow_server_answers_takes_a_write_and_keeps_no_trace(tmp_path,
 
 @pytest.mark.slow  # starts a real (head-only) Ray cluster on loopback: 20-60 s
 def test_a_real_ray_cluster_answers_with_this_clients_version(tmp_path, capsys):
-    from sweeper.local_cluster import LocalCluster, Ports
+    from cluster.local_cluster import LocalCluster, Ports
 
     cluster = LocalCluster(tmp_path / "ray", Ports.free())
     try:

@@ -9,10 +9,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeper.driver import job_id
+from sweeper.engine.driver import job_id
+from sweeper.engine.stops import Stops
 from sweeper.spec import parse_spec
-from sweeper.stops import Stops
-from sweeper.tracking import Tracker
+from sweeper.tracking.store import Tracker
 
 
 def test_a_signal_during_a_write_is_held_until_the_write_is_whole():

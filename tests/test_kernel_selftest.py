@@ -13,14 +13,14 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
+from sweeper.engine.plan import Request, _trial_config
+from sweeper.engine.probe import run_probe
 from sweeper.errors import SpecError
-from sweeper.plan import Request, _trial_config
-from sweeper.probe import run_probe
 from sweeper.projection import fastfood_triton as ft
 from sweeper.projection import selftest
 from sweeper.spec import parse_spec
-from sweeper.subspace import SubspaceConfig, SubspaceModel
-from sweeper.tracking import Tracker
+from sweeper.tracking.store import Tracker
+from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
 REAL_APPLY_DELTA = ft.apply_delta
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mnist_helpers import write_fake_mnist
 
-from sweeper.driver import run_job
+from sweeper.engine.driver import run_job
 from sweeper.spec import parse_spec
 from sweeper.tasks import mnist as mnist_task
 

@@ -18,11 +18,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from test_sweep import GROUPS, toy_job
 
-from sweeper.driver import run_job
-from sweeper.plan import Request
+from sweeper.engine.driver import run_job
+from sweeper.engine.plan import Request
 from sweeper.spec import parse_spec
-from sweeper.tracking import Tracker
-from sweeper.tracking_retry import Patience, TrackingUnavailable, unreachable
+from sweeper.tracking.retry import Patience, TrackingUnavailable, unreachable
+from sweeper.tracking.store import Tracker
 
 OUTAGE = 20.0  # seconds the server is down (fault 3)
 # Probes slow enough (~1 s each) that the outage lands mid-job; the same for the SQLite reference.
@@ -227,7 +227,7 @@ def test_server_down_mid_job_loses_and_duplicates_nothing(server, tmp_path, monk
     expected = probes(sqlite, search_parent(sqlite, "ref").info.run_id)
 
     # MLflow's own retries (~4 min) would absorb a 20 s outage alone; two (~5 s) make the
-    # whole-write retries in sweeper.tracking_retry do the waiting, as a long outage would.
+    # whole-write retries in sweeper.tracking.retry do the waiting, as a long outage would.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     job = on_server(toy_job(tmp_path / "run", name="outage", methods=("did",), **SLOW), server)
     job["tracking"]["retry_seconds"] = 240

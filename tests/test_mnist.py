@@ -14,7 +14,7 @@ from mnist_helpers import write_fake_mnist
 from sweeper.errors import SpecError
 from sweeper.tasks import TASKS, build_problem, check_ready, check_task
 from sweeper.tasks import mnist as mnist_task
-from sweeper.train import TrainSettings, TrialSpec, run_trial
+from sweeper.training.train import TrainSettings, TrialSpec, run_trial
 
 
 @pytest.fixture

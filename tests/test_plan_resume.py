@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.plan import Cache, JobPlan, Request
+from sweeper.engine.plan import Cache, JobPlan, Request
+from sweeper.engine.tune_searcher import error_result
 from sweeper.spec import parse_spec
-from sweeper.tune_searcher import error_result
 
 QUICKSTART = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "quickstart.yaml").read_text())
 WORKERS = 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.driver import run_job
+from sweeper.engine.driver import run_job
 from sweeper.spec import parse_spec
 
 pytestmark = pytest.mark.slow

@@ -7,14 +7,14 @@ import torch
 from mnist_helpers import write_fake_mnist
 from torch import nn
 
+from sweeper.engine.plan import _trial_config
 from sweeper.errors import SpecError
-from sweeper.plan import _trial_config
 from sweeper.projection import make_projection
-from sweeper.resampled import ResampledModel, step_seed
 from sweeper.spec import parse_spec
 from sweeper.tasks import TrainSettings
 from sweeper.tasks import mnist as mnist_task
-from sweeper.train import TrialSpec, check_trial, run_trial
+from sweeper.training.resampled import ResampledModel, step_seed
+from sweeper.training.train import TrialSpec, check_trial, run_trial
 
 
 def tiny_net() -> nn.Module:

@@ -3,8 +3,8 @@ it pending forever); what a node offers is read from `ray.nodes()` rows like the
 
 from __future__ import annotations
 
+from sweeper.cluster.submit import trial_misfit
 from sweeper.spec import Resources
-from sweeper.submit import trial_misfit
 
 
 def node(cpus: float, gpus: float = 0) -> dict:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sweeper.projection import make_projection
-from sweeper.subspace import SubspaceConfig, SubspaceModel, layer_group
+from sweeper.training.subspace import SubspaceConfig, SubspaceModel, layer_group
 
 
 class Tiny(nn.Module):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeper.driver import run_job
+from sweeper.engine.driver import run_job
 from sweeper.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_probe_table_and_smallest_passing_theta_d_are_artifacts(toy_run, tmp_pat
     assert len(rows) == parent.data.metrics["probes"]
     assert min(r["point"] for r in rows if r["passed"]) == GROUPS
     compressed = client.download_artifacts(parent.info.run_id, "compressed", tmp_path)
-    from sweeper.compressed import restore
+    from sweeper.training.compressed import restore
 
     problem, model = restore(Path(compressed) / "theta_d.safetensors")
     assert model.config.d == GROUPS

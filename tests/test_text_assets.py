@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import assets
 from sweeper.cli import main
 from sweeper.errors import SpecError
+from sweeper.tasks import assets
 
 
 def fake_wheel(folder: Path) -> Path:

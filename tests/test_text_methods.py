@@ -9,10 +9,10 @@ import pytest
 import torch
 from text_helpers import HIDDEN, save_tiny_model, write_hub_layout
 
-from sweeper.compressed import restore, save_compressed
-from sweeper.subspace import SubspaceConfig, SubspaceModel
 from sweeper.tasks import TrainSettings, build_problem
-from sweeper.train import TrialSpec, check_trial, dimension_range, run_trial, wrap
+from sweeper.training.compressed import restore, save_compressed
+from sweeper.training.subspace import SubspaceConfig, SubspaceModel
+from sweeper.training.train import TrialSpec, check_trial, dimension_range, run_trial, wrap
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5
 
@@ -217,7 +217,7 @@ def test_a_text_job_runs_end_to_end_through_ray_and_mlflow(models, options, tmp_
     import ray
     from mlflow.tracking import MlflowClient
 
-    from sweeper.driver import run_job
+    from sweeper.engine.driver import run_job
     from sweeper.spec import parse_spec
 
     job = {

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeper.compressed import restore, save_compressed
 from sweeper.tasks import TrainSettings, build_problem
-from sweeper.train import TrialSpec, run_trial
+from sweeper.training.compressed import restore, save_compressed
+from sweeper.training.train import TrialSpec, run_trial
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -22,7 +22,7 @@ SMALL = {"max_length": 32, "train_size": 16, "select_size": 48, "report_size": 4
 
 @pytest.fixture(scope="module", autouse=True)
 def assets_here(tmp_path_factory):
-    from sweeper import assets
+    from sweeper.tasks import assets
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SWEEPER_ASSETS", str(tmp_path_factory.mktemp("assets")))

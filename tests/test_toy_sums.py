@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeper.train import TrialSpec, run_trial
+from sweeper.training.train import TrialSpec, run_trial
 
 
 def solved(method: str, d: int, groups: int, seed: int = 0) -> bool:

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from sweeper.cli import main
-from sweeper.compressed import load_compressed, restore
-from sweeper.train import TrialSpec, run_trial
+from sweeper.training.compressed import load_compressed, restore
+from sweeper.training.train import TrialSpec, run_trial
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -137,8 +137,8 @@ def test_compressed_model_round_trip_reproduces_the_metric(tmp_path, capsys, met
 
 
 def test_compressed_model_with_trained_head_round_trip(tmp_path):
-    from sweeper.compressed import save_compressed
     from sweeper.tasks import TrainSettings, build_problem
+    from sweeper.training.compressed import save_compressed
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=50, eval_every=25)
     spec = TrialSpec("digits", "mlp", "did", 32, head="train", train=settings)
@@ -173,8 +173,8 @@ def _rewrite_as_format_1(src, dst, projection: str | None = None, fmt: int = 1):
 
 
 def test_a_fastfood_model_from_generator_1_is_refused_not_silently_rebuilt(tmp_path):
-    from sweeper.compressed import save_compressed
     from sweeper.tasks import TrainSettings, build_problem
+    from sweeper.training.compressed import save_compressed
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=5)
     for projection in ("fastfood", "sparse"):

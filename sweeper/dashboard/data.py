@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from sweeper.dashboard import DEFAULT_MLFLOW_UI
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
-from sweeper.tracking import all_runs
+from sweeper.tracking.store import all_runs
 
 OUTCOMES = ("pass", "fail", "diverged", "stopped", "error")
 STATUS_WORDS = {

@@ -225,7 +225,7 @@ def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _path() -> Path:
-    from sweeper.assets import asset_path
+    from sweeper.tasks.assets import asset_path
 
     return asset_path(ASSET) / FILE
 

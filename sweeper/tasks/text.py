@@ -2,7 +2,7 @@
 
 Models: a Hugging Face model id (`bert-base-uncased`, `FacebookAI/roberta-large`), a local model
 folder (`save_pretrained` layout), or the built-in `minilm` (the asset of that name, see
-`sweeper/assets.py`), loaded by `AutoModelForSequenceClassification` with the task's label
+`sweeper/tasks/assets.py`), loaded by `AutoModelForSequenceClassification` with the task's label
 count. The new head's random init is drawn from `init_seed`, so θ0 — pretrained body plus that
 head — is rebuilt exactly when a compressed model is restored.
 
@@ -172,7 +172,7 @@ def model_source(model: str, need_asset: bool = True) -> str:
     if model == BUILTIN_MODEL:
         if not need_asset:
             return model
-        from sweeper.assets import asset_path
+        from sweeper.tasks.assets import asset_path
 
         try:
             return str(asset_path(BUILTIN_MODEL))
@@ -400,7 +400,7 @@ def _rotten_tomatoes():
     import pyarrow.compute as pc
     import pyarrow.csv
 
-    from sweeper.assets import asset_path
+    from sweeper.tasks.assets import asset_path
 
     try:
         folder = asset_path("rotten-tomatoes")

@@ -17,10 +17,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from net_helpers import Sweeper, finished_runs, tiny_job, write_job
 
-from sweeper.driver import job_id
+from sweeper.engine.driver import job_id
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
-from sweeper.tracking import Tracker
+from sweeper.tracking.store import Tracker
 
 
 def _store(folder: Path) -> str:

@@ -257,7 +257,7 @@ def test_status_against_a_mute_ray_dashboard_ends_with_one_line(mute_server):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_status_progress_against_a_mute_mlflow_server_gives_up(mute_server, monkeypatch):
-    from sweeper.submit import progress
+    from sweeper.cluster.submit import progress
 
     for var in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.delenv(var, raising=False)

@@ -23,10 +23,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sweeper.plan import JobPlan, Request
+from sweeper.engine.plan import JobPlan, Request
+from sweeper.engine.stops import stops
 from sweeper.spec import JobSpec, digest
-from sweeper.stops import stops
-from sweeper.tracking import Tracker
+from sweeper.tracking.store import Tracker
 
 
 @dataclass
@@ -76,8 +76,8 @@ def probe_trainable(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from sweeper.probe import run_probe
-    from sweeper.tune_searcher import error_result
+    from sweeper.engine.probe import run_probe
+    from sweeper.engine.tune_searcher import error_result
 
     threads = max(1, int(config.get("threads", 1)))
     try:
@@ -170,7 +170,7 @@ def _init_ray() -> None:
         # Loopback only: Ray's public switch that keeps a node's address (and so every port
         # it binds: GCS, raylet, object manager, agents, workers) on 127.0.0.1 instead of the
         # machine's address. Read when ray is imported, so set before; the supervised
-        # `sweeper run` (sweeper.supervisor) imports ray nowhere earlier.
+        # `sweeper run` (sweeper.engine.supervisor) imports ray nowhere earlier.
         os.environ[LOOPBACK_ONLY] = "0"
     import ray
 
@@ -274,7 +274,7 @@ def _run_claimed(
         with progress.lock:
             progress.running = searcher.running()
 
-    from sweeper.tune_searcher import PlanSearcher  # here: Tune reads its settings on import
+    from sweeper.engine.tune_searcher import PlanSearcher  # here: Tune reads its settings on import
 
     searcher = PlanSearcher(plan, on_result, on_change)
     finish_ready()

@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from sweeper.tasks import Problem, TrainSettings, build_problem
-from sweeper.train import TrialResult, TrialSpec, run_trial, score_report
+from sweeper.training.train import TrialResult, TrialSpec, run_trial, score_report
 
 
 def build(config: dict[str, Any]) -> Problem:
@@ -58,7 +58,7 @@ def _compressed_b64(result: TrialResult, config: dict[str, Any], model_ref: dict
         return None
     from safetensors.torch import save
 
-    from sweeper.compressed import metadata, tensors
+    from sweeper.training.compressed import metadata, tensors
 
     meta = metadata(result.module, model_ref, {result.metric_name: result.metric})
     return base64.b64encode(save(tensors(result.module), metadata=meta)).decode()

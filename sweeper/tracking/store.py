@@ -34,10 +34,10 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.errors import SpecError
 from sweeper.paths import confined
-from sweeper.tracking_retry import Patience, unreachable
+from sweeper.tracking.retry import Patience, unreachable
 
 if TYPE_CHECKING:  # the dashboard reads through this module without importing torch
-    from sweeper.plan import Cache, PairState, Request, SearchState
+    from sweeper.engine.plan import Cache, PairState, Request, SearchState
     from sweeper.search import SearchResult
     from sweeper.spec import JobSpec
 
@@ -147,7 +147,7 @@ class Tracker:
 
     def load_cache(self) -> Cache:
         """Finished probes of this experiment, and finished baseline seeds of any experiment."""
-        from sweeper.plan import Cache, baseline_score
+        from sweeper.engine.plan import Cache, baseline_score
 
         cache = Cache()
         finished = "attributes.status = 'FINISHED'"
@@ -271,7 +271,7 @@ class Tracker:
             tags["traceback"] = _tail(str(result.get("traceback", "")), MAX_TAG)
         if result.get("kernel"):  # subspace probes: the Fastfood kernel that trained, and why
             tags |= {"kernel": result["kernel"], "kernel_reason": result["kernel_reason"][:5000]}
-        from sweeper.plan import family
+        from sweeper.engine.plan import family
 
         tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)
         params = {
@@ -346,7 +346,7 @@ class Tracker:
     def _log_compressed(self, run_id: str, result: dict[str, Any]) -> None:
         if result.get("compressed"):
             with tempfile.TemporaryDirectory() as tmp:
-                from sweeper.probe import decode_compressed
+                from sweeper.engine.probe import decode_compressed
 
                 path = Path(tmp) / "theta_d.safetensors"
                 decode_compressed(result["compressed"], str(path))

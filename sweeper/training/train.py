@@ -21,8 +21,8 @@ from torch import nn
 
 from sweeper.errors import SpecError
 from sweeper.projection import KINDS, LAYOUTS
-from sweeper.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
 from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
+from sweeper.training.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
 
 METHODS = ("full", "did", "said", "lora", "resampled")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")
@@ -105,7 +105,7 @@ def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
         model.fastfood_kernel = spec.fastfood_kernel
         return model
     if spec.method == "resampled":
-        from sweeper.resampled import ResampledModel
+        from sweeper.training.resampled import ResampledModel
 
         return ResampledModel(
             problem.model,
@@ -307,7 +307,7 @@ def run_trial(
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = make_optimizer(settings, params)
-    if spec.method == "resampled":  # g ← P_t P_tᵀ g before each step (sweeper/resampled.py)
+    if spec.method == "resampled":  # g ← P_t P_tᵀ g before each step (training/resampled.py)
         optimizer.register_step_pre_hook(lambda *_: module.project_gradients())
     accum = settings.grad_accum
     batches = problem.batches(settings.batch_size // accum, spec.seed)

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sweeper.projection.generator import VERSION
-from sweeper.subspace import SubspaceConfig, SubspaceModel
 from sweeper.tasks import Problem, build_problem
+from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
 FORMAT = "sweeper-subspace/3"
 # Older formats hold the same fields, but their Fastfood P came from an older generator (1: a

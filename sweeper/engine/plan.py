@@ -15,11 +15,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeper.probe import trial_spec
+from sweeper.engine.probe import trial_spec
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef, digest
 from sweeper.tasks import TASKS, build_problem
-from sweeper.train import RULE, dimension_range
+from sweeper.training.train import RULE, dimension_range
 
 
 def family(config: dict[str, Any]) -> str:

@@ -197,8 +197,7 @@ class LocalCluster:
         p = self.ports.node(index)
         argv = [
             sys.executable,
-            "-m",
-            "sweeper.local_cluster",
+            __file__,
             "_ray",
             "start",
             "--block",

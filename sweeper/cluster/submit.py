@@ -230,7 +230,7 @@ def preflight(client, folder: Path, autoscaling: bool = False) -> None:
     """Run `_preflight` on the cluster (see the module docstring); raise what it finds."""
     job = _jobs_api(
         client.submit_job,
-        entrypoint="python -m sweeper.submit _preflight job.yaml"
+        entrypoint="python -m sweeper.cluster.submit _preflight job.yaml"
         + (" --autoscaling" if autoscaling else ""),
         runtime_env=_runtime_env(folder),
         metadata={f"{META}preflight": "true"},
@@ -319,7 +319,7 @@ def _check_cluster(job: str, autoscaling: bool = False) -> dict[str, Any]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    import sweeper.driver  # noqa: F401  (the driver and everything it imports)
+    import sweeper.engine.driver  # noqa: F401  (the driver and everything it imports)
 
     ray.init(log_to_driver=False)
     check = ray.remote(num_cpus=0)(_missing)
@@ -406,7 +406,7 @@ def _submit(
     resumes: str = "",
     autoscaling: bool = False,
 ) -> str:
-    from sweeper.driver import job_id
+    from sweeper.engine.driver import job_id
 
     with tempfile.TemporaryDirectory(prefix="sweeper-job-") as tmp:
         folder = Path(tmp)
@@ -561,12 +561,12 @@ def stop(job_id: str, address: str, timeout: float = 60) -> str:
     return f"{job_id}: {info.status.value}"
 
 
-if __name__ == "__main__":  # `python -m sweeper.submit _preflight job.yaml`, on the cluster
+if __name__ == "__main__":  # `python -m sweeper.cluster.submit _preflight job.yaml`, on the cluster
     args = sys.argv[1:]
     autoscaling = args[2:] == ["--autoscaling"]
     if args[:1] != ["_preflight"] or len(args) != 2 + autoscaling:
         sys.exit(
-            "usage: python -m sweeper.submit _preflight JOB.yaml [--autoscaling] "
+            "usage: python -m sweeper.cluster.submit _preflight JOB.yaml [--autoscaling] "
             "(run by `sweeper submit`)"
         )
     sys.exit(_preflight(args[1], autoscaling))

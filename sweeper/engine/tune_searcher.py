@@ -21,8 +21,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from sweeper.engine.plan import JobPlan, Request, load_plan_state, plan_state
 from sweeper.errors import ClusterError
-from sweeper.plan import JobPlan, Request, load_plan_state, plan_state
 
 ResultHook = Callable[[Request, dict[str, Any]], None]
 LOST_REQUEUES = 5  # times a lost probe is issued again before the job stops

@@ -1,0 +1,1 @@
+"""A remote Ray cluster: submitting a job through Ray Jobs and following it there."""

@@ -1,0 +1,1 @@
+"""MLflow: what sweeper writes, how it reads it back, retries."""

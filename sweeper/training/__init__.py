@@ -1,0 +1,1 @@
+"""Trains one model: the loop, the subspace and compressed models."""
