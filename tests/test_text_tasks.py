@@ -18,7 +18,11 @@ from sweeper.cli import main
 from sweeper.errors import SpecError
 from sweeper.spec import check_ready, load_spec, parse_spec
 from sweeper.tasks import build_problem, check_task
-from sweeper.tasks import text as text_tasks
+from sweeper.tasks.text import cache as text_cache
+from sweeper.tasks.text.cache import tokenized
+from sweeper.tasks.text.data import read_parts, rotten_tomatoes
+from sweeper.tasks.text.models import load_tokenizer
+from sweeper.tasks.text.task import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +88,7 @@ def test_anli_r1_selects_on_dev_r1_and_reports_on_test_r1_with_three_labels(bert
 
 
 def test_glue_selects_on_a_stratified_tenth_of_train_and_reports_on_validation(bert, hub):
-    from sweeper.tasks.text import _raw
-
-    tables, _, _ = _raw("glue/mrpc", {"data_dir": str(hub)})
+    tables, _, _ = read_parts("glue/mrpc", {"data_dir": str(hub)})
     sizes = {part: t.num_rows for part, t in tables.items()}
     assert sizes["report"] == 24 and sizes["train"] + sizes["select"] == 48
     assert 4 <= sizes["select"] <= 6  # a tenth of each label's train rows, at least one each
@@ -96,10 +98,8 @@ def test_glue_selects_on_a_stratified_tenth_of_train_and_reports_on_validation(b
 
 
 def test_train_select_and_report_sizes_subsample_with_the_data_seed(bert, hub):
-    from sweeper.tasks.text import _resolved, load_tokenizer, tokenized
-
     sizes = {"train_size": 10, "select_size": 3, "report_size": 5}
-    opts = _resolved("glue/mrpc", {"data_dir": str(hub), **sizes})
+    opts = with_defaults("glue/mrpc", {"data_dir": str(hub), **sizes})
     data, _ = tokenized("glue/mrpc", opts, load_tokenizer(bert), 128)
     assert [len(data[part]) for part in ("train", "select", "report")] == [10, 3, 5]
     other, _ = tokenized("glue/mrpc", {**opts, "data_seed": 1}, load_tokenizer(bert), 128)
@@ -174,7 +174,7 @@ def test_rotten_tomatoes_keeps_fresh_and_rotten_and_splits_by_movie(tmp_path, mo
         lines.append(f"{category},review {i},movie {i % 10},True")
     (folder / "rotten_tomatoes.csv.bz2").write_bytes(bz2.compress("\n".join(lines).encode()))
     (folder / "asset.json").write_text("{}")
-    parts = text_tasks._rotten_tomatoes()
+    parts = rotten_tomatoes()
     assert sum(t.num_rows for t in parts.values()) == 40  # the plot summaries are dropped
     movies = {part: set(t.column("movie_name").to_pylist()) for part, t in parts.items()}
     assert not movies["train"] & movies["select"]  # no movie on two sides
@@ -222,12 +222,12 @@ def test_a_second_worker_reads_the_tokenised_set_from_disk(bert, hub, monkeypatc
     first = build_problem("glue/mrpc", bert, options)
     saved = list((tmp_path / "tokenized").iterdir())
     assert len(saved) == 1 and (saved[0] / "dataset_dict.json").is_file()
-    monkeypatch.setattr(text_tasks, "_MEMO", {})  # a fresh process
+    monkeypatch.setattr(text_cache, "_MEMO", {})  # a fresh process
 
     def no_tokenising(*args, **kwargs):
         raise AssertionError("tokenised again")
 
-    monkeypatch.setattr(text_tasks, "_raw", no_tokenising)
+    monkeypatch.setattr(text_cache, "read_parts", no_tokenising)
     second = build_problem("glue/mrpc", bert, options)
     assert torch.equal(
         next(first.batches(8, 3))["input_ids"], next(second.batches(8, 3))["input_ids"]

@@ -23,9 +23,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sweeper.digest import digest
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.stops import stops
-from sweeper.spec import JobSpec, digest
+from sweeper.spec import JobSpec
 from sweeper.tracking.store import Tracker
 
 

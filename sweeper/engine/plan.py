@@ -15,9 +15,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweeper.digest import digest
 from sweeper.engine.probe import trial_spec
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
-from sweeper.spec import JobSpec, TaskRef, digest
+from sweeper.spec import JobSpec, TaskRef
 from sweeper.tasks import TASKS, build_problem
 from sweeper.training.train import RULE, dimension_range
 
