@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,11 +213,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
         return supervisor.run([args.command, args.job])
-    from sweeper.engine.driver import run_job
+    from sweeper.engine.driver import driver_environment, run_job
     from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_ready, load_spec
 
+    os.environ.update(driver_environment(os.environ))  # the driver's: before ray is imported
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
     check_run(spec)  # and what it needs from this machine: `validate`'s checks
@@ -343,8 +345,6 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    import os
-
     from sweeper import doctor
 
     address = args.address

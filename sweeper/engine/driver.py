@@ -14,16 +14,16 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from sweeper.digest import digest
+from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.stops import stops
 from sweeper.spec import JobSpec
@@ -68,6 +68,28 @@ NODE_LOSS_RETRIES = 3
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a single-node Ray on 127.0.0.1
 
 
+def driver_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to set in a driver's environment (`environ`) before it imports ray.
+
+    Ray, Tune and MLflow read these settings from the environment only, and Ray when it is
+    imported; library code leaves the process environment alone, so the entry point
+    (`sweeper run`) sets them.
+    """
+    defaults = {
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no upload bars in the live view
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial CSV/JSON files: MLflow has them
+        "RAY_AIR_NEW_OUTPUT": "0",  # Tune's classic output, silenced by verbose=0: the view is ours
+    }
+    settings = {name: value for name, value in defaults.items() if name not in environ}
+    settings["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT goes through `stops` alone
+    if not environ.get("RAY_ADDRESS"):
+        # Loopback only: Ray's public switch that keeps a node's address (and so every port
+        # it binds: GCS, raylet, object manager, agents, workers) on 127.0.0.1 instead of the
+        # machine's address; read when ray is imported, and inherited by Ray's processes.
+        settings[LOOPBACK_ONLY] = "0"
+    return settings
+
+
 def probe_trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable: run one probe and report its whole result once.
 
@@ -96,87 +118,12 @@ def _workers(spec: JobSpec, cpus: float, gpus: float) -> int:
     return max(1, min(fit, r.max_concurrent or fit))
 
 
-class Progress:
-    """The live terminal view: one row per search, plus running and finished counts."""
-
-    def __init__(self, plan: JobPlan, console: Console) -> None:
-        self.plan, self.console = plan, console
-        self.started = time.monotonic()
-        self.lock = threading.Lock()
-        self.running: list[Request] = []
-        self.done = 0
-
-    def log(self, request: Request, result: dict[str, Any]) -> None:
-        """Where the live view cannot redraw (a log file, `sweeper logs` of a cluster job), one
-        line per finished trial instead, so progress shows while the job runs."""
-        if self.console.is_terminal:
-            return
-        what = request.search if request.point is None else f"{request.search} at {request.point}"
-        metric = result.get("metric")
-        score = f"{result.get('metric_name', 'metric')} {metric:.4g}" if _is_number(metric) else ""
-        took = f"{result['seconds']:.0f}s" if _is_number(result.get("seconds")) else ""
-        error = str(result.get("error", "")) if result.get("outcome") == "error" else ""
-        details = ", ".join(x for x in (score, took, error) if x)
-        self.console.print(
-            f"[{time.monotonic() - self.started:6.0f}s] {request.kind} {what} seed {request.seed}: "
-            f"{result.get('outcome', 'error')}"
-            + (f" ({details})" if details else "")
-            + f" · {self.done} trials finished",
-            soft_wrap=True,
-            highlight=False,
-            markup=False,
-        )
-
-    def __rich__(self) -> Group:
-        with self.lock:
-            return self._render()
-
-    def _render(self) -> Group:
-        table = Table(box=None, pad_edge=False)
-        for col in ("search", "phase", "bracket", "probes", "running", "answer"):
-            table.add_column(col)
-        for pair, state in self.plan.searches():
-            running = sum(1 for r in self.running if r.search == state.key)
-            if state.search is None:
-                base = f"{len(pair.results)}/{pair.seeds} baseline seeds"
-                verdict = "baseline error" if pair.error else "-"
-                table.add_row(state.key, "baseline", "-", base, str(running), verdict)
-                continue
-            status = state.search.status()
-            answer = "-"
-            if state.error is not None:
-                answer = "error"
-            elif status.phase == "done":
-                result = state.search.result()
-                answer = f"{state.dim_name}90={result.answer}" if result.answer else result.outcome
-                answer = answer.replace("not_bracketed_", "not bracketed: ").replace("_", " ")
-            bracket = f"({status.bracket[0]}, {status.bracket[1]}]" if status.bracket else "-"
-            table.add_row(
-                state.key, status.phase, bracket, str(status.probes_done), str(running), answer
-            )
-        elapsed = time.monotonic() - self.started
-        head = Text(
-            f"trials finished {self.done} · running {len(self.running)} · elapsed {elapsed:.0f}s"
-        )
-        return Group(head, table)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _init_ray() -> None:
-    address = os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Loopback only: Ray's public switch that keeps a node's address (and so every port
-        # it binds: GCS, raylet, object manager, agents, workers) on 127.0.0.1 instead of the
-        # machine's address. Read when ray is imported, so set before; the supervised
-        # `sweeper run` (sweeper.engine.supervisor) imports ray nowhere earlier.
-        os.environ[LOOPBACK_ONLY] = "0"
     import ray
 
     if ray.is_initialized():
         return
+    address = os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -190,8 +137,8 @@ def _init_ray() -> None:
     ray.init(address=address, **kwargs)
     if address == "local" and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
         logging.getLogger("sweeper").warning(
-            "the embedded Ray listens on %s, not only on loopback: ray was imported before "
-            "sweeper could set %s=0 (set it in the environment)",
+            "the embedded Ray listens on %s, not only on loopback: %s=0 was not in the "
+            "environment when ray was imported (`sweeper run` sets it: `driver_environment`)",
             ray.util.get_node_ip_address(),
             LOOPBACK_ONLY,
         )
@@ -201,86 +148,121 @@ def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = No
     """Run (or resume) a job to the end and return its summary; everything is in MLflow.
 
     Only one driver at a time writes a job to a store (`Tracker.claim`): a second one exits
-    before it touches anything, naming the running one.
+    before it touches anything, naming the running one. The process environment is the
+    caller's to set first (`driver_environment`; `sweeper run` does).
     """
     started = time.monotonic()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     tracker = Tracker(spec, job_id(spec))
     claim = tracker.claim()
     try:
-        return _run_claimed(spec, tracker, resume, console or Console(stderr=True), started)
+        runner = JobRunner.start(spec, tracker, resume, console or Console(stderr=True), started)
+        return runner.run()
     finally:
         claim.release()
 
 
-def _run_claimed(
-    spec: JobSpec, tracker: Tracker, resume: bool, console: Console, started: float
-) -> JobSummary:
-    jid = tracker.job_id
-    tracker.close_open_runs()  # left by a driver that died without closing them
-    cache = tracker.load_cache()
-    if resume and not cache.probes and not cache.baselines:
-        from sweeper.errors import SpecError
+class JobRunner:
+    """One claimed job from its plan to its summary: Ray Tune runs the plan's trials, each
+    finished one goes to MLflow at once, and a live view shows where every search stands.
 
-        raise SpecError("JOB", f"nothing to resume in {tracker.uri}; start it with `sweeper run`")
-    reused = sum(len(v) for v in cache.probes.values())
-    if reused:
-        console.print(f"resuming: {reused} finished probes found in MLflow will not run again")
+    Tune calls `on_result` and `on_change` (through `PlanSearcher`) on the driver's thread;
+    rich's refresh thread calls `__rich__`. `lock` keeps the plan, `running` and `trials_run`
+    consistent between the two.
+    """
 
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    _init_ray()
-    import ray
-    from ray import tune
+    def __init__(
+        self,
+        spec: JobSpec,
+        tracker: Tracker,
+        plan: JobPlan,
+        workers: int,
+        console: Console,
+        started: float,
+    ) -> None:
+        # Here, not at the top: importing it imports ray, which a caller may not run at all.
+        from sweeper.engine.tune_searcher import PlanSearcher
 
-    resources = ray.cluster_resources()
-    workers = _workers(spec, resources.get("CPU", 1), resources.get("GPU", 0))
-    plan = JobPlan(spec, workers=workers, cache=cache)
-    progress = Progress(plan, console)
-    trials_run = 0
+        self.spec, self.tracker, self.plan, self.workers = spec, tracker, plan, workers
+        self.console = console
+        self.started = started  # the job's wall-time budget counts from here
+        self.view_started = time.monotonic()  # the live view's elapsed counts from here
+        self.lock = threading.Lock()
+        self.running: list[Request] = []
+        self.trials_run = 0
+        self.logged: set[str] = set()  # keys of baselines and searches whose verdict is written
+        self.searcher = PlanSearcher(plan, self.on_result, self.on_change)
 
-    logged: set[str] = set()
+    @classmethod
+    def start(
+        cls, spec: JobSpec, tracker: Tracker, resume: bool, console: Console, started: float
+    ) -> JobRunner:
+        """Read what the store already holds, start Ray and plan the job on what it offers."""
+        tracker.close_open_runs()  # left by a driver that died without closing them
+        cache = tracker.load_cache()
+        if resume and not cache.probes and not cache.baselines:
+            from sweeper.errors import SpecError
 
-    def finish_ready() -> None:
-        """Write each baseline and search verdict to MLflow as soon as it is final."""
-        for pair in plan.pairs:
-            if pair.done and not pair.pending and pair.key not in logged:
-                tracker.finish_baseline(pair)
-                logged.add(pair.key)
-        for pair, state in plan.searches():
-            if state.search is not None and state.finished and state.key not in logged:
-                tracker.finish_search(state, pair, plan.result(state))
-                logged.add(state.key)
+            raise SpecError(
+                "JOB", f"nothing to resume in {tracker.uri}; start it with `sweeper run`"
+            )
+        reused = sum(len(v) for v in cache.probes.values())
+        if reused:
+            console.print(f"resuming: {reused} finished probes found in MLflow will not run again")
+        _init_ray()
+        import ray
 
-    def on_result(request: Request, result: dict[str, Any]) -> None:
+        resources = ray.cluster_resources()
+        workers = _workers(spec, resources.get("CPU", 1), resources.get("GPU", 0))
+        plan = JobPlan(spec, workers=workers, cache=cache)
+        return cls(spec, tracker, plan, workers, console, started)
+
+    def run(self) -> JobSummary:
+        self._finish_ready()
+        if not self.plan.finished:
+            self._fit()
         with stops.held():
-            record(request, result)
+            for pair, state in self.plan.searches():  # a wall-time budget may have cut searches
+                if state.search is not None and state.key not in self.logged:
+                    self.tracker.finish_search(state, pair, self.plan.result(state))
+        return self._summary()
 
-    def record(request: Request, result: dict[str, Any]) -> None:
-        nonlocal trials_run
-        with progress.lock:
-            row = plan.record(request, result)
-            trials_run += 1
-            progress.done += 1
-        progress.log(request, result)
-        if request.kind == "baseline":
-            parent = tracker.baseline_parent(plan.pair_of(request))
-        else:
-            parent = tracker.search_parent(plan.search_of(request))
-        row["run_id"] = tracker.log_trial(parent, request, result)
-        finish_ready()
+    # --- Tune's side (through PlanSearcher) ---------------------------------------------
 
-    def on_change() -> None:
-        with progress.lock:
-            progress.running = searcher.running()
+    def on_result(self, request: Request, result: dict[str, Any]) -> None:
+        """A finished trial: into the plan, its log line, its child run in MLflow."""
+        with stops.held():
+            with self.lock:
+                row = self.plan.record(request, result)
+                self.trials_run += 1
+            self._log_trial(request, result)
+            if request.kind == "baseline":
+                parent = self.tracker.baseline_parent(self.plan.pair_of(request))
+            else:
+                parent = self.tracker.search_parent(self.plan.search_of(request))
+            row["run_id"] = self.tracker.log_trial(parent, request, result)
+            self._finish_ready()
 
-    from sweeper.engine.tune_searcher import PlanSearcher  # here: Tune reads its settings on import
+    def on_change(self) -> None:
+        with self.lock:
+            self.running = self.searcher.running()
 
-    searcher = PlanSearcher(plan, on_result, on_change)
-    finish_ready()
-    if not plan.finished:
-        r = spec.resources
+    def _finish_ready(self) -> None:
+        """Write each baseline and search verdict to MLflow as soon as it is final."""
+        for pair in self.plan.pairs:
+            if pair.done and not pair.pending and pair.key not in self.logged:
+                self.tracker.finish_baseline(pair)
+                self.logged.add(pair.key)
+        for pair, state in self.plan.searches():
+            if state.search is not None and state.finished and state.key not in self.logged:
+                self.tracker.finish_search(state, pair, self.plan.result(state))
+                self.logged.add(state.key)
+
+    def _fit(self) -> None:
+        """Run the plan's trials with Tune until the plan is finished or its budget ends."""
+        from ray import tune
+
+        spec, r = self.spec, self.spec.resources
         trainable = tune.with_resources(
             probe_trainable,
             {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial},
@@ -289,14 +271,14 @@ def _run_claimed(
             trainable,
             param_space={"threads": max(1, int(r.cpus_per_trial))},
             tune_config=tune.TuneConfig(
-                search_alg=searcher,
+                search_alg=self.searcher,
                 num_samples=-1,
-                max_concurrent_trials=workers,
+                max_concurrent_trials=self.workers,
                 reuse_actors=True,
                 time_budget_s=spec.budget.max_wall_seconds,
             ),
             run_config=tune.RunConfig(
-                name=jid,
+                name=self.tracker.job_id,
                 storage_path=str((spec.run_dir / "ray_results").resolve()),
                 verbose=0,
                 log_to_file=True,
@@ -306,52 +288,71 @@ def _run_claimed(
             ),
         )
         try:
-            with Live(progress, console=console, refresh_per_second=2, transient=False):
+            with Live(self, console=self.console, refresh_per_second=2, transient=False):
                 tuner.fit()
-            if not console.is_terminal:
-                console.line()  # Live's last frame ends without one where it cannot redraw
-            if searcher.failure is not None:
-                raise searcher.failure
+            if not self.console.is_terminal:
+                self.console.line()  # Live's last frame ends without one where it cannot redraw
+            if self.searcher.failure is not None:
+                raise self.searcher.failure
             out_of_time = (
                 spec.budget.max_wall_seconds is not None
-                and time.monotonic() - started >= spec.budget.max_wall_seconds
+                and time.monotonic() - self.started >= spec.budget.max_wall_seconds
             )
-            if not plan.finished and not out_of_time:
+            if not self.plan.finished and not out_of_time:
                 # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
                 raise KeyboardInterrupt("the job stopped before its searches finished")
         except BaseException:
             with stops.held():
-                tracker.close_open_runs()  # not left RUNNING for the live view
+                self.tracker.close_open_runs()  # not left RUNNING for the live view
             raise
-    with stops.held():
-        for pair, state in plan.searches():  # a wall-time budget may have cut searches short
-            if state.search is not None and state.key not in logged:
-                tracker.finish_search(state, pair, plan.result(state))
-    summaries = []
-    for pair, state in plan.searches():
-        result = plan.result(state)
-        no_search = "baseline_error" if pair.error else "no_baseline"
-        summaries.append(
-            SearchSummary(
-                model=state.model,
-                task=state.task.name,
-                method=state.method,
-                dim_name=state.dim_name,
-                status=result.outcome if result else no_search,
-                answer=result.answer if result else None,
-                interval=result.interval if result else None,
-                probes=result.probes if result else 0,
-                reused=sum(1 for r in state.records if r.get("reused")),
-                perf_full=pair.perf_full,
-                threshold=state.search.settings.threshold if state.search else math.nan,
-                error=state.error or pair.error,
-            )
+
+    # --- the terminal -------------------------------------------------------------------
+
+    def __rich__(self) -> Group:
+        """The live view, for rich's refresh thread."""
+        with self.lock:
+            elapsed = time.monotonic() - self.view_started
+            return progress.view(self.plan, self.running, self.trials_run, elapsed)
+
+    def _log_trial(self, request: Request, result: dict[str, Any]) -> None:
+        """Where the live view cannot redraw (a log file, `sweeper logs` of a cluster job), one
+        line per finished trial instead, so progress shows while the job runs."""
+        if self.console.is_terminal:
+            return
+        elapsed = time.monotonic() - self.view_started
+        self.console.print(
+            progress.trial_line(request, result, elapsed, self.trials_run),
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
         )
-    return JobSummary(
-        job_id=jid,
-        tracking_uri=tracker.uri,
-        run_dir=spec.run_dir.resolve(),
-        searches=summaries,
-        trials_run=trials_run,
-        seconds=time.monotonic() - started,
-    )
+
+    def _summary(self) -> JobSummary:
+        summaries = []
+        for pair, state in self.plan.searches():
+            result = self.plan.result(state)
+            no_search = "baseline_error" if pair.error else "no_baseline"
+            summaries.append(
+                SearchSummary(
+                    model=state.model,
+                    task=state.task.name,
+                    method=state.method,
+                    dim_name=state.dim_name,
+                    status=result.outcome if result else no_search,
+                    answer=result.answer if result else None,
+                    interval=result.interval if result else None,
+                    probes=result.probes if result else 0,
+                    reused=sum(1 for r in state.records if r.get("reused")),
+                    perf_full=pair.perf_full,
+                    threshold=state.search.settings.threshold if state.search else math.nan,
+                    error=state.error or pair.error,
+                )
+            )
+        return JobSummary(
+            job_id=self.tracker.job_id,
+            tracking_uri=self.tracker.uri,
+            run_dir=self.spec.run_dir.resolve(),
+            searches=summaries,
+            trials_run=self.trials_run,
+            seconds=time.monotonic() - self.started,
+        )

@@ -6,7 +6,6 @@ that is down asks `stop_requested()` between its attempts, so a stop never waits
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +46,8 @@ stops = Stops()
 
 
 def install_signal_handlers() -> None:
-    """Route SIGINT and SIGTERM through `stops` (Tune's own SIGINT handler stays out)."""
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    """Route SIGINT and SIGTERM through `stops`; Tune's own SIGINT handler stays out when the
+    driver's environment has TUNE_DISABLE_SIGINT_HANDLER=1 (`driver.driver_environment`)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stops.handler)
 

@@ -12,7 +12,6 @@ lost too often, it ends the job (`TrialLost`) and `sweeper resume` runs it again
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from sweeper.engine.plan import JobPlan, Request, load_plan_state, plan_state
+from sweeper.engine.plan import JobPlan, Request
 from sweeper.errors import ClusterError
 
 ResultHook = Callable[[Request, dict[str, Any]], None]
@@ -46,6 +45,10 @@ def error_result(message: str = "trial raised an error", trace: str = "") -> dic
 
 
 class PlanSearcher(Searcher):
+    """Tune's view of a `JobPlan`. No `save`/`restore`: Tune saves a searcher only into its
+    experiment checkpoints (skipping one that does not implement `save`) and restores it only
+    for `Tuner.restore`, which sweeper never calls: a job resumes from MLflow (`load_cache`)."""
+
     def __init__(self, plan: JobPlan, on_result: ResultHook, on_change: Callable[[], None]):
         super().__init__(metric="metric", mode="max")
         self.plan = plan
@@ -114,11 +117,3 @@ class PlanSearcher(Searcher):
         """Tune pickles its searcher with the experiment; the driver's hooks stay behind."""
         hooks = {"on_result": None, "on_change": None, "failure": None}
         return {**self.__dict__, **hooks, "queue": deque(), "live": {}, "reissue": []}
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "w") as f:
-            json.dump(plan_state(self.plan), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            load_plan_state(self.plan, json.load(f))
