@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -279,6 +280,7 @@ def measure_ray_overhead() -> dict:
 
     from sweeper.engine import driver
 
+    os.environ.update(driver.driver_environment(os.environ))  # as `sweeper run` sets it
     seconds: list[float] = []
     original = driver.Tracker.log_trial
 

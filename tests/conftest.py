@@ -5,7 +5,12 @@ import os
 import pytest
 import torch
 
+from sweeper.engine.driver import driver_environment
+
 torch.set_num_threads(1)
+# Tests call `run_job` in-process: give them the environment `sweeper run` gives its driver
+# (loopback-only Ray, no Tune file loggers) before anything imports ray.
+os.environ.update(driver_environment(os.environ))
 
 
 @pytest.fixture(autouse=True, scope="module")
