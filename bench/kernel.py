@@ -36,7 +36,8 @@ import torch
 import triton
 
 from sweeper.projection import fastfood_triton as ft
-from sweeper.projection.fastfood import block_size
+from sweeper.projection.blocks import block_size
+from sweeper.projection.fastfood import apply_delta
 
 RESULTS = Path(__file__).parent / "results"
 SEED = 0
@@ -64,10 +65,10 @@ def kernel_rows(Ds: list[int], ds: list[int]) -> list[dict]:
             with torch.no_grad():
                 times = {
                     "forward": ms(lambda theta=theta, D=D, n=n: ft.forward(theta, D, SEED, 1.0, n)),
-                    "fused": ms(lambda src=src, theta=theta: ft.apply_delta(src, theta, SEED)),
+                    "fused": ms(lambda src=src, theta=theta: apply_delta(src, theta, SEED)),
                     "backward": ms(lambda src=src, d=d, n=n: ft.adjoint(src, d, SEED, 1.0, n)),
                 }
-            W = ft.apply_delta(src, theta_g, SEED, lam=lam, group_sizes=sizes)
+            W = apply_delta(src, theta_g, SEED, lam=lam, group_sizes=sizes)
             times["said_bwd"] = ms(
                 lambda W=W, src=src, theta_g=theta_g, lam=lam: torch.autograd.grad(
                     W, (theta_g, lam), src, retain_graph=True
@@ -136,7 +137,7 @@ class FusedSubspace(torch.nn.Module):
         )
 
     def forward(self, **batch):
-        flat = ft.apply_delta(
+        flat = apply_delta(
             self.theta0, self.theta_d, SEED, lam=self.lam, group_sizes=self.group_sizes
         )
         params = {

@@ -30,15 +30,17 @@ triton = pytest.importorskip("triton", reason="triton is not installed (Linux x8
 import numpy as np  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from sweeper.projection import fastfood_cpu  # noqa: E402
+from sweeper.projection import fastfood_cpu, triton_kernels  # noqa: E402
 from sweeper.projection import fastfood_triton as ft  # noqa: E402
 from sweeper.projection import generator as gen  # noqa: E402
-from sweeper.projection.fastfood import block_size, fastfood_reference  # noqa: E402
+from sweeper.projection import triton_generator as tg  # noqa: E402
+from sweeper.projection.blocks import block_size  # noqa: E402
+from sweeper.projection.fastfood import apply_delta, fastfood_reference  # noqa: E402
 
 # triton.language decorated before TRITON_INTERPRET was set: its helpers cannot be interpreted.
 IN_PROCESS = ON_GPU or not isinstance(triton.language.zeros, triton.runtime.JITFunction)
 if IN_PROCESS and not ON_GPU and not ft.INTERPRETED:  # our kernels were imported compiled
-    ft = importlib.reload(ft)
+    tg, triton_kernels, ft = (importlib.reload(m) for m in (tg, triton_kernels, ft))
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 STAGED_TILE = 16  # n > 16 then takes the staged kernels: (N1, SUB) = (4, 16) at n = 64
@@ -134,14 +136,14 @@ def test_backward_split_over_fewer_programs_than_blocks(path, D, d, n, monkeypat
 @triton.jit(do_not_specialize=["key"])
 def _permutation_kernel(perm_ptr, inv_ptr, key, N: tl.constexpr, LOG2N: tl.constexpr):
     k = tl.arange(0, N)
-    pkey = ft._perm_key(key.to(tl.uint32, bitcast=True))
-    tl.store(perm_ptr + k, ft._permute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
-    tl.store(inv_ptr + k, ft._unpermute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
+    pkey = tg.perm_key(key.to(tl.uint32, bitcast=True))
+    tl.store(perm_ptr + k, tg.permute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
+    tl.store(inv_ptr + k, tg.unpermute(k.to(tl.uint32), pkey, LOG2N).to(tl.int32))
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 32, 1024, 2**15])
 def test_permutation_and_inverse_match_the_generator_bit_for_bit(n):
-    """π and π⁻¹ as the kernels regenerate them (`_permute`, `_unpermute`) against NumPy's."""
+    """π and π⁻¹ as the kernels regenerate them (`permute`, `unpermute`) against NumPy's."""
     for seed, chunk, block in [(0, 0, 0), (2**32 - 1, 2, 77)]:
         key = int(gen.block_key(seed, chunk, block))
         perm = torch.empty(n, dtype=torch.int32, device=DEVICE)
@@ -198,9 +200,7 @@ def test_apply_delta_grads_match_autograd_through_reference(backend, path, D, d,
     lam = None if sizes is None else (1 + 0.5 * randn(len(sizes), seed=9)).requires_grad_()
     weight = randn(D, seed=10)
 
-    W = ft.apply_delta(
-        W0, theta, 11, lam=lam, group_sizes=sizes, max_block=max_block, backend=backend
-    )
+    W = apply_delta(W0, theta, 11, lam=lam, group_sizes=sizes, max_block=max_block, backend=backend)
     (W * weight).sum().backward()
 
     leaves = [t for t in (W0, theta, lam) if t is not None]
@@ -220,7 +220,7 @@ def test_apply_delta_bfloat16_weights(path):
     W0 = randn(D, seed=12, dtype=torch.bfloat16)
     theta = (0.1 * randn(d, seed=13, dtype=torch.float32)).requires_grad_()
     lam = torch.tensor([1.5, 0.5], device=DEVICE, requires_grad=True)
-    W = ft.apply_delta(W0, theta, 4, lam=lam, group_sizes=sizes, backend="triton")
+    W = apply_delta(W0, theta, 4, lam=lam, group_sizes=sizes, backend="triton")
     assert W.dtype == torch.bfloat16
 
     cpu_theta = theta.detach().double().cpu().requires_grad_()
@@ -244,7 +244,7 @@ def test_apply_delta_gradcheck():
     lam = randn(3, seed=17).requires_grad_()
 
     def fn(t, lam):
-        return ft.apply_delta(W0, t, 2, lam=lam, group_sizes=(5, 10, 5), backend="triton")
+        return apply_delta(W0, t, 2, lam=lam, group_sizes=(5, 10, 5), backend="triton")
 
     assert torch.autograd.gradcheck(fn, (theta, lam))
 
@@ -254,11 +254,11 @@ def test_bad_arguments_are_rejected_with_a_reason(monkeypatch):
     with pytest.raises(ValueError, match="power of two"):
         ft.forward(x, 10, 0, 1.0, 12)
     with pytest.raises(ValueError, match="sum to D"):
-        ft.apply_delta(randn(10), x, 0, lam=randn(2), group_sizes=(3, 3), backend="triton")
+        apply_delta(randn(10), x, 0, lam=randn(2), group_sizes=(3, 3), backend="triton")
     with pytest.raises(ValueError, match="2 groups"):
-        ft.apply_delta(randn(10), x, 0, lam=randn(3), group_sizes=(5, 5), backend="triton")
+        apply_delta(randn(10), x, 0, lam=randn(3), group_sizes=(5, 5), backend="triton")
     with pytest.raises(ValueError, match="backend"):
-        ft.apply_delta(randn(10), x, 0, backend="cuda")
+        apply_delta(randn(10), x, 0, backend="cuda")
     if not ON_GPU:
         monkeypatch.setattr(ft, "INTERPRETED", False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):

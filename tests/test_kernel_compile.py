@@ -35,8 +35,9 @@ def compiled_triton(request):
 
 
 # Builds of the current kernels, committed: a clean clone's run reads them instead of compiling
-# (keys are hashes of the kernel source and the Triton version; refresh after a kernel change
-# with `python bench/kernel.py --compile-only --n 1 1024 2048 32768 --record`).
+# (keys hash the Triton version and the kernel source, line numbers included; refresh after
+# moving or changing a kernel with `python bench/kernel.py --compile-only --n 1 1024 2048 32768
+# --record`).
 RECORD = Path(__file__).with_name("kernel_builds.json")
 
 # Shared memory a block may use (with Triton's opt-in): A100 163 KiB, H100/H200 227 KiB.
@@ -46,13 +47,13 @@ MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
 def test_trainer_launches_cover_both_paths_with_and_without_lambda_in_fp32_and_bf16():
     launches = ft.trainer_launches([64, 4096])
     seen = {(launch.family, launch.label.split("|")[1].rstrip("]")) for launch in launches}
-    for family in ("_forward_kernel", "_forward_staged_kernel"):
+    for family in ("forward_kernel", "forward_staged_kernel"):
         assert (family, "fp32") in seen and (family, "bf16/fp32") in seen
-    for family in ("_backward_kernel", "_backward_staged_kernel"):
+    for family in ("backward_kernel", "backward_staged_kernel"):
         assert (family, "fp32") in seen and (family, "bf16/fp32") in seen
     flags = {dict(launch.constexprs).get("HAS_LAM") for launch in launches}
     assert flags == {True, False, None}  # None: the reduction kernels
-    assert {"_sum_rows_kernel", "_segment_sum_kernel"} <= {launch.family for launch in launches}
+    assert {"sum_rows_kernel", "segment_sum_kernel"} <= {launch.family for launch in launches}
     # every runtime argument typed: a new kernel argument cannot slip past the check
     for launch in launches:
         runtime = [a for a in launch.kernel.arg_names if a not in dict(launch.constexprs)]

@@ -2,7 +2,7 @@
 
 No GPU here, so the fused path runs through its numba backend (`fused_backend = 'cpu'`), which
 stands in for Triton on CUDA: the self-test, the fallback, the warning and the MLflow tag are the
-same code either way. Failures are forced by swapping `fastfood_triton.apply_delta` (what both
+same code either way. Failures are forced by swapping `fastfood.apply_delta` (what both
 the self-test and the fused training path call) for one that returns garbage or raises.
 """
 
@@ -16,13 +16,12 @@ from torch import nn
 from sweeper.engine.plan import Request, _trial_config
 from sweeper.engine.probe import run_probe
 from sweeper.errors import SpecError
-from sweeper.projection import fastfood_triton as ft
-from sweeper.projection import selftest
+from sweeper.projection import fastfood, selftest
 from sweeper.spec import parse_spec
 from sweeper.tracking.store import Tracker
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
-REAL_APPLY_DELTA = ft.apply_delta
+REAL_APPLY_DELTA = fastfood.apply_delta
 
 
 class Tiny(nn.Module):
@@ -89,7 +88,7 @@ def test_the_self_test_passes_a_correct_fused_kernel():
 def test_a_wrong_or_failing_kernel_trains_with_the_reference_path_and_warns_once(
     broken, reason, monkeypatch, capsys
 ):
-    monkeypatch.setattr(ft, "apply_delta", broken)
+    monkeypatch.setattr(fastfood, "apply_delta", broken)
     model = fused_model()
     kernel, why = model.kernel_choice()
     assert kernel == "reference" and reason in why
@@ -165,7 +164,7 @@ def test_a_probe_that_fell_back_is_tagged_in_mlflow_with_the_kernel_and_the_reas
 ):
     """run_probe → run_trial (self-test before the first step) → the result → Tracker.log_trial
     into a real SQLite MLflow store; the broken kernel never trains."""
-    monkeypatch.setattr(ft, "apply_delta", garbage)
+    monkeypatch.setattr(fastfood, "apply_delta", garbage)
     monkeypatch.setattr(SubspaceModel, "fused_backend", "cpu")
     spec = toy_spec(tmp_path, fastfood_kernel=kernel)
     model, task = spec.pairs()[0]
@@ -204,7 +203,7 @@ def test_on_a_gpu_a_wrong_kernel_falls_back_to_the_same_numbers(monkeypatch):
     for broken in (False, True):
         selftest.forget()
         if broken:
-            monkeypatch.setattr(ft, "apply_delta", garbage)
+            monkeypatch.setattr(fastfood, "apply_delta", garbage)
         model = SubspaceModel(Tiny(), SubspaceConfig(d=9, method="said", seed=4)).cuda()
         with torch.no_grad():
             model.theta_d.copy_(torch.linspace(-1, 1, model.theta_d.numel()))

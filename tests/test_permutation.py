@@ -18,7 +18,8 @@ import torch
 
 from sweeper.projection import fastfood_cpu
 from sweeper.projection import generator as gen
-from sweeper.projection.fastfood import block_size, fastfood_reference
+from sweeper.projection.blocks import block_size
+from sweeper.projection.fastfood import fastfood_reference
 
 SEEDS = range(12)
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sweeper.projection import KINDS, make_projection
-from sweeper.projection.fastfood import block_size, fastfood_reference, fwht
+from sweeper.projection.blocks import block_size
+from sweeper.projection.fastfood import fastfood_reference, fwht
 from sweeper.projection.generator import block_states, inverse_perms
 
 # (D, d): D < n, D not a multiple of n, d not a power of two, d = 1, d = D, D = 1

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import torch
 
 from sweeper.projection.base import Projection
+from sweeper.projection.blocks import MAX_BLOCK
 from sweeper.projection.dense import DenseProjection
-from sweeper.projection.fastfood import MAX_BLOCK, FastfoodProjection
+from sweeper.projection.fastfood import FastfoodProjection
 from sweeper.projection.generator import M32, mix32
 from sweeper.projection.sparse import SparseProjection
 

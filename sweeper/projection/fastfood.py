@@ -14,24 +14,23 @@ code scales its Hadamard backward by 1/√n while its forward is unnormalised �
 
 B, G and Π come from `generator` as functions of (seed, chunk, block): the reference below, the
 fused CPU kernel and the Triton kernel all regenerate the same numbers.
+
+This module is also where a backend is chosen (`FastfoodProjection`, `apply_delta`): the kernel
+modules (`fastfood_cpu`, `fastfood_triton`) are imported from here on first use, never the other
+way round, and the numba path never imports triton.
 """
 
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from sweeper.projection import generator
 from sweeper.projection.base import Projection
-
-MAX_BLOCK = 2**15
-
-
-def block_size(d: int, max_block: int = MAX_BLOCK) -> int:
-    """n = 2^⌈log2 d⌉, capped at max_block (larger d is split into chunks of max_block)."""
-    return min(1 << max(0, (d - 1).bit_length()), max_block)
+from sweeper.projection.blocks import MAX_BLOCK, block_size, check_sizes, compute_dtype
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +72,18 @@ def fastfood_reference(
     return out[:D]
 
 
+def _backend(name: str) -> ModuleType:
+    """The kernel module of backend `name` ('triton' or 'cpu', i.e. numba), imported on first use:
+    each costs seconds to import, and a CPU-only process must not need triton."""
+    if name == "triton":
+        from sweeper.projection import fastfood_triton
+
+        return fastfood_triton
+    from sweeper.projection import fastfood_cpu
+
+    return fastfood_cpu
+
+
 class FastfoodProjection(Projection):
     """Fastfood P; CPU tensors run the fused numba kernel, CUDA tensors the Triton kernel."""
 
@@ -86,22 +97,111 @@ class FastfoodProjection(Projection):
         self.n = block_size(d, max_block)
 
     def matvec(self, theta_d):
-        if theta_d.is_cuda:
-            from sweeper.projection import fastfood_triton
-
-            return fastfood_triton.forward(theta_d, self.D, self.seed, self.column_norm, self.n)
-        from sweeper.projection import fastfood_cpu
-
-        return fastfood_cpu.forward(theta_d, self.D, self.seed, self.column_norm, self.n)
+        kernels = _backend("triton" if theta_d.is_cuda else "cpu")
+        return kernels.forward(theta_d, self.D, self.seed, self.column_norm, self.n)
 
     def adjoint(self, y):
-        if y.is_cuda:
-            from sweeper.projection import fastfood_triton
-
-            return fastfood_triton.adjoint(y, self.d, self.seed, self.column_norm, self.n)
-        from sweeper.projection import fastfood_cpu
-
-        return fastfood_cpu.adjoint(y, self.d, self.seed, self.column_norm, self.n)
+        kernels = _backend("triton" if y.is_cuda else "cpu")
+        return kernels.adjoint(y, self.d, self.seed, self.column_norm, self.n)
 
     def spec(self):
         return {**super().spec(), "max_block": self.max_block}
+
+
+class FastfoodDelta(torch.autograd.Function):
+    """W = W0 + λ_row · P θ_d with grads for W0, θ_d and λ (λ may be None: DID), on `backend`:
+    'triton' (λ applied inside the fused kernels) or 'cpu' (numba, λ expanded to rows here)."""
+
+    @staticmethod
+    def forward(ctx, W0, theta_d, lam, D, n, sizes, seed, column_norm, backend):
+        check_sizes(D, theta_d.numel(), n)
+        ctx.args = (D, n, sizes, seed, column_norm, backend)
+        ctx.save_for_backward(theta_d, lam)
+        kernels = _backend(backend)
+        if backend == "triton":
+            return kernels.delta_forward(W0, theta_d, seed, column_norm, n, lam, sizes)
+        compute = compute_dtype(theta_d.dtype)
+        delta = kernels.forward(theta_d.to(compute), D, seed, column_norm, n)
+        if lam is not None:
+            delta = delta * _rows(lam.to(compute), sizes)
+        return (W0.to(compute) + delta).to(W0.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        D, n, sizes, seed, column_norm, backend = ctx.args
+        theta_d, lam = ctx.saved_tensors
+        d = theta_d.numel()
+        want_lam = lam is not None and ctx.needs_input_grad[2]
+        grad_w = grad_w.contiguous()
+        kernels = _backend(backend)
+        dlam = None
+        if backend == "triton":
+            theta_arg = theta_d if want_lam else None
+            dtheta, dlam = kernels.delta_backward(
+                grad_w, d, seed, column_norm, n, theta_arg, lam, sizes
+            )
+        else:
+            g = grad_w.to(compute_dtype(theta_d.dtype))
+            scaled = g if lam is None else g * _rows(lam.to(g.dtype), sizes)
+            dtheta = kernels.adjoint(scaled, d, seed, column_norm, n)
+            if want_lam:
+                delta = kernels.forward(theta_d.to(g.dtype), D, seed, column_norm, n)
+                dlam = torch.stack([p.sum() for p in (g * delta).split(list(sizes))])
+        return (
+            grad_w if ctx.needs_input_grad[0] else None,
+            dtheta.to(theta_d.dtype) if ctx.needs_input_grad[1] else None,
+            dlam.to(lam.dtype).reshape(lam.shape) if dlam is not None else None,
+            *([None] * 6),
+        )
+
+
+def _rows(lam: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """λ expanded to one value per row (the CPU path only; the kernels never build this)."""
+    return torch.repeat_interleave(lam.reshape(-1), torch.tensor(sizes))
+
+
+def _group_sizes(lam: torch.Tensor | None, group_sizes, D: int) -> tuple[int, ...] | None:
+    if lam is None:
+        if group_sizes is not None:
+            raise ValueError("group_sizes given without lam")
+        return None
+    sizes = (D,) if group_sizes is None else tuple(int(s) for s in group_sizes)
+    if sum(sizes) != D or min(sizes) < 1:
+        raise ValueError(f"group_sizes must be positive and sum to D={D}, got {len(sizes)} sizes")
+    if lam.numel() != len(sizes):
+        raise ValueError(f"lam has {lam.numel()} values for {len(sizes)} groups")
+    return sizes
+
+
+def apply_delta(
+    W0: torch.Tensor,
+    theta_d: torch.Tensor,
+    seed: int,
+    *,
+    lam: torch.Tensor | None = None,
+    group_sizes=None,
+    column_norm: float = 1.0,
+    n: int | None = None,
+    max_block: int = MAX_BLOCK,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """W = W0 + λ_row · P θ_d for flat weights W0 (D,), fp32 or bf16, in one fused pass.
+
+    P is `fastfood_reference(·, D, seed, column_norm, max_block)`; n defaults to its block size.
+    lam: SAID's λ, one per group of `group_sizes` rows (None: DID, λ = 1, nothing extra trains).
+    backend: 'triton' (CUDA tensors, or any tensors under TRITON_INTERPRET=1) or 'cpu' (numba);
+    None picks 'triton' for CUDA tensors and 'cpu' otherwise. Differentiable in W0, θ_d and λ.
+    """
+    if W0.dim() != 1 or theta_d.dim() != 1:
+        raise ValueError("apply_delta takes flat W0 (D,) and theta_d (d,)")
+    D = W0.numel()
+    n = block_size(theta_d.numel(), max_block) if n is None else n
+    sizes = _group_sizes(lam, group_sizes, D)
+    backend = backend or ("triton" if W0.is_cuda else "cpu")
+    if backend not in ("triton", "cpu"):
+        raise ValueError(f"backend must be 'triton' or 'cpu', got {backend!r}")
+    if backend == "cpu" and W0.is_cuda:
+        raise ValueError("backend='cpu' (numba) takes CPU tensors; use 'triton' for CUDA tensors")
+    return FastfoodDelta.apply(
+        W0.contiguous(), theta_d, lam, D, n, sizes, seed, float(column_norm), backend
+    )

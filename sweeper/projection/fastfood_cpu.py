@@ -30,8 +30,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from sweeper.projection import blocks
 from sweeper.projection import generator as gen
-from sweeper.projection.fastfood import MAX_BLOCK
+from sweeper.projection.blocks import MAX_BLOCK
 
 SLICES = 16
 W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
@@ -311,12 +312,13 @@ def _adjoint_serial(y, partial, d, seed, column_norm, n, table):
 
 
 def _drop_stale_cache() -> None:
-    """Delete this module's numba cache when generator.py or this file changed since it was
-    written. numba checks only the timestamp of the file that defines a kernel, but these
-    kernels inline generator.py's hashes: a checkout whose pull touched only generator.py would
-    otherwise keep running kernels that regenerate the old P."""
+    """Delete this module's numba cache when generator.py, blocks.py or this file changed since
+    it was written. numba checks only the timestamp of the file that defines a kernel, but these
+    kernels inline generator.py's hashes (and blocks.py's MAX_BLOCK): a checkout whose pull
+    touched only generator.py would otherwise keep running kernels that regenerate the old P."""
     cache_dir = Path(_forward_serial._cache._cache_path)
-    sources = hashlib.sha256(Path(__file__).read_bytes() + Path(gen.__file__).read_bytes())
+    files = (__file__, gen.__file__, blocks.__file__)
+    sources = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
     marker = cache_dir / "fastfood_cpu.sources"
     try:
         if marker.exists() and marker.read_text() == sources.hexdigest():

@@ -5,11 +5,15 @@ register spill or a shared-memory overflow. This compiles every specialisation t
 launches (`fastfood_triton.trainer_launches`) for sm_80 (A100) and sm_90 (H100/H200) with
 Triton's own compiler and bundled ptxas, and reads ptxas' report of registers and spills.
 
-Results are cached in `cache_dir()` under a key of the Triton version, the target and
-`ASTSource.hash()` (which covers the kernel's source and every `@triton.jit` function it calls,
-so an edit to the generator's transcription is a new key); a warm run takes seconds. A record
-committed beside the tests (`write_record`, `build_all(record=…)`) seeds the cache of a clean
-clone; an entry whose key no longer matches is never read, so a stale record only costs time.
+Results are cached in `cache_dir()` under a key of the Triton version, the target, num_warps and
+`ASTSource.hash()`: the source text of the kernel and of every `@triton.jit` function it calls
+(`triton_kernels`, `triton_generator`), the line each starts at, the names and values of the
+tl.constexpr globals they read, and the launch's signature and constexprs. Module names are not
+in it, but line numbers are: moving a kernel, or editing lines above it, is a new key. A warm run
+takes seconds. A record committed beside the tests (`write_record`, `build_all(record=…)`;
+refreshed by `python bench/kernel.py --compile-only --n 1 1024 2048 32768 --record`) seeds the
+cache of a clean clone; an entry whose key no longer matches is never read, so a stale record
+only costs time (a cold CI run compiles everything).
 """
 
 from __future__ import annotations

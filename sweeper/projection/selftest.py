@@ -1,6 +1,6 @@
 """The fused Fastfood kernel checked against the PyTorch reference before it trains anything.
 
-On first use per process and device, `verdict` runs `fastfood_triton.apply_delta` (the fused
+On first use per process and device, `verdict` runs `fastfood.apply_delta` (the fused
 W = W0 + λ_row · P θ_d and its backward) on a few small shapes — a block size from the register
 path and one from the staged path, SAID's λ gradient, and a chunked d — and compares W − W0,
 ∂L/∂θ_d and ∂L/∂λ with `fastfood_reference` differentiated by autograd in float64 on the CPU.
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sweeper.projection.fastfood import MAX_BLOCK, block_size, fastfood_reference
+from sweeper.projection import fastfood
+from sweeper.projection.blocks import MAX_BLOCK, block_size
 
 # max |fused − reference| / max |reference| for each of W − W0, ∂L/∂θ_d and ∂L/∂λ. The fused
 # kernel computes in fp32 against an fp64 reference: the tests see ≤ 1e-5 at these sizes, a
@@ -66,8 +67,6 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 def _check_shape(shape, device: torch.device, backend: str) -> str | None:
     """None if the fused path matches the reference on this shape, else what is off."""
-    from sweeper.projection.fastfood_triton import apply_delta
-
     label, D, d, max_block, sizes = shape
     gen = torch.Generator().manual_seed(D + d)
     W0 = 0.1 * torch.randn(D, generator=gen, dtype=torch.float64)
@@ -79,7 +78,7 @@ def _check_shape(shape, device: torch.device, backend: str) -> str | None:
     # the reference: plain PyTorch, fp64, CPU, differentiated by autograd
     ref_theta = theta.clone().requires_grad_()
     ref_lam = lam.clone().requires_grad_() if lam is not None else None
-    delta = fastfood_reference(ref_theta, D, seed, max_block=max_block)
+    delta = fastfood.fastfood_reference(ref_theta, D, seed, max_block=max_block)
     if ref_lam is not None:
         delta = delta * torch.repeat_interleave(ref_lam, torch.tensor(sizes))
     (delta * weight).sum().backward()
@@ -92,7 +91,7 @@ def _check_shape(shape, device: torch.device, backend: str) -> str | None:
 
     theta_f, lam_f = on_device(theta), on_device(lam)
     W0_f = W0.to(device=device, dtype=torch.float32)
-    W = apply_delta(
+    W = fastfood.apply_delta(  # looked up per call: tests swap in a broken kernel
         W0_f, theta_f, seed, lam=lam_f, group_sizes=sizes, max_block=max_block, backend=backend
     )
     (W * weight.to(device=device, dtype=torch.float32)).sum().backward()

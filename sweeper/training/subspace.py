@@ -189,7 +189,7 @@ class SubspaceModel(nn.Module):
         return "fused", verdict.reason
 
     def _fused_weights(self, base: dict[str, torch.Tensor]) -> torch.Tensor:
-        from sweeper.projection.fastfood_triton import apply_delta
+        from sweeper.projection.fastfood import apply_delta
 
         # θ0 flat, cached per device: the base tensors are frozen, so it never goes stale
         # (a trained head is never projected). Costs one extra copy of θ0 on the device.
