@@ -2,7 +2,9 @@
 wraps a model, which dimensions it can run and its part of a probe's config.
 
 Core code looks a method up by name (`sweeper.methods.get`) and never branches on the name;
-PEFT keeps its tuners the same way (`PEFT_TYPE_TO_CONFIG_MAPPING`).
+PEFT keeps its tuners the same way (`PEFT_TYPE_TO_CONFIG_MAPPING`). Method modules import the
+layers that do the maths (training/, peft) inside their functions: reading a job spec loads the
+registry, and must not load numba or PEFT.
 """
 
 from __future__ import annotations

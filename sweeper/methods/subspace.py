@@ -50,15 +50,18 @@ class Subspace(Method):
         self.name = name
 
     def probe_options(self, spec: Any, fastfood_kernel: str) -> dict[str, Any]:
-        options = {"projection": spec.projection, "layout": spec.layout}
-        options["said_groups"] = spec.said_groups
+        options = {
+            "projection": spec.projection,
+            "layout": spec.layout,
+            "said_groups": spec.said_groups,
+        }
         return options | fastfood_options(spec.projection, fastfood_kernel)
 
-    def config(self, spec: TrialSpec, dim: int):
-        from sweeper.training.subspace import SubspaceConfig
+    def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
+        from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
-        return SubspaceConfig(
-            d=dim,
+        config = SubspaceConfig(
+            d=spec.dim,
             method=self.name,
             projection=spec.projection,
             layout=spec.layout,
@@ -66,11 +69,7 @@ class Subspace(Method):
             said_groups=spec.said_groups,
             train_head=spec.head == "train",
         )
-
-    def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
-        from sweeper.training.subspace import SubspaceModel
-
-        model = SubspaceModel(problem.model, self.config(spec, spec.dim), head=problem.head)
+        model = SubspaceModel(problem.model, config, head=problem.head)
         model.fastfood_kernel = spec.fastfood_kernel
         return model
 
