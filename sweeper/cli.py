@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
@@ -60,7 +61,9 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise SpecError("--threads", f"must be in [1, {MAX_THREADS}], got {args.threads}")
     if args.save:
-        if args.method not in ("did", "said"):
+        from sweeper import methods
+
+        if not methods.get(args.method).saves_compressed:
             raise SpecError("--save", "only subspace methods (did, said) save compressed models")
         from sweeper.preflight import check_file
 
@@ -73,15 +76,23 @@ def _json_safe(value):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sweeper.tasks import TrainSettings, build_problem
-    from sweeper.training.train import TrialSpec, check_trial, dimension_range, run_trial
+    from sweeper import methods
+    from sweeper.tasks import TrainSettings, get_task
+    from sweeper.training.train import TrialSpec, check_trial, run_trial
 
     _check_train_flags(args)
+    dim_name = methods.dim_name(args.method)  # the flag: --d or --r
+    model = args.model
+    if model is None:
+        try:
+            model = get_task(args.task).first_model
+        except KeyError as e:
+            raise SpecError("--task", e.args[0]) from None
     spec = TrialSpec(
         task=args.task,
-        model=args.model,
+        model=model,
         method=args.method,
-        dim=args.r if args.method == "lora" else args.d,
+        dim=getattr(args, dim_name),
         seed=args.seed,
         task_options=_task_options(args.task_option),
         projection=args.projection,
@@ -92,29 +103,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         rslora=args.rslora,
         threshold=args.threshold,
     )
-    if args.model is None:
-        from sweeper.tasks import get_task
-
-        try:
-            spec = TrialSpec(**{**spec.__dict__, "model": get_task(args.task).first_model})
-        except KeyError as e:
-            raise SpecError("--task", e.args[0]) from None
     try:
-        check_trial(spec)
+        problem = check_trial(spec)  # built once: checked here, trained below
     except SpecError as e:
         flags = {
-            "dim": "--r" if args.method == "lora" else "--d",
+            "dim": f"--{dim_name}",
             "task_options": "--task-option",
             "lora_targets": "--lora-target",
         }
         field = "task_options" if e.field.startswith("task_options") else e.field
         flag = flags.get(field, f"--{field}")
         raise SpecError(flag.replace("_", "-"), e.message) from None
-    problem = build_problem(spec.task, spec.model, spec.task_options)
-    if spec.method == "lora" and spec.dim > (widest := dimension_range(problem, spec)[1]):
-        raise SpecError(  # PEFT would allocate r × width per layer, gigabytes for a huge r
-            "--r", f"rank {spec.dim} exceeds the narrowest adapted layer ({widest}); use ≤ {widest}"
-        )
     if spec.threshold is None and problem.natural_threshold is not None:
         spec = TrialSpec(**{**spec.__dict__, "threshold": problem.natural_threshold})
     if args.steps is not None or args.lr is not None:
@@ -123,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = TrialSpec(
             **{**spec.__dict__, "train": TrainSettings(**{**base.__dict__, **overrides})}
         )
-    result = run_trial(spec, threads=args.threads)
+    result = run_trial(spec, threads=args.threads, problem=problem)
     if args.save:
         from sweeper.training.compressed import save_compressed
 
@@ -134,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "task": spec.task,
         "model": spec.model,
         "method": spec.method,
-        "r" if spec.method == "lora" else "d": spec.dim,
+        dim_name: spec.dim,
         "seed": spec.seed,
         "D": result.D,
         "trainable_params": result.trainable_params,
@@ -177,6 +176,7 @@ def _fastfood_caveat(task, method) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from sweeper import methods
     from sweeper.preflight import check_run
     from sweeper.spec import load_spec
 
@@ -190,7 +190,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print("  writes: " + "; ".join(where.lines()))
     for model, task, method in spec.searches():
         m = getattr(spec.methods, method).search
-        dim = "r" if method == "lora" else "d"
+        dim = methods.dim_name(method)
         print(f"  search {model}/{task.name}/{method}: {dim} in [{m.lo}, {m.hi}]")
         if warning := _fastfood_caveat(task, getattr(spec.methods, method)):
             print(f"  warning: {model}/{task.name}/{method}: {warning}")
@@ -357,6 +357,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sweeper import methods
+    from sweeper.methods.subspace import SubspaceFields
+    from sweeper.spec import HEAD_POLICIES
+
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -364,23 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", required=True, help="built-in task, e.g. toy-sums or digits")
     train.add_argument("--model", help="model for the task (default: the task's first)")
     train.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument(
-        "--method", required=True, choices=["full", "did", "said", "lora", "resampled"]
-    )
+    train.add_argument("--method", required=True, choices=list(methods.METHODS))
     train.add_argument("--d", type=int, help="subspace dimension (did, said), λ scalars included")
     train.add_argument("--r", type=int, help="LoRA rank (lora)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, help="optimiser steps (default: the task's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the task's)")
-    train.add_argument("--projection", default="fastfood", choices=["fastfood", "sparse", "dense"])
-    train.add_argument(
-        "--layout", default="global", choices=["global", "per_tensor", "per_tensor_unit"]
-    )
-    train.add_argument("--said-groups", default="layer", choices=["layer", "tensor"])
+    for name in ("projection", "layout", "said_groups"):  # as a job spec's methods.<name>
+        field = SubspaceFields.model_fields[name]
+        flag = "--" + name.replace("_", "-")
+        train.add_argument(flag, default=field.default, choices=get_args(field.annotation))
     train.add_argument(
         "--head",
         default="budget",
-        choices=["budget", "train"],
+        choices=HEAD_POLICIES,
         help="the classifier head inside the method's budget (default) or trained directly",
     )
     train.add_argument(

@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from sweeper import methods
 from sweeper.digest import canonical_json
 from sweeper.errors import SpecError
+from sweeper.methods.base import STRICT
 from sweeper.tasks import TASKS, check_task
 
-SEARCHED = ("did", "said", "lora", "resampled")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")
+HEAD_POLICIES = ("budget", "train")  # see JobSpec.head
 Scalar = int | float | str | bool
 
 # Caps on sizes: beyond them a job would never finish or would exhaust memory, so they are
@@ -34,8 +44,7 @@ MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; 1 MiB is generous
 
 
 class _Strict(BaseModel):
-    # strict: no "2" → 2 or true → 1 coercions; no inf/nan sneaking into rates or budgets
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = STRICT
 
 
 class SearchRange(_Strict):
@@ -68,7 +77,7 @@ class LRSearch(_Strict):
 class TrainSpec(_Strict):
     """Training settings; anything left out takes the task's default for the method."""
 
-    optimizer: Literal["adam", "adamw", "sgd", "lbfgs", "plain_sgd"] | None = None
+    optimizer: Literal[OPTIMIZERS] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     lr_search: LRSearch | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
@@ -99,34 +108,41 @@ class TrainSpec(_Strict):
         return TrainSpec(**{**data, **mine})
 
 
-class MethodSpec(_Strict):
-    """One method: what is searched (`search`) and how its trials train."""
-
-    search: SearchRange | None = None
-    projection: Literal["fastfood", "sparse", "dense"] = "fastfood"
-    layout: Literal["global", "per_tensor", "per_tensor_unit"] = "global"
-    said_groups: Literal["layer", "tensor"] = "layer"
-    lora_alpha: Annotated[float, Field(gt=0)] | None = None
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # modules LoRA adapts (PEFT target_modules); null: the task's (query, value for BERT/RoBERTa)
-    lora_targets: (
-        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
-    ) = None
-    rslora: bool = False  # rank-stabilised LoRA: scale alpha/√r instead of alpha/r
-    train: TrainSpec = TrainSpec()
+def _method_fields() -> dict[str, Any]:
+    """Every registered method's spec fields, each once: one `MethodSpec` serves them all
+    (a field another method reads is accepted and ignored, as it always was)."""
+    out: dict[str, Any] = {}
+    for method in methods.METHODS.values():
+        for name, info in method.fields.model_fields.items():
+            out.setdefault(name, (info.annotation, info))
+    return out
 
 
-class Methods(_Strict):
+MethodSpec = create_model(
+    "MethodSpec",
+    __base__=_Strict,
+    __doc__="One method: what is searched (`search`) and how its trials train.",
+    search=(SearchRange | None, None),
+    **_method_fields(),
+    train=(TrainSpec, TrainSpec()),
+)
+
+
+class _Methods(_Strict):
     """`full` is the baseline (always run); the others are searched where a task supports them."""
 
-    full: MethodSpec = MethodSpec()
-    did: MethodSpec | None = None
-    said: MethodSpec | None = None
-    lora: MethodSpec | None = None
-    resampled: MethodSpec | None = None  # a fresh P every step (sweeper/training/resampled.py)
-
     def searched(self) -> dict[str, MethodSpec]:
-        return {name: getattr(self, name) for name in SEARCHED if getattr(self, name)}
+        return {name: getattr(self, name) for name in methods.searched() if getattr(self, name)}
+
+
+Methods = create_model(
+    "Methods",
+    __base__=_Methods,
+    **{
+        name: (MethodSpec, MethodSpec()) if not method.searched else (MethodSpec | None, None)
+        for name, method in methods.METHODS.items()
+    },
+)
 
 
 class TaskRef(_Strict):
@@ -216,7 +232,7 @@ class JobSpec(_Strict):
     # 'budget' puts it inside each method's budget (projected for did/said, a LoRA adapter for
     # lora; Li et al.), 'train' trains it directly in every method and counts it (PEFT's
     # modules_to_save; Aghajanyan et al.).
-    head: Literal["budget", "train"] = "budget"
+    head: Literal[HEAD_POLICIES] = "budget"
     threshold_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
     tolerance: Annotated[float, Field(gt=0, le=10)] = 0.1
     seeds: Seeds = Seeds()
@@ -334,9 +350,10 @@ def _check_names(spec: JobSpec) -> None:
     _check_pairs(spec, check_task)
     if spec.methods.full.search is not None:
         raise SpecError("methods.full.search", "the baseline has no search range; remove it")
-    named = [name for name in SEARCHED if getattr(spec.methods, name) is not None]
+    searched = methods.searched()
+    named = [name for name in searched if getattr(spec.methods, name) is not None]
     if not named:
-        raise SpecError("methods", f"name at least one of {', '.join(SEARCHED)} to search")
+        raise SpecError("methods", f"name at least one of {', '.join(searched)} to search")
     for name in named:
         if getattr(spec.methods, name).search is None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
@@ -349,24 +366,8 @@ def _check_names(spec: JobSpec) -> None:
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
     _check_rule(spec)
-    _check_lora_targets(spec)
-
-
-def _check_lora_targets(spec: JobSpec) -> None:
-    """LoRA targets name modules the model has — else every probe would raise."""
-    lora = spec.methods.lora
-    if lora is None or not lora.lora_targets:
-        return
-    for model, task, method in spec.searches():
-        names_of = TASKS[task.name].module_names
-        names = names_of(model, dict(task.options)) if method == "lora" and names_of else None
-        missing = sorted(set(lora.lora_targets) - names) if names is not None else []
-        if missing:
-            raise SpecError(
-                "methods.lora.lora_targets",
-                f"no module named {missing} in {model!r} (task {task.name}); "
-                f"its modules include {sorted(names)[:12]}",
-            )
+    for method in methods.METHODS.values():
+        method.check_job(spec)
 
 
 def _lr_rule(train: TrainSpec) -> str:

@@ -34,7 +34,7 @@ def flat_grad(model: nn.Module, names: tuple[str, ...] | None = None) -> torch.T
 
 
 def test_each_step_projects_the_gradient_onto_a_fresh_regenerated_subspace():
-    model = ResampledModel(tiny_net(), d=4, seed=7)
+    model = ResampledModel(tiny_net(), dim=4, seed=7)
     for step in range(3):
         backward(model)
         g = flat_grad(model)
@@ -48,13 +48,13 @@ def test_each_step_projects_the_gradient_onto_a_fresh_regenerated_subspace():
 def test_theta_is_d_dimensional_and_nothing_d_by_d_is_stored():
     base = tiny_net()
     D = sum(p.numel() for p in base.parameters())
-    model = ResampledModel(base, d=4)
+    model = ResampledModel(base, dim=4)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == D
     assert set(model.state_dict()) == {f"base.{k}" for k in base.state_dict()}
 
 
 def test_a_head_trained_directly_keeps_its_whole_gradient():
-    model = ResampledModel(tiny_net(), d=2, head=("2",), train_head=True)
+    model = ResampledModel(tiny_net(), dim=2, head=("2",), train_head=True)
     backward(model)
     head = ("base.2.weight", "base.2.bias")
     before = flat_grad(model, head).clone()

@@ -9,10 +9,11 @@ import pytest
 import torch
 from text_helpers import HIDDEN, save_tiny_model, write_hub_layout
 
+from sweeper import methods
 from sweeper.tasks import TrainSettings, build_problem
 from sweeper.training.compressed import restore, save_compressed
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
-from sweeper.training.train import TrialSpec, check_trial, dimension_range, run_trial, wrap
+from sweeper.training.train import TrialSpec, check_trial, run_trial, wrap
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5
 
@@ -68,7 +69,7 @@ def test_said_groups_a_transformer_by_layer(models, options, kind):
     model = SubspaceModel(problem.model, SubspaceConfig(d=40, method="said"), problem.head)
     assert model.group_names == SAID_GROUPS[kind]
     assert model.lam.numel() == 5 and model.theta_d.numel() == 35 and model.trainable_params == 40
-    lo, hi = dimension_range(problem, TrialSpec("glue/mrpc", models[kind], "said", 1))
+    lo, hi = methods.get("said").dim_range(problem, TrialSpec("glue/mrpc", models[kind], "said", 1))
     assert lo == 6 and hi == model.D + 5  # d must leave room for θ_d; at most D + T
 
 
@@ -98,7 +99,8 @@ def test_lora_trainable_count_is_peft_count_and_the_analytic_one(models, options
 def test_a_head_inside_the_budget_does_not_cap_the_rank_at_the_label_count(models, options):
     problem = build_problem("glue/mrpc", models["bert"], options)
     spec = TrialSpec("glue/mrpc", models["bert"], "lora", 1, head="budget")
-    assert dimension_range(problem, spec) == (1, HIDDEN)  # the body's query/value, not 2 labels
+    # the body's query/value bound r, not the head's 2 labels
+    assert methods.get("lora").dim_range(problem, spec) == (1, HIDDEN)
 
 
 def test_rslora_without_alpha_keeps_one_constant_alpha_at_every_rank(models, options):

@@ -6,21 +6,27 @@ job with the same baseline) are replayed in round by round, exactly as the searc
 them, so nothing that finished is run again and a resumed search takes the uninterrupted path.
 A probe that raised is an error, never a result: its search stops and ends as `error`.
 No Ray, no MLflow here: the Tune searcher and the tracker are thin shells around this class.
+Nor is any model loaded here: the caller says how a pair's Problem is built (`build`), which
+the methods read their dimension ranges from.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine.probe import trial_spec
+from sweeper.engine.probe import ProbeConfig, trial_spec
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef
-from sweeper.tasks import TASKS, build_problem
-from sweeper.training.train import RULE, dimension_range
+from sweeper.tasks import TASKS, Problem, build_problem
+from sweeper.training.train import RULE
+
+BuildProblem = Callable[[str, str, dict], Problem]  # (task, model, options) → Problem
 
 
 def family(config: dict[str, Any]) -> str:
@@ -61,7 +67,7 @@ class SearchState:
     model: str
     task: TaskRef
     method: str
-    base_config: dict[str, Any]  # the probe config without point, seed, threshold
+    base_config: ProbeConfig  # the probe config without point, seed, threshold
     search: ThresholdSearch | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
@@ -79,7 +85,7 @@ class SearchState:
 
     @property
     def dim_name(self) -> str:
-        return "r" if self.method == "lora" else "d"
+        return methods.dim_name(self.method)
 
 
 @dataclass
@@ -87,7 +93,7 @@ class PairState:
     key: str
     model: str
     task: TaskRef
-    baseline_config: dict[str, Any]
+    baseline_config: ProbeConfig  # without seed
     baseline_hash: str
     seeds: int
     results: dict[int, float] = field(default_factory=dict)
@@ -136,63 +142,61 @@ class PairState:
         return None
 
 
-def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
-    m = getattr(spec.methods, method)
+def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> ProbeConfig:
+    """The config every probe of (model, task, method) shares: no threshold, point or seed."""
     train = spec.train_for(method).model_dump(exclude_none=True)
     lr_search = train.pop("lr_search", None)
-    config = {
-        "task": task.name,
-        "model": model,
-        "task_options": dict(task.options),
-        "method": method,
-        "train": train,
-        "lr_search": lr_search,
+    searched = methods.get(method).searched
+    m = getattr(spec.methods, method)
+    return ProbeConfig(
+        task=task.name,
+        model=model,
+        task_options=dict(task.options),
+        method=method,
+        train=train,
+        lr_search=lr_search,
         # the decision rule and the head policy: part of every hash, so results chosen or
         # scored another way are never reused as if they were the same probe
-        "rule": RULE,
-        "head": spec.head,
+        rule=RULE,
+        head=spec.head,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
-        "stop_on_pass": spec.early_stop.on_pass and method != "full",
-        "pass_margin_z": spec.early_stop.pass_margin_z,
-        "patience": spec.early_stop.hopeless_patience if method != "full" else None,
-    }
-    if method in ("did", "said"):
-        config |= {
-            "projection": m.projection,
-            "layout": m.layout,
-            "said_groups": m.said_groups,
-        }
-    if method == "resampled":
-        config["projection"] = m.projection
-    # other random numbers, another P: never a cache hit
-    if method in ("did", "said", "resampled") and m.projection == "fastfood":
-        from sweeper.projection.generator import VERSION
+        stop_on_pass=spec.early_stop.on_pass and searched,
+        pass_margin_z=spec.early_stop.pass_margin_z,
+        patience=spec.early_stop.hopeless_patience if searched else None,
+        **methods.get(method).probe_options(m, spec.resources.fastfood_kernel),
+    )
 
-        config["generator"] = VERSION
-        if spec.resources.fastfood_kernel != "auto":  # only when set: hashes stay as they were
-            config["fastfood_kernel"] = spec.resources.fastfood_kernel
-    if method == "lora":
-        config |= {"lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout}
-        # only when set: a job that leaves them out keeps the config hashes it always had
-        config |= {"lora_targets": m.lora_targets} if m.lora_targets else {}
-        config |= {"rslora": True} if m.rslora else {}
-    return config
+
+def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
+    """`probe_config`'s JSON less its point and seed: what `family` hashes."""
+    config = probe_config(spec, model, task, method).to_json()
+    return {k: v for k, v in config.items() if k not in ("dim", "seed")}
 
 
 class JobPlan:
-    def __init__(self, spec: JobSpec, workers: int, cache: Cache | None = None) -> None:
+    """`build`: how the plan gets a pair's Problem, once its baseline is done, to learn the
+    dimension range of each method (default: the task's builder, which loads the model)."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        workers: int,
+        cache: Cache | None = None,
+        build: BuildProblem = build_problem,
+    ) -> None:
         self.spec = spec
+        self.build = build
         self.workers = max(1, workers)
         self.cache = cache or Cache()
         self.pairs: list[PairState] = []
         for model, task in spec.pairs():
-            config = _trial_config(spec, model, task, "full")
+            config = probe_config(spec, model, task, "full")
             pair = PairState(
                 key=f"{model}/{task.name}",
                 model=model,
                 task=task,
                 baseline_config=config,
-                baseline_hash=family(config),
+                baseline_hash=family(config.to_json()),
                 seeds=spec.seeds.baseline,
             )
             for method in spec.methods.searched():
@@ -203,7 +207,7 @@ class JobPlan:
                             model=model,
                             task=task,
                             method=method,
-                            base_config=_trial_config(spec, model, task, method),
+                            base_config=probe_config(spec, model, task, method),
                         )
                     )
             cached = self.cache.baselines.get(pair.baseline_hash, {})
@@ -223,7 +227,7 @@ class JobPlan:
             for seed in range(pair.seeds):
                 if seed not in pair.results and seed not in pair.pending:
                     pair.pending.add(seed)
-                    config = {**pair.baseline_config, "seed": seed, "dim": None}
+                    config = replace(pair.baseline_config, seed=seed).to_json()
                     out.append(Request("baseline", pair.key + "/full", seed, None, config))
         for pair in self.pairs:
             for state in pair.searches:
@@ -232,12 +236,12 @@ class JobPlan:
                 probes, state.backlog = state.backlog or state.search.propose(self.workers), []
                 for probe in probes:
                     state.in_flight.add((probe.point, probe.seed))
-                    config = {
-                        **state.base_config,
-                        "threshold": state.search.settings.threshold,
-                        "dim": probe.point,
-                        "seed": probe.seed,
-                    }
+                    config = replace(
+                        state.base_config,
+                        threshold=state.search.settings.threshold,
+                        dim=probe.point,
+                        seed=probe.seed,
+                    ).to_json()
                     out.append(Request("probe", state.key, probe.seed, probe.point, config))
         return out
 
@@ -275,14 +279,13 @@ class JobPlan:
             if state.search is not None:
                 continue
             m = getattr(self.spec.methods, state.method).search
-            problem = problem or build_problem(pair.task.name, pair.model, pair.task.options)
+            problem = problem or self.build(pair.task.name, pair.model, pair.task.options)
             pair.chance = problem.chance
             pair.error = pair.threshold_error(threshold)
             if pair.error is not None:
                 return
-            floor, limit = dimension_range(
-                problem, trial_spec({**state.base_config, "seed": 0, "dim": 1}, problem)
-            )
+            spec = trial_spec(replace(state.base_config, dim=1), problem)
+            floor, limit = methods.get(state.method).dim_range(problem, spec)
             hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
             state.search = ThresholdSearch(
                 SearchSettings(
@@ -297,7 +300,7 @@ class JobPlan:
                     max_probes=self.spec.budget.max_probes,
                 )
             )
-            state.search_hash = family({**state.base_config, "threshold": threshold})
+            state.search_hash = family(replace(state.base_config, threshold=threshold).to_json())
             self._replay(state, self.cache.probes.get(state.search_hash, []))
 
     def _replay(self, state: SearchState, records: list[dict[str, Any]]) -> None:

@@ -11,50 +11,117 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from sweeper import methods
 from sweeper.tasks import Problem, TrainSettings, build_problem
 from sweeper.training.train import TrialResult, TrialSpec, run_trial, score_report
 
 
-def build(config: dict[str, Any]) -> Problem:
-    return build_problem(config["task"], config["model"], config["task_options"])
+@dataclass(frozen=True)
+class ProbeConfig:
+    """A probe (or baseline seed) as data: everything that determines its result.
+
+    Its JSON (`to_json`) is the config Ray carries and MLflow hashes (`config_hash`,
+    `search_hash`, `baseline_hash`): the keys and values stay exactly as stored runs have them,
+    a method writing only its own keys (`Method.probe_json`). Defaults are TrialSpec's.
+
+    train: the job's overrides of the task's TrainSettings (lr_search apart); rule: the
+    decision rule's name; generator: the Fastfood generator's version (fastfood methods).
+    """
+
+    task: str
+    model: str
+    method: str
+    task_options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    lr_search: dict[str, Any] | None = None
+    rule: str | None = None
+    head: str = TrialSpec.head
+    stop_on_pass: bool = TrialSpec.stop_on_pass
+    pass_margin_z: float = TrialSpec.pass_margin_z
+    patience: int | None = TrialSpec.patience
+    projection: str = TrialSpec.projection
+    layout: str = TrialSpec.layout
+    said_groups: str = TrialSpec.said_groups
+    generator: int | None = None
+    fastfood_kernel: str = TrialSpec.fastfood_kernel
+    lora_alpha: float | None = TrialSpec.lora_alpha
+    lora_dropout: float = TrialSpec.lora_dropout
+    lora_targets: tuple[str, ...] | None = TrialSpec.lora_targets
+    rslora: bool = TrialSpec.rslora
+    threshold: float | None = None  # probes only: the bar of their search
+    dim: int | None = None  # d or r; None for the baseline
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as Ray carries it and MLflow hashes it."""
+        out = {
+            "task": self.task,
+            "model": self.model,
+            "task_options": dict(self.task_options),
+            "method": self.method,
+            "train": dict(self.train),
+            "lr_search": self.lr_search,
+            "rule": self.rule,
+            "head": self.head,
+            "stop_on_pass": self.stop_on_pass,
+            "pass_margin_z": self.pass_margin_z,
+            "patience": self.patience,
+        }
+        out |= methods.get(self.method).probe_json(self)
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out | {"dim": self.dim, "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeConfig:
+        """A config from its JSON; keys left out take their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("lora_targets"):
+            values["lora_targets"] = tuple(values["lora_targets"])
+        return cls(**values)
 
 
-def trial_spec(config: dict[str, Any], problem: Problem, lr: float | None = None) -> TrialSpec:
+def build(config: ProbeConfig) -> Problem:
+    return build_problem(config.task, config.model, config.task_options)
+
+
+def trial_spec(config: ProbeConfig, problem: Problem, lr: float | None = None) -> TrialSpec:
     """The TrialSpec a probe config describes (the task's defaults filled in from `problem`);
     `lr` overrides its learning rate."""
-    train = TrainSettings(**{**asdict(problem.train_defaults(config["method"])), **config["train"]})
+    train = TrainSettings(**{**asdict(problem.train_defaults(config.method)), **config.train})
     if lr is not None:
         train = replace(train, lr=lr)
     return TrialSpec(
-        task=config["task"],
-        model=config["model"],
-        method=config["method"],
-        dim=config.get("dim"),
-        seed=config["seed"],
-        task_options=config["task_options"],
-        projection=config.get("projection", "fastfood"),
-        layout=config.get("layout", "global"),
-        said_groups=config.get("said_groups", "layer"),
-        head=config.get("head", "budget"),
-        lora_alpha=config.get("lora_alpha"),
-        lora_dropout=config.get("lora_dropout", 0.0),
-        lora_targets=tuple(config["lora_targets"]) if config.get("lora_targets") else None,
-        rslora=config.get("rslora", False),
-        fastfood_kernel=config.get("fastfood_kernel", "auto"),
+        task=config.task,
+        model=config.model,
+        method=config.method,
+        dim=config.dim,
+        seed=config.seed,
+        task_options=config.task_options,
+        projection=config.projection,
+        layout=config.layout,
+        said_groups=config.said_groups,
+        head=config.head,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        lora_targets=config.lora_targets,
+        rslora=config.rslora,
+        fastfood_kernel=config.fastfood_kernel,
         train=train,
-        threshold=config.get("threshold"),
-        stop_on_pass=config.get("stop_on_pass", True),
-        pass_margin_z=config.get("pass_margin_z", 2.0),
-        patience=config.get("patience"),
+        threshold=config.threshold,
+        stop_on_pass=config.stop_on_pass,
+        pass_margin_z=config.pass_margin_z,
+        patience=config.patience,
     )
 
 
-def _compressed_b64(result: TrialResult, config: dict[str, Any], model_ref: dict) -> str | None:
+def _compressed_b64(result: TrialResult, config: ProbeConfig, model_ref: dict) -> str | None:
     """θ_d (and λ) of a passing subspace probe, as a base64 safetensors file of a few KB."""
-    if config["method"] not in ("did", "said") or result.module is None:
+    if not methods.get(config.method).saves_compressed or result.module is None:
         return None
     from safetensors.torch import save
 
@@ -65,7 +132,7 @@ def _compressed_b64(result: TrialResult, config: dict[str, Any], model_ref: dict
 
 
 def _summary(
-    result: TrialResult, config: dict[str, Any], lr: float, problem: Problem
+    result: TrialResult, config: ProbeConfig, lr: float, problem: Problem
 ) -> dict[str, Any]:
     model_ref, split_sizes = problem.model_ref, problem.split_sizes
     passed = result.passed
@@ -89,10 +156,12 @@ def _summary(
     } | ({"kernel": result.kernel, "kernel_reason": result.kernel_reason} if result.kernel else {})
 
 
-def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """Train the probe; with an LR search, the try with the best `select` score counts, and
-    only its chosen checkpoint is scored on `report`."""
-    search = config.get("lr_search")
+def run_probe(data: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Train the probe whose config is `data` (`ProbeConfig.to_json`); with an LR search, the
+    try with the best `select` score counts, and only its chosen checkpoint is scored on
+    `report`."""
+    config = ProbeConfig.from_json(data)
+    search = config.lr_search
     problem = build(config)  # built once: trained by the first try
     if not search:
         spec = trial_spec(config, problem)
@@ -103,7 +172,7 @@ def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, A
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config["seed"])
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed)
     )
     best: tuple[TrialResult, float, Problem] | None = None
     seconds = 0.0
@@ -125,7 +194,7 @@ def run_probe(config: dict[str, Any], threads: int | None = None) -> dict[str, A
             break
     result, lr, built = best
     unscored = result.seconds
-    result = score_report(result, built, config.get("threshold"))
+    result = score_report(result, built, config.threshold)
     seconds += result.seconds - unscored
     summary = _summary(result, config, lr, built)
     summary["seconds"] = seconds

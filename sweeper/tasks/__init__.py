@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from sweeper import methods as registry
 from sweeper.errors import SpecError
 from sweeper.tasks import digits, mnist, text, toy_sums
 from sweeper.tasks.base import SEED_MAX, Option, Problem, TrainSettings
@@ -29,12 +30,17 @@ class TaskInfo:
     models: tuple[str, ...] | None
     options: dict[str, Option]
     build: Callable[[str, dict], Problem]
-    methods: tuple[str, ...] = ("full", "did", "said", "lora")
+    unsupported: tuple[str, ...] = ("resampled",)  # registered methods it cannot run
     check: Callable[[str, dict], None] | None = None
     ready: Callable[[str, dict], None] | None = None
     default_model: str | None = None
     module_names: Callable[[str, dict], set[str] | None] | None = None
     """The model's module names (what LoRA's targets must name), cheaply; None: unknown."""
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods it runs: every registered one it does not exclude."""
+        return tuple(name for name in registry.METHODS if name not in self.unsupported)
 
     @property
     def first_model(self) -> str:
@@ -51,7 +57,7 @@ TASKS: dict[str, TaskInfo] = {
             "init_seed": Option(int, 0, SEED_MAX),
         },
         toy_sums.build,
-        methods=("full", "did", "said"),
+        unsupported=("lora", "resampled"),  # no Linear layer to adapt; resampled: mnist only
         check=toy_sums.check,
     ),
     "digits": TaskInfo(
@@ -78,7 +84,7 @@ TASKS: dict[str, TaskInfo] = {
             "init_seed": Option(int, 0),
         },
         mnist.build,
-        methods=("full", "did", "said", "lora", "resampled"),
+        unsupported=(),
         check=mnist.check,
         ready=mnist.ready,
         default_model="fc",

@@ -39,7 +39,7 @@ class ResampledModel(nn.Module):
     def __init__(
         self,
         base: nn.Module,
-        d: int,
+        dim: int,
         seed: int = 0,
         head: Iterable[str] = (),
         train_head: bool = False,
@@ -48,7 +48,7 @@ class ResampledModel(nn.Module):
         super().__init__()
         head = tuple(head)
         self.base = base
-        self.d, self.seed, self.projection = d, seed, projection
+        self.dim, self.seed, self.projection = dim, seed, projection
         self.step = 0  # projections applied so far: the next one uses step_seed(seed, step)
         for p in base.parameters():
             p.requires_grad_(True)
@@ -60,8 +60,8 @@ class ResampledModel(nn.Module):
         if not self.projected:
             raise ValueError("no parameters left to project")
         self.D = sum(p.numel() for _, p in self.projected)
-        if not 1 <= d <= self.D:
-            raise ValueError(f"d={d} must lie in [1, D={self.D}] (the projected weights)")
+        if not 1 <= dim <= self.D:
+            raise ValueError(f"d={dim} must lie in [1, D={self.D}] (the projected weights)")
 
     def forward(self, *args, **kwargs):
         return self.base(*args, **kwargs)
@@ -73,7 +73,7 @@ class ResampledModel(nn.Module):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         P = make_projection(
-            self.projection, self.D, self.d, step_seed(self.seed, self.step), dtype=flat.dtype
+            self.projection, self.D, self.dim, step_seed(self.seed, self.step), dtype=flat.dtype
         )
         projected = P.matvec(P.adjoint(flat))
         for p, piece in zip(params, projected.split([p.numel() for p in params]), strict=True):

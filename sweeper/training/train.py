@@ -19,16 +19,17 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sweeper import methods
 from sweeper.errors import SpecError
-from sweeper.projection import KINDS, LAYOUTS
+from sweeper.methods.lora import LoraFields
+from sweeper.methods.subspace import SubspaceFields
+from sweeper.spec import HEAD_POLICIES, OPTIMIZERS
 from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
-from sweeper.training.subspace import SubspaceConfig, SubspaceModel, group_keys, projected_names
+from sweeper.training.subspace import SubspaceModel
 
-METHODS = ("full", "did", "said", "lora", "resampled")
-OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")
-HEAD_POLICIES = ("budget", "train")
-HeadPolicy = Literal["budget", "train"]
+HeadPolicy = Literal[HEAD_POLICIES]
 RULE = "select-checkpoint-report"  # the decision rule's name, recorded with every run
+_SUBSPACE, _LORA = SubspaceFields(), LoraFields()  # the spec's defaults, declared there
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,17 @@ class TrialSpec:
     dim: int | None = None  # d for did/said/resampled, r for lora, None for full
     seed: int = 0
     task_options: dict[str, Any] = field(default_factory=dict)
-    projection: str = "fastfood"
-    layout: str = "global"
-    said_groups: str = "layer"
+    projection: str = _SUBSPACE.projection
+    layout: str = _SUBSPACE.layout
+    said_groups: str = _SUBSPACE.said_groups
     # The classifier head, alike for every method (DESIGN.md §3): 'budget' puts it inside the
     # method's budget (projected for did/said, a LoRA adapter for lora); 'train' trains it
     # directly in every method (PEFT's modules_to_save) and counts it as trainable.
     head: HeadPolicy = "budget"
-    lora_alpha: float | None = None  # None: 2r (scale 2), or 2 with rslora (scale 2/√r)
-    lora_dropout: float = 0.0
+    lora_alpha: float | None = _LORA.lora_alpha  # None: 2r (scale 2), or 2 with rslora (2/√r)
+    lora_dropout: float = _LORA.lora_dropout
     lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
-    rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not alpha/r
+    rslora: bool = _LORA.rslora  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not /r
     fastfood_kernel: str = "auto"  # GPU Fastfood: 'auto' (self-tested), 'fused' or 'reference'
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
@@ -89,74 +90,7 @@ class TrialResult:
 
 def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
     """The model as the method trains it: all weights, a subspace, or LoRA adapters."""
-    if spec.method == "full":
-        return problem.model
-    if spec.method in ("did", "said"):
-        config = SubspaceConfig(
-            d=spec.dim,
-            method=spec.method,
-            projection=spec.projection,
-            layout=spec.layout,
-            seed=spec.seed,
-            said_groups=spec.said_groups,
-            train_head=spec.head == "train",
-        )
-        model = SubspaceModel(problem.model, config, head=problem.head)
-        model.fastfood_kernel = spec.fastfood_kernel
-        return model
-    if spec.method == "resampled":
-        from sweeper.training.resampled import ResampledModel
-
-        return ResampledModel(
-            problem.model,
-            spec.dim,
-            spec.seed,
-            head=problem.head,
-            train_head=spec.head == "train",
-            projection=spec.projection,
-        )
-    if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = lora_targets(problem, spec)
-        if not targets:
-            raise ValueError(f"task {spec.task!r} has no layers LoRA can adapt")
-        head_layers = head_linears(problem) if spec.head == "budget" else []
-        config = LoraConfig(
-            r=spec.dim,
-            lora_alpha=lora_alpha(spec),
-            lora_dropout=spec.lora_dropout,
-            use_rslora=spec.rslora,
-            target_modules=list(targets) + head_layers,
-            modules_to_save=(list(problem.head) or None) if spec.head == "train" else None,
-        )
-        return get_peft_model(problem.model, config)
-    raise ValueError(f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
-
-
-def lora_alpha(spec: TrialSpec) -> float:
-    """The spec's alpha, else one that keeps the scale from growing with r: 2r without rsLoRA
-    (scale alpha/r = 2), a constant 2 with it (scale alpha/√r = 2/√r; 2r there would make the
-    scale 2√r, larger at every rank the search tries)."""
-    if spec.lora_alpha is not None:
-        return spec.lora_alpha
-    return 2.0 if spec.rslora else 2.0 * spec.dim
-
-
-def lora_targets(problem: Problem, spec: TrialSpec) -> tuple[str, ...]:
-    """The module names LoRA adapts in the body: the spec's, else the task's."""
-    return spec.lora_targets or problem.lora_targets
-
-
-def head_linears(problem: Problem) -> list[str]:
-    """Full names of the head's linear layers: where LoRA puts the head's adapters when the
-    head is inside the budget (a head module need not be one Linear: RoBERTa's has two)."""
-    return [
-        name
-        for name, module in problem.model.named_modules()
-        if isinstance(module, nn.Linear)
-        and any(name == h or name.startswith(h + ".") for h in problem.head)
-    ]
+    return methods.get(spec.method).wrap(problem, spec)
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -173,46 +107,27 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def check_trial(spec: TrialSpec) -> None:
-    """Raise SpecError for anything that would make the trial fail, before any training."""
+def check_trial(spec: TrialSpec) -> Problem:
+    """Raise SpecError for anything that would make the trial fail, before any training.
+    Returns the task it built to check, to train the trial on (`run_trial(problem=...)`)."""
     info = check_task(spec.task, spec.model, spec.task_options)
     problem = build_problem(spec.task, spec.model, spec.task_options)
-    if spec.method not in METHODS:
-        raise SpecError("method", f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
+    if spec.method not in methods.METHODS:
+        names = list(methods.METHODS)
+        raise SpecError("method", f"unknown method {spec.method!r}; choose one of {names}")
     if spec.method not in info.methods:
         raise SpecError("method", f"task {spec.task!r} supports {list(info.methods)}")
     if spec.head not in HEAD_POLICIES:
         raise SpecError("head", f"choose one of {list(HEAD_POLICIES)}")
     if spec.train is not None:
         check_settings(spec.train)
-    if spec.method == "full":
-        return
+    method = methods.get(spec.method)
+    if method.dim_name is None:
+        return problem
     if spec.dim is None or spec.dim < 1:
         raise SpecError("dim", f"{spec.method} needs a dimension ≥ 1, got {spec.dim}")
-    if spec.method in ("did", "said"):
-        if spec.projection not in KINDS:
-            raise SpecError("projection", f"choose one of {sorted(KINDS)}")
-        if spec.layout not in LAYOUTS:
-            raise SpecError("layout", f"choose one of {list(LAYOUTS)}")
-        try:  # builds P too: cheap for fastfood, and the only exact check of d against D
-            wrap(problem, spec)
-        except ValueError as e:
-            raise SpecError("dim", str(e)) from None
-    if spec.method == "resampled":
-        if spec.projection != "fastfood":
-            raise SpecError("projection", "resampled regenerates P every step: use fastfood")
-        settings = spec.train or problem.train_defaults(spec.method)
-        if settings.optimizer == "lbfgs":
-            raise SpecError("train.optimizer", "resampled projects one gradient a step: not lbfgs")
-        try:
-            wrap(problem, spec)
-        except ValueError as e:
-            raise SpecError("dim", str(e)) from None
-    if spec.method == "lora":
-        names = {name.rpartition(".")[2] for name, _ in problem.model.named_modules()}
-        missing = sorted(set(lora_targets(problem, spec)) - names)
-        if missing:
-            raise SpecError("lora_targets", f"no module named {missing} in {spec.model!r}")
+    method.check(problem, spec)
+    return problem
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -226,34 +141,6 @@ def check_settings(settings: TrainSettings) -> None:
         )
     if settings.optimizer == "lbfgs" and settings.grad_accum != 1:
         raise SpecError("train.grad_accum", "L-BFGS re-evaluates whole batches: use 1")
-
-
-def dimension_range(problem: Problem, spec: TrialSpec) -> tuple[int, int]:
-    """Meaningful (smallest, largest) d or r: SAID needs d > T (its λ count), d ≤ D weights,
-    r ≤ the narrowest adapted layer."""
-    if spec.method == "lora":
-        # The body's layers bound r; a head adapter (head: budget) is full rank past the
-        # head's label count, which must not cap the rank of the body's.
-        widths = [
-            min(module.in_features, module.out_features)
-            for name, module in problem.model.named_modules()
-            if name.rpartition(".")[2] in lora_targets(problem, spec)
-            and isinstance(module, nn.Linear)
-            and name not in head_linears(problem)
-        ]
-        return 1, min(widths, default=1)
-    config = SubspaceConfig(d=1, train_head=spec.head == "train", said_groups=spec.said_groups)
-    names = projected_names(problem.model, config, problem.head)
-    sizes = dict((n, p.numel()) for n, p in problem.model.named_parameters())
-    groups = len(set(group_keys(names, spec.said_groups))) if spec.method == "said" else 0
-    return groups + 1, sum(sizes[n] for n in names) + groups
-
-
-def trainable_count(module: nn.Module) -> int:
-    """The true count; PEFT's own for LoRA models (its adapters plus modules_to_save)."""
-    if hasattr(module, "get_nb_trainable_parameters"):
-        return module.get_nb_trainable_parameters()[0]
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -299,7 +186,8 @@ def run_trial(
         problem = build_problem(spec.task, spec.model, spec.task_options)
     D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
-    module = wrap(problem, spec).to(device)
+    method = methods.get(spec.method)
+    module = method.wrap(problem, spec).to(device)
     # before the first step: on a GPU this runs the fused kernel's self-test (once per process)
     kernel = module.kernel_choice() if isinstance(module, SubspaceModel) else (None, None)
     settings = spec.train or problem.train_defaults(spec.method)
@@ -307,8 +195,7 @@ def run_trial(
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = make_optimizer(settings, params)
-    if spec.method == "resampled":  # g ← P_t P_tᵀ g before each step (training/resampled.py)
-        optimizer.register_step_pre_hook(lambda *_: module.project_gradients())
+    method.prepare_optimizer(optimizer, module)
     accum = settings.grad_accum
     batches = problem.batches(settings.batch_size // accum, spec.seed)
 
@@ -378,7 +265,7 @@ def run_trial(
         metric=math.nan,
         metric_name=problem.metric,
         D=D,
-        trainable_params=trainable_count(module),
+        trainable_params=method.trainable_count(module),
         steps=step,
         loss=loss_value,
         seconds=time.perf_counter() - started,

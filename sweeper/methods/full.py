@@ -1,0 +1,24 @@
+"""Full fine-tuning: every weight trains. The baseline perf_full is measured with it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from sweeper.methods.base import Method
+
+if TYPE_CHECKING:
+    from sweeper.tasks import Problem
+    from sweeper.training.train import TrialSpec
+
+
+class Full(Method):
+    name = "full"
+    searched = False
+
+    def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
+        return problem.model
+
+
+FULL = Full()

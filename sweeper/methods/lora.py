@@ -1,0 +1,131 @@
+"""LoRA (Hu et al. 2021) through PEFT: we only configure it; r is the rank searched."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
+from torch import nn
+
+from sweeper.errors import SpecError
+from sweeper.methods.base import Method, SpecFields
+
+if TYPE_CHECKING:
+    from sweeper.tasks import Problem
+    from sweeper.training.train import TrialSpec
+
+
+class LoraFields(SpecFields):
+    lora_alpha: Annotated[float, Field(gt=0)] | None = None  # None: see `alpha`
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # modules LoRA adapts (PEFT target_modules); null: the task's (query, value for BERT/RoBERTa)
+    lora_targets: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
+    rslora: bool = False  # rank-stabilised LoRA: scale alpha/√r instead of alpha/r
+
+
+class LoRA(Method):
+    name = "lora"
+    dim_name = "r"
+    fields = LoraFields
+    probe_keys = ("lora_alpha", "lora_dropout")
+    # only when set: a job that leaves them out keeps the config hashes it always had
+    probe_optional = ("lora_targets", "rslora")
+
+    def probe_options(self, spec: Any, fastfood_kernel: str) -> dict[str, Any]:
+        targets = tuple(spec.lora_targets) if spec.lora_targets else None
+        return {"lora_alpha": spec.lora_alpha, "lora_dropout": spec.lora_dropout} | {
+            "lora_targets": targets,
+            "rslora": spec.rslora,
+        }
+
+    def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        adapted = targets(problem, spec)
+        if not adapted:
+            raise ValueError(f"task {spec.task!r} has no layers LoRA can adapt")
+        head_layers = head_linears(problem) if spec.head == "budget" else []
+        config = LoraConfig(
+            r=spec.dim,
+            lora_alpha=alpha(spec),
+            lora_dropout=spec.lora_dropout,
+            use_rslora=spec.rslora,
+            target_modules=list(adapted) + head_layers,
+            modules_to_save=(list(problem.head) or None) if spec.head == "train" else None,
+        )
+        return get_peft_model(problem.model, config)
+
+    def check(self, problem: Problem, spec: TrialSpec) -> None:
+        names = {name.rpartition(".")[2] for name, _ in problem.model.named_modules()}
+        missing = sorted(set(targets(problem, spec)) - names)
+        if missing:
+            raise SpecError("lora_targets", f"no module named {missing} in {spec.model!r}")
+        if spec.dim > (widest := self.dim_range(problem, spec)[1]):
+            raise SpecError(  # PEFT would allocate r × width per layer, gigabytes for a huge r
+                "dim",
+                f"rank {spec.dim} exceeds the narrowest adapted layer ({widest}); use ≤ {widest}",
+            )
+
+    def check_job(self, spec: Any) -> None:
+        """LoRA targets name modules the model has — else every probe would raise."""
+        from sweeper.tasks import TASKS
+
+        lora = spec.methods.lora
+        if lora is None or not lora.lora_targets:
+            return
+        for model, task, method in spec.searches():
+            names_of = TASKS[task.name].module_names if method == self.name else None
+            names = names_of(model, dict(task.options)) if names_of else None
+            missing = sorted(set(lora.lora_targets) - names) if names is not None else []
+            if missing:
+                raise SpecError(
+                    "methods.lora.lora_targets",
+                    f"no module named {missing} in {model!r} (task {task.name}); "
+                    f"its modules include {sorted(names)[:12]}",
+                )
+
+    def dim_range(self, problem: Problem, spec: TrialSpec) -> tuple[int, int]:
+        """r ≤ the narrowest adapted layer of the body: a head adapter (head: budget) is full
+        rank past the head's label count, which must not cap the rank of the body's."""
+        widths = [
+            min(module.in_features, module.out_features)
+            for name, module in problem.model.named_modules()
+            if name.rpartition(".")[2] in targets(problem, spec)
+            and isinstance(module, nn.Linear)
+            and name not in head_linears(problem)
+        ]
+        return 1, min(widths, default=1)
+
+    def trainable_count(self, module: nn.Module) -> int:
+        """PEFT's own count: its adapters plus modules_to_save."""
+        return module.get_nb_trainable_parameters()[0]
+
+
+def alpha(spec: TrialSpec) -> float:
+    """The spec's alpha, else one that keeps the scale from growing with r: 2r without rsLoRA
+    (scale alpha/r = 2), a constant 2 with it (scale alpha/√r = 2/√r; 2r there would make the
+    scale 2√r, larger at every rank the search tries)."""
+    if spec.lora_alpha is not None:
+        return spec.lora_alpha
+    return 2.0 if spec.rslora else 2.0 * spec.dim
+
+
+def targets(problem: Problem, spec: TrialSpec) -> tuple[str, ...]:
+    """The module names LoRA adapts in the body: the spec's, else the task's."""
+    return spec.lora_targets or problem.lora_targets
+
+
+def head_linears(problem: Problem) -> list[str]:
+    """Full names of the head's linear layers: where LoRA puts the head's adapters when the
+    head is inside the budget (a head module need not be one Linear: RoBERTa's has two)."""
+    return [
+        name
+        for name, module in problem.model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(name == h or name.startswith(h + ".") for h in problem.head)
+    ]
+
+
+LORA = LoRA()

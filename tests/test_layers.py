@@ -1,0 +1,165 @@
+"""The package's shape, pinned: no import cycles between modules, each layer imports only the layers
+below it, and nothing imports a private Ray module. Read from the source (every `import`, function
+level included), so a cycle hidden in a lazy import counts too; and every module is imported alone
+in a fresh interpreter, which is where a cycle actually bites."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sweeper"
+
+# What each layer may import from sweeper (besides itself and the leaf modules). Lower layers
+# never import higher ones: a kernel knows nothing of training, training nothing of Tune.
+LEAVES = {"sweeper", "sweeper.errors", "sweeper.paths", "sweeper.digest"}
+ALLOWED = {
+    "search": set(),
+    "projection": set(),
+    "tasks": set(),
+    "methods": {"projection", "tasks", "training"},
+    "training": {"projection", "tasks", "methods"},
+    "tracking": {"search", "engine", "spec", "methods"},
+    "engine": {"search", "projection", "tasks", "methods", "training", "tracking", "spec"},
+    "dashboard": {"search", "tracking", "preflight", "methods", "spec"},
+    "cluster": {"engine", "tracking", "spec", "preflight", "dashboard", "methods"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The sweeper modules `name` imports, resolved to modules that exist (a name imported from
+    a package that is itself a module counts as that module). A module's own parent packages are
+    left out: Python runs them before the module in any case."""
+    out: set[str] = set()
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target.startswith("sweeper") and not f"{name}.".startswith(f"{target}."):
+                out.add(target)
+    return out
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_module_imports_itself_back_through_others():
+    seen: dict[str, int] = {}  # 1 on the stack, 2 done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        seen[node] = 1
+        for child in sorted(GRAPH.get(node, ())):
+            if child in {"sweeper"}:
+                continue
+            if seen.get(child) == 1:
+                cycles.append([*stack[stack.index(child) :], child])
+            elif child not in seen:
+                visit(child, [*stack, child])
+        seen[node] = 2
+
+    for module in sorted(GRAPH):
+        if module not in seen:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles)
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    wrong = []
+    for module, targets in GRAPH.items():
+        layer = _layer(module)
+        if layer not in ALLOWED:
+            continue
+        for target in targets:
+            other = _layer(target)
+            if target in LEAVES or other == layer or other in ALLOWED[layer]:
+                continue
+            if other == "tasks" and target == "sweeper.tasks.assets":
+                continue
+            wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_kernels_import_only_the_generator_and_block_sizes():
+    """`fastfood.py` picks a backend and imports the kernels, never the other way round."""
+    leaves = {"sweeper.projection.generator", "sweeper.projection.blocks"}
+    allowed = {
+        "fastfood_cpu": leaves,
+        "triton_generator": leaves,
+        "triton_kernels": leaves | {"sweeper.projection.triton_generator"},
+        "fastfood_triton": leaves
+        | {"sweeper.projection.triton_generator", "sweeper.projection.triton_kernels"},
+    }
+    for kernel, ok in allowed.items():
+        module = f"sweeper.projection.{kernel}"
+        assert GRAPH[module] <= ok, f"{module} imports {GRAPH[module] - ok}"
+    assert not GRAPH["sweeper.projection.generator"] and not GRAPH["sweeper.projection.blocks"]
+
+
+def test_nothing_in_the_package_imports_a_private_ray_module():
+    private = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            private += [
+                f"{module}: {n}"
+                for n in names
+                if n.split(".")[0] == "ray" and any(p.startswith("_") for p in n.split("."))
+            ]
+    assert not private, "\n".join(private)
+
+
+@pytest.mark.slow
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    names = [m for m in MODULES if not m.endswith("__main__")]
+    script = (
+        "import importlib, subprocess, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    r = subprocess.run([sys.executable, '-c', f'import {name}'], capture_output=True,"
+        " text=True)\n"
+        "    if r.returncode: bad.append(name + ': ' + r.stderr.strip().splitlines()[-1])\n"
+        "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,126 @@
+"""The probe config is a cache and resume key: its JSON and hash must never drift.
+
+The expected values were produced by the plan of commit 2b3092a (before probe configs were
+typed); a change here orphans every stored probe, so it needs a migration, not a new pin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from sweeper import methods
+from sweeper.digest import digest
+from sweeper.engine.plan import JobPlan, family, probe_config
+from sweeper.engine.probe import ProbeConfig
+from sweeper.spec import parse_spec
+
+SPEC = {
+    "name": "pin",
+    "grid": [{"models": ["fc"], "tasks": [{"name": "mnist", "options": {"train_size": 500}}]}],
+    "methods": {
+        "full": {"train": {"lr_search": {"low": 1e-4, "high": 1e-2, "tries": 2}}},
+        "did": {"search": {"lo": 2, "hi": 4096}, "layout": "per_tensor"},
+        "said": {"search": {"lo": 8, "hi": 4096}, "said_groups": "tensor", "projection": "sparse"},
+        "lora": {
+            "search": {"lo": 1, "hi": 64},
+            "lora_targets": ["fc1"],
+            "rslora": True,
+            "lora_dropout": 0.1,
+        },
+        "resampled": {"search": {"lo": 2, "hi": 4096}, "train": {"optimizer": "plain_sgd"}},
+    },
+    "train": {"lr_search": {"low": 1e-4, "high": 1e-2, "tries": 2}, "steps": 50},
+    "early_stop": {"hopeless_patience": 3},
+    "resources": {"fastfood_kernel": "reference"},
+    "head": "train",
+}
+
+# (config JSON, config_hash), as stored by 2b3092a: baseline seed 1; probes at 17, seed 2
+PINNED = {
+    "full": (
+        '{"task": "mnist", "model": "fc", "task_options": {"train_size": 500}, '
+        '"method": "full", "train": {"steps": 50}, "lr_search": {"low": 0.0001, '
+        '"high": 0.01, "tries": 2}, "rule": "select-checkpoint-report", "head": "train", '
+        '"stop_on_pass": false, "pass_margin_z": 2.0, "patience": null, "seed": 1, '
+        '"dim": null}',
+        "d166b3ea1727fad0",
+    ),
+    "did": (
+        '{"task": "mnist", "model": "fc", "task_options": {"train_size": 500}, '
+        '"method": "did", "train": {"steps": 50}, "lr_search": {"low": 0.0001, '
+        '"high": 0.01, "tries": 2}, "rule": "select-checkpoint-report", "head": "train", '
+        '"stop_on_pass": true, "pass_margin_z": 2.0, "patience": 3, '
+        '"projection": "fastfood", "layout": "per_tensor", "said_groups": "layer", '
+        '"generator": 3, "fastfood_kernel": "reference", "threshold": 0.875, "dim": 17, '
+        '"seed": 2}',
+        "2517351d8bf9347a",
+    ),
+    "said": (
+        '{"task": "mnist", "model": "fc", "task_options": {"train_size": 500}, '
+        '"method": "said", "train": {"steps": 50}, "lr_search": {"low": 0.0001, '
+        '"high": 0.01, "tries": 2}, "rule": "select-checkpoint-report", "head": "train", '
+        '"stop_on_pass": true, "pass_margin_z": 2.0, "patience": 3, '
+        '"projection": "sparse", "layout": "global", "said_groups": "tensor", '
+        '"threshold": 0.875, "dim": 17, "seed": 2}',
+        "7458b8fcb9e5e2f5",
+    ),
+    "lora": (
+        '{"task": "mnist", "model": "fc", "task_options": {"train_size": 500}, '
+        '"method": "lora", "train": {"steps": 50}, "lr_search": {"low": 0.0001, '
+        '"high": 0.01, "tries": 2}, "rule": "select-checkpoint-report", "head": "train", '
+        '"stop_on_pass": true, "pass_margin_z": 2.0, "patience": 3, "lora_alpha": null, '
+        '"lora_dropout": 0.1, "lora_targets": ["fc1"], "rslora": true, '
+        '"threshold": 0.875, "dim": 17, "seed": 2}',
+        "69d65460a3e089b8",
+    ),
+    "resampled": (
+        '{"task": "mnist", "model": "fc", "task_options": {"train_size": 500}, '
+        '"method": "resampled", "train": {"optimizer": "plain_sgd", "steps": 50}, '
+        '"lr_search": {"low": 0.0001, "high": 0.01, "tries": 2}, '
+        '"rule": "select-checkpoint-report", "head": "train", "stop_on_pass": true, '
+        '"pass_margin_z": 2.0, "patience": 3, "projection": "fastfood", "generator": 3, '
+        '"fastfood_kernel": "reference", "threshold": 0.875, "dim": 17, "seed": 2}',
+        "702cfd3e251e4d79",
+    ),
+}
+
+
+def _config(method: str) -> ProbeConfig:
+    spec = parse_spec(SPEC)
+    model, task = spec.pairs()[0]
+    config = probe_config(spec, model, task, method)
+    if methods.get(method).searched:
+        return replace(config, threshold=0.875, dim=17, seed=2)
+    return replace(config, seed=1)
+
+
+@pytest.mark.parametrize("method", list(PINNED))
+def test_probe_config_json_and_hash_are_those_stored_runs_have(method):
+    text, config_hash = PINNED[method]
+    config = _config(method).to_json()
+    assert config == json.loads(text)
+    assert digest(config) == config_hash  # keys sorted: their order in the dict is immaterial
+
+
+@pytest.mark.parametrize("method", list(PINNED))
+def test_probe_config_survives_its_json_round_trip(method):
+    config = _config(method)
+    assert ProbeConfig.from_json(config.to_json()) == config
+    assert ProbeConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_a_plan_proposes_the_pinned_baseline_config():
+    """Through the plan itself: a default digits baseline, as 2b3092a proposed it."""
+    spec = parse_spec(
+        {
+            "name": "p2",
+            "grid": [{"models": ["mlp"], "tasks": ["digits"]}],
+            "methods": {"did": {"search": {"lo": 2, "hi": 512}}},
+        }
+    )
+    first = JobPlan(spec, workers=2).propose()[0]
+    assert (first.kind, first.key) == ("baseline", "2c2df903d5ba7760")
+    assert family(first.config) == family({**first.config, "seed": 5})
