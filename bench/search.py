@@ -17,6 +17,7 @@ Goal (issue 3): ≤ 40 % of the grid's compute for the same answer (± tolerance
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -108,12 +109,9 @@ def grid(plan: JobPlan, state, lo: int, hi: int, seeds: int, points: int = 10) -
     for point in grid_points:
         passes = 0
         for seed in range(seeds):
-            config = {
-                **state.base_config,
-                "threshold": settings.threshold,
-                "dim": point,
-                "seed": seed,
-            }
+            config = dataclasses.replace(
+                state.base_config, threshold=settings.threshold, dim=point, seed=seed
+            ).to_json()
             result = probe(config)
             charged += result["seconds"]
             probes += 1

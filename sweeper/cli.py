@@ -358,8 +358,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from sweeper import methods
+    from sweeper.methods.base import HEAD_POLICIES
     from sweeper.methods.subspace import SubspaceFields
-    from sweeper.spec import HEAD_POLICIES
 
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -25,11 +25,9 @@ from pydantic import (
 from sweeper import methods
 from sweeper.digest import canonical_json
 from sweeper.errors import SpecError
-from sweeper.methods.base import STRICT
-from sweeper.tasks import TASKS, check_task
+from sweeper.methods.base import HEAD_POLICIES, STRICT
+from sweeper.tasks import OPTIMIZERS, TASKS, check_task
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")
-HEAD_POLICIES = ("budget", "train")  # see JobSpec.head
 Scalar = int | float | str | bool
 
 # Caps on sizes: beyond them a job would never finish or would exhaust memory, so they are
@@ -257,7 +255,7 @@ class JobSpec(_Strict):
             (model, task, method)
             for model, task in self.pairs()
             for method in self.methods.searched()
-            if method in TASKS[task.name].methods
+            if method in methods.supported(TASKS[task.name].unsupported)
         ]
 
     def train_for(self, method: str) -> TrainSpec:

@@ -200,7 +200,7 @@ class JobPlan:
                 seeds=spec.seeds.baseline,
             )
             for method in spec.methods.searched():
-                if method in TASKS[task.name].methods:
+                if method in methods.supported(TASKS[task.name].unsupported):
                     pair.searches.append(
                         SearchState(
                             key=f"{model}/{task.name}/{method}",
@@ -382,29 +382,3 @@ def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str,
         "error": result.get("error"),
         "reused": reused,
     }
-
-
-def plan_state(plan: JobPlan) -> dict[str, Any]:
-    """The plan as plain JSON: baseline results and each search's state (pending dropped —
-    a restored job re-runs whatever was in flight)."""
-    return {
-        "baselines": {p.key: {str(s): m for s, m in p.results.items()} for p in plan.pairs},
-        "searches": {
-            s.key: {"state": s.search.state_dict(), "records": s.records}
-            for _, s in plan.searches()
-            if s.search is not None
-        },
-    }
-
-
-def load_plan_state(plan: JobPlan, state: dict[str, Any]) -> None:
-    for pair in plan.pairs:
-        for seed, metric in state["baselines"].get(pair.key, {}).items():
-            pair.results[int(seed)] = math.nan if metric is None else float(metric)
-        plan.start_searches(pair)
-    for _, search in plan.searches():
-        saved = state["searches"].get(search.key)
-        if saved is None or search.search is None:
-            continue
-        search.search = ThresholdSearch.from_state_dict({**saved["state"], "pending": []})
-        search.records = list(saved["records"])

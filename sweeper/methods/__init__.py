@@ -29,6 +29,12 @@ def searched() -> tuple[str, ...]:
     return tuple(name for name, method in METHODS.items() if method.searched)
 
 
+def supported(unsupported: tuple[str, ...]) -> tuple[str, ...]:
+    """The methods a task runs: every registered one but those it excludes (TaskInfo.unsupported),
+    so a new method is offered to every task that does not say otherwise."""
+    return tuple(name for name in METHODS if name not in unsupported)
+
+
 def dim_name(method: str | None) -> str:
     """What a method's dimension is called in MLflow params, run names and tables: r for
     LoRA, d otherwise (an unknown or missing method included, as stored runs have it)."""
@@ -44,4 +50,4 @@ register(subspace.SAID)
 register(lora.LORA)
 register(resampled.RESAMPLED)
 
-__all__ = ["METHODS", "Method", "dim_name", "get", "register", "searched"]
+__all__ = ["METHODS", "Method", "dim_name", "get", "register", "searched", "supported"]

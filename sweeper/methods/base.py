@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # strict: no "2" → 2 or true → 1 coercions; no inf/nan sneaking into rates or budgets
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+HEAD_POLICIES = ("budget", "train")  # see JobSpec.head: the head trained directly, or in the budget
 
 
 class SpecFields(BaseModel):

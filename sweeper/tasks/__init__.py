@@ -6,10 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from sweeper import methods as registry
 from sweeper.errors import SpecError
 from sweeper.tasks import digits, mnist, text, toy_sums
-from sweeper.tasks.base import SEED_MAX, Option, Problem, TrainSettings
+from sweeper.tasks.base import OPTIMIZERS, SEED_MAX, Option, Problem, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,6 @@ class TaskInfo:
     default_model: str | None = None
     module_names: Callable[[str, dict], set[str] | None] | None = None
     """The model's module names (what LoRA's targets must name), cheaply; None: unknown."""
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        """The methods it runs: every registered one it does not exclude."""
-        return tuple(name for name in registry.METHODS if name not in self.unsupported)
 
     @property
     def first_model(self) -> str:
@@ -161,6 +155,7 @@ def build_problem(task: str, model: str, options: dict | None = None) -> Problem
 
 
 __all__ = [
+    "OPTIMIZERS",
     "TASKS",
     "Option",
     "Problem",

@@ -19,6 +19,9 @@ ROLES: tuple[Role, ...] = ("select", "report")
 SEED_MAX = 2**32 - 1  # task seeds (init_seed, data_seed), as for a trial's seed
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")  # see TrainSettings.optimizer
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """One trial's optimisation: the defaults a task suggests, overridable per job and method.

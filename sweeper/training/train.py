@@ -21,10 +21,10 @@ from torch import nn
 
 from sweeper import methods
 from sweeper.errors import SpecError
+from sweeper.methods.base import HEAD_POLICIES
 from sweeper.methods.lora import LoraFields
 from sweeper.methods.subspace import SubspaceFields
-from sweeper.spec import HEAD_POLICIES, OPTIMIZERS
-from sweeper.tasks import Problem, TrainSettings, build_problem, check_task
+from sweeper.tasks import OPTIMIZERS, Problem, TrainSettings, build_problem, check_task
 from sweeper.training.subspace import SubspaceModel
 
 HeadPolicy = Literal[HEAD_POLICIES]
@@ -115,8 +115,8 @@ def check_trial(spec: TrialSpec) -> Problem:
     if spec.method not in methods.METHODS:
         names = list(methods.METHODS)
         raise SpecError("method", f"unknown method {spec.method!r}; choose one of {names}")
-    if spec.method not in info.methods:
-        raise SpecError("method", f"task {spec.task!r} supports {list(info.methods)}")
+    if spec.method not in (runs := methods.supported(info.unsupported)):
+        raise SpecError("method", f"task {spec.task!r} supports {list(runs)}")
     if spec.head not in HEAD_POLICIES:
         raise SpecError("head", f"choose one of {list(HEAD_POLICIES)}")
     if spec.train is not None:
