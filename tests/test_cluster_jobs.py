@@ -23,12 +23,11 @@ import psutil
 import pytest
 import yaml
 from cluster_helpers import PG_BIN, free_ports, mlflow_server_running
+from helpers import CORPUS, GROUPS, QUICKSTART, at, dotted, expected_field, toy_job, walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
-from test_spec import CORPUS, QUICKSTART, at, dotted, expected_field, walk
-from test_sweep import GROUPS, toy_job
 
 from cluster.local_cluster import LocalCluster, Ports
 from sweeper.cli import main

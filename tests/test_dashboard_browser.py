@@ -40,8 +40,8 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed: `pip install -e '.[dev]'`"
 )
 
+from helpers import toy_job  # noqa: E402
 from test_dashboard_data import add_probe, add_search, synthetic_experiment  # noqa: E402
-from test_sweep import toy_job  # noqa: E402
 
 MODELS = {"bert-base": 110_000_000, "bert-large": 335_000_000, "roberta-large": 355_000_000}
 TASKS = ("mrpc", "sst2")

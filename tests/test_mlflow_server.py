@@ -14,9 +14,9 @@ import psycopg2
 import pyarrow.parquet as pq
 import pytest
 from cluster_helpers import MlflowServer, free_ports, mlflow_server_running
+from helpers import GROUPS, toy_job
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from test_sweep import GROUPS, toy_job
 
 from sweeper.engine.driver import run_job
 from sweeper.engine.plan import Request

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import BAD, CORPUS, QUICKSTART, QUICKSTART_YAML, at, dotted, expected_field, walk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,33 +22,11 @@ from sweeper.digest import digest
 from sweeper.errors import SpecError
 from sweeper.spec import load_spec, parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-BAD = Path(__file__).parent / "specs" / "bad"
-QUICKSTART_YAML = ROOT / "jobs" / "quickstart.yaml"
-QUICKSTART = yaml.safe_load(QUICKSTART_YAML.read_text())
-
-CORPUS = sorted(BAD.glob("*.yaml"))
-
-
-def expected_field(path: Path) -> str:
-    """The text after `# expect: ` on the first line (read as bytes: one file is not UTF-8)."""
-    first = path.read_bytes().split(b"\n", 1)[0].decode()
-    assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <field>'"
-    return first.removeprefix("# expect: ")
-
 
 def spec_error(data) -> SpecError:
     with pytest.raises(SpecError) as caught:
         parse_spec(data)
     return caught.value
-
-
-def dotted(path: tuple) -> str:
-    """('grid', 0, 'tasks', 1, 'name') → 'grid[0].tasks[1].name', as SpecError spells fields."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 # --- the corpus of malformed specs ---------------------------------------------------------
@@ -165,20 +143,6 @@ RICH = {
 }
 BASES = {"quickstart": QUICKSTART, "rich": RICH}
 REQUIRED = {"name", "grid", "methods", "models", "tasks", "search", "lo", "hi", "low", "high"}
-
-
-def walk(node, path=()):
-    """Every (path, value) below `node`, `node` itself included."""
-    yield path, node
-    if isinstance(node, dict | list):
-        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
-            yield from walk(value, (*path, key))
-
-
-def at(data, path):
-    for key in path:
-        data = data[key]
-    return data
 
 
 def below(bound: int):

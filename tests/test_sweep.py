@@ -10,29 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from helpers import GROUPS, toy_job
 from mlflow.tracking import MlflowClient
 
 from sweeper.engine.driver import run_job
 from sweeper.spec import parse_spec
 
 pytestmark = pytest.mark.slow
-
-GROUPS = 6
-
-
-def toy_job(run_dir: Path, name: str = "toy", methods=("did", "said"), **extra) -> dict:
-    return {
-        "name": name,
-        "grid": [
-            {"models": ["vector"], "tasks": [{"name": "toy-sums", "options": {"groups": GROUPS}}]}
-        ],
-        "methods": {m: {"search": {"lo": 2, "hi": 64}} for m in methods},
-        "seeds": {"baseline": 1, "probe": 1, "boundary": 2},
-        "tolerance": 0.05,
-        "budget": {"max_probes": 20},
-        "tracking": {"run_dir": str(run_dir)},
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
