@@ -14,6 +14,9 @@ from typing import Any
 # from inside the package, so a wheel (a plain `pip install .`) carries them too.
 ASSETS = Path(__file__).resolve().parent / "templates"
 _SLOT = re.compile(r"\{\{ (\w+) \}\}")
+# One inline <script>, the plotting library first: the views in dashboard.js read it as
+# window.sweeperPlot (no module loader, so the page stays a single offline file).
+SCRIPTS = ("plot.js", "dashboard.js")
 
 
 def asset(name: str) -> str:
@@ -37,7 +40,7 @@ def render_page(data: dict[str, Any], *, title: str, live: dict[str, Any] | None
     slots = {
         "title": html.escape(title),
         "css": asset("dashboard.css"),
-        "js": asset("dashboard.js"),
+        "js": "\n".join(asset(name) for name in SCRIPTS),
         "data": script_json(data),
         "config": script_json({"live": live}),
     }
