@@ -32,7 +32,7 @@ from test_sweep import GROUPS, toy_job
 
 from cluster.local_cluster import LocalCluster, Ports
 from sweeper.cli import main
-from sweeper.tracking.store import all_runs
+from sweeper.tracking.read import all_runs
 
 pytestmark = pytest.mark.slow
 

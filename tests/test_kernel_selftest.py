@@ -19,7 +19,7 @@ from sweeper.errors import SpecError
 from sweeper.projection import fastfood_triton as ft
 from sweeper.projection import selftest
 from sweeper.spec import parse_spec
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
 REAL_APPLY_DELTA = ft.apply_delta

@@ -26,7 +26,7 @@ from rich.text import Text
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.stops import stops
 from sweeper.spec import JobSpec, digest
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 
 
 @dataclass
