@@ -2,7 +2,7 @@
 
     python bench/report.py [--probes-per-search 9]
 
-Writes a GLUE-sized experiment into a fresh SQLite store the way sweeper.tracking.store lays it out
+Writes a GLUE-sized experiment into a fresh SQLite store the way sweeper.tracking.write lays it out
 (4 models × 2 tasks × did/said/lora, ~9 probes a search: ~216 probes; the writer is the one the
 dashboard tests use), then times, in the same process, (a) one plain MLflow `search_runs` over
 the experiment — the least any report must do — and (b) the whole `sweeper report` (read,
@@ -27,7 +27,7 @@ from projection import best_time  # noqa: E402  (bench/, this script's folder)
 from test_dashboard_data import synthetic_experiment  # noqa: E402
 
 from sweeper.dashboard.cli import main as sweeper_report  # noqa: E402
-from sweeper.tracking.store import all_runs  # noqa: E402
+from sweeper.tracking.read import all_runs  # noqa: E402
 
 MODELS = {
     "bert-base": 110_000_000,

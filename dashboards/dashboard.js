@@ -1,6 +1,6 @@
 // sweeper dashboards: the views (curve cards, d90 vs r90, answers vs model size, the summary and
 // running tables, legend, filter, live polling), drawn from the view data that
-// sweeper.dashboard.data builds from MLflow with the small SVG library in plot.js
+// sweeper.dashboard.views builds from MLflow with the small SVG library in plot.js
 // (window.sweeperPlot). No library and no network: the report file works offline, and the live
 // page (`sweeper dashboard`) re-fetches the same data from its JSON endpoint.
 (function (plot) {

@@ -75,7 +75,7 @@ def check_run(spec: JobSpec, *, this_machine: bool = True) -> Destinations:
     """Everything `run` needs from this machine; returns where it will write.
     `this_machine=False`: a spec for a cluster (`validate --cluster`), whose CPUs and GPUs
     `submit` checks there."""
-    from sweeper.tracking.store import default_uris
+    from sweeper.tracking.schema import default_uris
 
     check_folder(spec.run_dir, "tracking.run_dir")
     uri, artifacts = default_uris(spec)
@@ -347,7 +347,7 @@ def _sqlite_experiments(path: Path) -> set[str] | None:
 def check_resumable(spec: JobSpec) -> None:
     """`resume` continues a job that ran: its store and experiment must exist already, or
     resuming would create an empty store just to say there is nothing in it."""
-    from sweeper.tracking.store import default_uris
+    from sweeper.tracking.schema import default_uris
 
     uri, _ = default_uris(spec)
     if scheme_of(uri) in ("sqlite", "file", ""):

@@ -31,7 +31,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster.local_cluster import LocalCluster, Ports
 from sweeper.cli import main
-from sweeper.tracking.store import all_runs
+from sweeper.tracking.read import all_runs
 
 pytestmark = pytest.mark.slow
 

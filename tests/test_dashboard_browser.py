@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeper.dashboard.cli import main
+from sweeper.tracking import schema as S
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +117,7 @@ def shoot(page, screens, name, selector=None, *, capsys):
 
 def searches(client):
     ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids, "tags.kind = 'search'", max_results=1000)
+    return client.search_runs(ids, S.tag_is(S.TAG_KIND, S.KIND_SEARCH), max_results=1000)
 
 
 def test_report_draws_every_probe_pair_and_size_point_and_links_every_run(
@@ -133,7 +134,7 @@ def test_report_draws_every_probe_pair_and_size_point_and_links_every_run(
     for parent in parents:
         run_id = parent.info.run_id
         children = client.search_runs(
-            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
+            [parent.info.experiment_id], f"tags.`{S.TAG_PARENT_RUN_ID}` = '{run_id}'"
         )
         chart = f"svg[data-chart=curve][data-search-run-id='{run_id}']"
         assert page.locator(f"{chart} [data-point=probe]").count() == len(children) > 0

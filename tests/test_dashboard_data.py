@@ -19,47 +19,47 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from sweeper.dashboard.cli import main
-from sweeper.dashboard.data import (
-    SUMMARY_COLUMNS,
-    ProbeView,
-    bracket_so_far,
-    read_snapshot,
-    view_data,
-)
+from sweeper.dashboard.read import read_snapshot
 from sweeper.dashboard.render import render_page
 from sweeper.dashboard.server import DashboardServer
+from sweeper.dashboard.views import SUMMARY_COLUMNS, view_data
 from sweeper.errors import SpecError
+from sweeper.tracking import schema as S
+from sweeper.tracking.read import bracket_so_far
 
 UI = "http://mlflow.test:5000"
 
-# --- a store written the way sweeper.tracking writes it -------------------------------------------
+# --- a store as sweeper.tracking.write lays it out, in tracking.schema's names --------------------
 
 
 def add_probe(client, experiment_id, parent, *, method, model, task, D, point, seed, metric,
               outcome, seconds=1.0):  # fmt: skip
-    """One finished probe child run; `metric` None logs no metric (as a diverged probe)."""
+    """One finished probe child run; `metric` None logs no metric (as a diverged probe). NaN is
+    logged as given (the writer drops it): the readers must cope with any store."""
     dim = "r" if method == "lora" else "d"
     now = int(time.time() * 1000)
+    row = S.ProbeRow(
+        point=point, seed=seed, outcome=outcome, passed=outcome == "pass", metric=metric,
+        seconds=seconds, steps=10, lr=0.01, D=D, trainable_params=point,
+    )  # fmt: skip
     run = client.create_run(
         experiment_id,
         run_name=f"{method} {dim}={point} seed={seed}",
         tags={
-            "mlflow.parentRunId": parent,
-            "kind": "probe",
-            "job_id": "test-job",
-            "config_hash": f"{parent[:8]}-{point}-{seed}",
-            "search": f"{model}/{task}/{method}",
-            "search_hash": parent[:16],
-            "outcome": outcome,
-            "passed": str(outcome == "pass").lower(),
-            "point": str(point),
+            S.TAG_PARENT_RUN_ID: parent,
+            S.TAG_KIND: S.KIND_PROBE,
+            S.TAG_JOB_ID: "test-job",
+            S.TAG_CONFIG_HASH: f"{parent[:8]}-{point}-{seed}",
+            S.TAG_SEARCH: f"{model}/{task}/{method}",
+            S.TAG_SEARCH_HASH: parent[:16],
+            **row.to_tags(),
         },
     )
-    metrics = [Metric("seconds", seconds, now, 0), Metric("steps", 10.0, now, 0)]
+    metrics = [Metric(k, float(v), now, 0) for k, v in row.to_metrics().items() if v is not None]
     if metric is not None:
-        metrics += [Metric("metric", metric, now, 0), Metric("eval/accuracy", metric, now, 10)]
-    params = {"method": method, "model": model, "task": task, "seed": seed, "lr": 0.01}
-    params |= {"D": D, "trainable_params": point, dim: point, "projection": "fastfood"}
+        metrics.append(Metric(S.step_metric("accuracy"), metric, now, 10))
+    params = {S.PARAM_METHOD: method, S.PARAM_MODEL: model, S.PARAM_TASK: task}
+    params |= row.to_params(dim) | {S.PARAM_PROJECTION: "fastfood"}
     client.log_batch(
         run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]
     )
@@ -75,8 +75,14 @@ def add_search(client, experiment_id, *, model, task, method, D, probes, answer=
     parent = client.create_run(
         experiment_id,
         run_name=f"{model}/{task}/{method}",
-        tags={"kind": "search", "search_hash": f"{model}{task}{method}", "job_id": "test-job"}
-        | {"model": model, "task": task, "method": method},
+        tags={
+            S.TAG_KIND: S.KIND_SEARCH,
+            S.TAG_SEARCH_HASH: f"{model}{task}{method}",
+            S.TAG_JOB_ID: "test-job",
+            S.TAG_MODEL: model,
+            S.TAG_TASK: task,
+            S.TAG_METHOD: method,
+        },
     ).info.run_id
     for point, seed, metric, outcome, seconds in probes:
         add_probe(
@@ -85,21 +91,23 @@ def add_search(client, experiment_id, *, model, task, method, D, probes, answer=
         )  # fmt: skip
     if running:
         return parent
-    metrics = {"perf_full": perf_full, "threshold": threshold, "probes": len(probes)}
+    metrics = {S.METRIC_PERF_FULL: perf_full, S.METRIC_THRESHOLD: threshold}
+    metrics[S.METRIC_PROBES] = len(probes)
     if answer is not None:
-        metrics[f"{dim}90"] = answer
+        metrics[S.answer_metric(dim)] = answer
     if interval is not None:
-        metrics[f"{dim}90_lo"], metrics[f"{dim}90_hi"] = interval
+        lo, hi = S.interval_metrics(dim)
+        metrics[lo], metrics[hi] = interval
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     bracket = None
     if status == "found":
         bracket = [max(p for p, _, _, o, _ in probes if o != "pass" and p < answer), answer]
     for key, value in {
-        "status": status,
-        "bracket": str(bracket),
-        "threshold_fraction": "0.9",
-        "dim_name": dim,
+        S.TAG_STATUS: status,
+        S.TAG_BRACKET: str(bracket),
+        S.TAG_THRESHOLD_FRACTION: "0.9",
+        S.TAG_DIM_NAME: dim,
     }.items():
         client.set_tag(parent, key, value)
     client.set_terminated(parent, "FINISHED")
@@ -110,10 +118,15 @@ def add_baseline(client, experiment_id, *, model, task, perf_full, running=False
     run = client.create_run(
         experiment_id,
         run_name=f"{model}/{task}/full",
-        tags={"kind": "baseline", "model": model, "task": task, "method": "full"},
+        tags={
+            S.TAG_KIND: S.KIND_BASELINE,
+            S.TAG_MODEL: model,
+            S.TAG_TASK: task,
+            S.TAG_METHOD: "full",
+        },
     )
     if perf_full is not None:
-        client.log_metric(run.info.run_id, "perf_full", perf_full)
+        client.log_metric(run.info.run_id, S.METRIC_PERF_FULL, perf_full)
     if not running:
         client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -357,8 +370,7 @@ def test_an_unknown_experiment_is_an_error_naming_the_argument(store):
 
 def test_bracket_so_far_follows_the_searchers_majority_vote():
     def probe(point, seed, passed):
-        return ProbeView("r", point, seed, 0.0, passed, "pass" if passed else "fail", 1.0,
-                         None, None, None, None)  # fmt: skip
+        return S.ProbeRow(point, seed, "pass" if passed else "fail", passed, metric=0.0)
 
     assert bracket_so_far([probe(4, 0, False)]) is None
     assert bracket_so_far([probe(4, 0, False), probe(16, 0, True)]) == (4, 16)

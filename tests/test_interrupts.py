@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from sweeper.engine.driver import job_id
 from sweeper.engine.stops import Stops
 from sweeper.spec import parse_spec
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 
 
 def test_a_signal_during_a_write_is_held_until_the_write_is_whole():

@@ -18,7 +18,7 @@ from sweeper.engine.probe import run_probe
 from sweeper.errors import SpecError
 from sweeper.projection import fastfood, selftest
 from sweeper.spec import parse_spec
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
 REAL_APPLY_DELTA = fastfood.apply_delta

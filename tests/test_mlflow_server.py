@@ -21,8 +21,9 @@ from mlflow.tracking import MlflowClient
 from sweeper.engine.driver import run_job
 from sweeper.engine.plan import Request
 from sweeper.spec import parse_spec
+from sweeper.tracking import schema as S
 from sweeper.tracking.retry import Patience, TrackingUnavailable, unreachable
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 
 OUTAGE = 20.0  # seconds the server is down (fault 3)
 # Probes slow enough (~1 s each) that the outage lands mid-job; the same for the SQLite reference.
@@ -46,14 +47,14 @@ def on_server(job: dict, server: MlflowServer) -> dict:
 def children(client: MlflowClient, parent_id: str) -> list:
     return client.search_runs(
         [client.get_run(parent_id).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        f"tags.`{S.TAG_PARENT_RUN_ID}` = '{parent_id}'",
         max_results=1000,
     )
 
 
 def search_parent(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'search'")
+    (parent,) = client.search_runs([experiment.experiment_id], S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
     return parent
 
 
@@ -62,10 +63,10 @@ def probes(client: MlflowClient, parent_id: str) -> dict[tuple[str, str], tuple]
     table = {}
     for child in children(client, parent_id):
         history = client.get_metric_history(child.info.run_id, "eval/solved")
-        key = (child.data.tags["point"], child.data.params["seed"])
+        key = (child.data.tags[S.TAG_POINT], child.data.params[S.PARAM_SEED])
         table[key] = (
-            child.data.tags["outcome"],
-            child.data.metrics["metric"],
+            child.data.tags[S.TAG_OUTCOME],
+            child.data.metrics[S.METRIC_METRIC],
             sorted(m.step for m in history),
         )
     return table
@@ -84,8 +85,8 @@ def count_runs(server: MlflowServer, experiment: str, where: str) -> int:
 
 
 def finished_probes(server: MlflowServer, experiment: str) -> int:
-    probe = "exists (select 1 from tags t where t.run_uuid = r.run_uuid and t.key = 'kind'"
-    probe += " and t.value = 'probe')"
+    probe = "exists (select 1 from tags t where t.run_uuid = r.run_uuid"
+    probe += f" and t.key = '{S.TAG_KIND}' and t.value = '{S.KIND_PROBE}')"
     return count_runs(
         server, experiment, f"{probe} and r.status = 'FINISHED' and r.lifecycle_stage = 'active'"
     )
@@ -140,12 +141,13 @@ def test_a_repeated_trial_write_leaves_one_finished_run_and_drops_a_half_written
     result = {"outcome": "pass", "passed": True, "metric": 1.0, "steps": 5, "seconds": 0.1}
     result["history"] = [{"step": 5, "solved": 1.0, "train/loss": 0.25}]
     # What an attempt cut off after create_run leaves behind.
-    cut = tracker.client.create_run(tracker.experiment_id, tags={"write_id": "w1", "kind": "probe"})
+    cut_tags = {S.TAG_WRITE_ID: "w1", S.TAG_KIND: S.KIND_PROBE}
+    cut = tracker.client.create_run(tracker.experiment_id, tags=cut_tags)
 
     first = tracker.log_trial(parent, request, result, write_id="w1")
     again = tracker.log_trial(parent, request, result, write_id="w1")  # the retry of a write
     assert again == first
-    (run,) = tracker.client.search_runs([tracker.experiment_id], "tags.write_id = 'w1'")
+    (run,) = tracker.client.search_runs([tracker.experiment_id], S.tag_is(S.TAG_WRITE_ID, "w1"))
     assert run.info.run_id == first and run.info.status == "FINISHED"
     assert tracker.client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
     assert run.data.metrics == {"eval/solved": 1.0, "train/loss": 0.25, **result_metrics(result)}
@@ -167,17 +169,17 @@ def test_job_writes_the_layout_to_a_postgresql_server_with_served_artifacts(serv
         "mlflow-artifacts:"
     )  # served by the server, not a folder on the driver
     parent = search_parent(client, "pg-layout")
-    assert parent.info.status == "FINISHED" and parent.data.metrics["d90"] == GROUPS
+    assert parent.info.status == "FINISHED" and parent.data.metrics[S.answer_metric("d")] == GROUPS
     kids = children(client, parent.info.run_id)
-    assert len(kids) == parent.data.metrics["probes"] == finished_probes(server, "pg-layout")
-    assert len({c.data.tags["config_hash"] for c in kids}) == len(kids)
+    assert len(kids) == parent.data.metrics[S.METRIC_PROBES] == finished_probes(server, "pg-layout")
+    assert len({c.data.tags[S.TAG_CONFIG_HASH] for c in kids}) == len(kids)
     for child in kids:
         assert {"eval/solved", "train/loss"} <= set(child.data.metrics)
         assert {"method", "d", "lr", "seed", "trainable_params"} <= set(child.data.params)
 
-    table = client.download_artifacts(parent.info.run_id, "probes.parquet", str(tmp_path))
-    assert pq.read_table(table).num_rows == parent.data.metrics["probes"]
-    stored = list((server.data_dir / "artifacts").rglob("probes.parquet"))
+    table = client.download_artifacts(parent.info.run_id, S.ARTIFACT_PROBE_TABLE, str(tmp_path))
+    assert pq.read_table(table).num_rows == parent.data.metrics[S.METRIC_PROBES]
+    stored = list((server.data_dir / "artifacts").rglob(S.ARTIFACT_PROBE_TABLE))
     assert len(stored) == 1  # in the server's --artifacts-destination
     assert not (tmp_path / "run" / "artifacts").exists()
 
@@ -249,8 +251,9 @@ def test_server_down_mid_job_loses_and_duplicates_nothing(server, tmp_path, monk
     client = MlflowClient(server.uri)
     parent = search_parent(client, "outage")
     kids = children(client, parent.info.run_id)
-    hashes = [c.data.tags["config_hash"] for c in kids]
-    assert len(hashes) == len(set(hashes)) == parent.data.metrics["probes"]  # each probe once
+    hashes = [c.data.tags[S.TAG_CONFIG_HASH] for c in kids]
+    # each probe once
+    assert len(hashes) == len(set(hashes)) == parent.data.metrics[S.METRIC_PROBES]
     assert all(c.info.status == "FINISHED" for c in kids)
     assert outage.probes_at_stop < len(kids)  # the outage was mid-job
     assert probes(client, parent.info.run_id) == expected  # every metric, every eval step
@@ -258,9 +261,9 @@ def test_server_down_mid_job_loses_and_duplicates_nothing(server, tmp_path, monk
         (s.status, s.answer) for s in reference.searches
     ]
     ref_parent = search_parent(sqlite, "ref").data.metrics
-    for key in ("d90", "d90_lo", "d90_hi", "probes"):
+    for key in (S.answer_metric("d"), *S.interval_metrics("d"), S.METRIC_PROBES):
         assert parent.data.metrics[key] == ref_parent[key]
-    table = client.download_artifacts(parent.info.run_id, "probes.parquet", str(tmp_path))
+    table = client.download_artifacts(parent.info.run_id, S.ARTIFACT_PROBE_TABLE, str(tmp_path))
     assert pq.read_table(table).num_rows == len(kids)
     redone = count_runs(server, "outage", "r.lifecycle_stage = 'deleted'")
     print(

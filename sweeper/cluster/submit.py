@@ -103,12 +103,14 @@ def cluster_tracking(spec: JobSpec, override: str | None) -> dict[str, str]:
     scheme = urlparse(uri).scheme.split("+")[0]
     artifacts = spec.tracking.artifact_location
     if scheme in ("http", "https"):
-        pass  # None: the server keeps them, as `tracking.default_uris` decides for any job
+        pass  # None: the server keeps them, as `tracking.schema.store_uris` decides for any job
     elif scheme == "sqlite":
+        from sweeper.tracking.schema import store_uris
+
         path = Path(uri.removeprefix("sqlite:///"))
         if not uri.startswith("sqlite:///") or not path.is_absolute():
             raise SpecError(field, f"{uri!r} is relative; {how}")
-        artifacts = artifacts or (path.parent / "artifacts").as_uri()
+        _, artifacts = store_uris(path.parent, uri, artifacts)  # beside the store
     elif scheme in DB_SCHEMES:
         if not artifacts:
             raise SpecError(
@@ -474,8 +476,8 @@ def status(job_id: str, address: str) -> list[str]:
 
 
 def progress(uri: str, experiment: str) -> list[str]:
-    """One line per baseline and search, as the dashboards read MLflow: trials finished, the
-    bracket so far while a search runs, its verdict and answer once it ends."""
+    """One line per baseline and search, read as the dashboards read MLflow: trials finished,
+    the bracket so far while a search runs, its verdict and answer once it ends."""
     if uri.startswith("sqlite:///") and not _sqlite_ready(Path(uri.removeprefix("sqlite:///"))):
         return ["no results yet (the store is not created yet)"]
     # A look, not a write that must get through: give up in ~20 s, not MLflow's ~10 min.
@@ -483,21 +485,21 @@ def progress(uri: str, experiment: str) -> list[str]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", STATUS_MLFLOW_RETRIES)
     from mlflow.tracking import MlflowClient
 
-    from sweeper.dashboard.data import read_snapshot
+    from sweeper.tracking.read import read_runs
 
     try:
-        snapshot = read_snapshot(MlflowClient(tracking_uri=uri), [experiment])
+        runs = read_runs(MlflowClient(tracking_uri=uri), [experiment])
     except SpecError:  # no experiment yet
         return ["no results yet"]
     except Exception as e:  # the store down or busy: Ray's status above still stands
         return [f"results unreadable now: {_one_line(e)}"]
     lines = []
-    for b in snapshot.baselines:
+    for b in runs.baselines:
         state = "running" if b.run_status == "RUNNING" else f"perf_full = {b.perf_full:.4g}"
         if b.perf_full is None and b.run_status != "RUNNING":
             state = b.run_status.lower()
         lines.append(f"baseline {b.model} · {b.task}: {state}")
-    for s in snapshot.searches:
+    for s in runs.searches:
         line = f"search {s.label}: {len(s.probes)} probes finished, "
         if s.running:
             bracket = f"bracket ({s.bracket[0]}, {s.bracket[1]}]" if s.bracket else "no bracket yet"

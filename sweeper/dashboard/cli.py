@@ -74,7 +74,9 @@ def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
     """The store to read: the argument, $MLFLOW_TRACKING_URI, or the embedded default's file."""
     uri = given or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        candidates = {Path("runs", e, "mlflow.db").resolve() for e in experiments}
+        from sweeper.tracking.schema import default_store
+
+        candidates = {default_store(Path("runs", e)).resolve() for e in experiments}
         found = sorted(p for p in candidates if p.is_file())
         if len(found) != 1:
             why = "several stores match" if found else "runs/EXPERIMENT/mlflow.db does not exist"
@@ -133,7 +135,7 @@ OUTPUT_KINDS = {
 def _own_output(flag: str, path: Path) -> bool:
     """Whether `path` looks like what `flag` writes: a report page, the summary's CSV header,
     a Parquet file with the summary's columns."""
-    from sweeper.dashboard.data import SUMMARY_COLUMNS
+    from sweeper.dashboard.views import SUMMARY_COLUMNS
 
     with open(path, "rb") as f:
         head = f.read(2048)
@@ -157,7 +159,8 @@ def _loader(uri: str, experiments: Sequence[str], ui_base: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from sweeper.dashboard.data import read_snapshot, view_data
+    from sweeper.dashboard.read import read_snapshot
+    from sweeper.dashboard.views import view_data
 
     client = MlflowClient(tracking_uri=uri)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeper.dashboard.data import SUMMARY_COLUMNS
+from sweeper.dashboard.views import SUMMARY_COLUMNS
 
 FLOAT_COLUMNS = ("answer", "interval_lo", "interval_hi", "perf_full", "threshold")
 FLOAT_COLUMNS += ("compute_seconds",)

@@ -27,7 +27,7 @@ from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.stops import stops
 from sweeper.spec import JobSpec
-from sweeper.tracking.store import Tracker
+from sweeper.tracking.write import Tracker
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""MLflow: what sweeper writes, how it reads it back, retries."""
+"""MLflow: the names sweeper stores (`schema`), the writer (`write`), reading back (`read`),
+and waiting out a tracking server that is down (`retry`)."""

@@ -20,7 +20,8 @@ from net_helpers import Sweeper, finished_runs, tiny_job, write_job
 from sweeper.engine.driver import job_id
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
-from sweeper.tracking.store import Tracker
+from sweeper.tracking import schema as S
+from sweeper.tracking.write import Tracker
 
 
 def _store(folder: Path) -> str:
@@ -32,15 +33,15 @@ def _probe_runs(uri: str, experiment: str | None) -> list:
     experiments = [
         e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)
     ]
-    return client.search_runs(experiments, "tags.kind = 'probe'", max_results=10_000)
+    return client.search_runs(experiments, S.tag_is(S.TAG_KIND, S.KIND_PROBE), max_results=10_000)
 
 
 def _assert_each_probe_once(uri: str, experiment: str | None = None) -> None:
     runs = _probe_runs(uri, experiment)
-    keys = [r.data.tags["config_hash"] for r in runs]
+    keys = [r.data.tags[S.TAG_CONFIG_HASH] for r in runs]
     assert keys and len(keys) == len(set(keys)), f"{len(keys)} probe runs, {len(set(keys))} probes"
     parents = MlflowClient(uri).search_runs(
-        [runs[0].info.experiment_id], "tags.kind = 'search'", max_results=100
+        [runs[0].info.experiment_id], S.tag_is(S.TAG_KIND, S.KIND_SEARCH), max_results=100
     )
     assert len(parents) == 1
 

@@ -16,6 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from net_helpers import Sweeper, tiny_job
 
+from sweeper.tracking import schema as S
+
 pytestmark = pytest.mark.slow
 
 GROUPS = 6
@@ -58,14 +60,17 @@ def finished_probes(uri: str) -> list:
     # it is being created would race that migration, so wait for Ray's results folder first.
     if not (Path(uri.removeprefix("sqlite:///")).parent / "ray_results").exists():
         return []
-    return runs(uri, "tags.kind = 'probe' and attributes.status = 'FINISHED'")
+    return runs(uri, f"{S.tag_is(S.TAG_KIND, S.KIND_PROBE)} and {S.FINISHED}")
 
 
 def answers(uri: str) -> dict[str, tuple]:
-    metrics = ("d90", "d90_lo", "d90_hi")
+    metrics = (S.answer_metric("d"), *S.interval_metrics("d"))
     return {
-        p.data.tags["method"]: (p.data.tags["status"], *(p.data.metrics.get(k) for k in metrics))
-        for p in runs(uri, "tags.kind = 'search'")
+        p.data.tags[S.TAG_METHOD]: (
+            p.data.tags[S.TAG_STATUS],
+            *(p.data.metrics.get(k) for k in metrics),
+        )
+        for p in runs(uri, S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
     }
 
 
@@ -98,7 +103,7 @@ def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
         assert run.wait(300) != 0
     finally:
         run.kill_all()
-    before = {r.data.tags["config_hash"] for r in finished_probes(uri)}
+    before = {r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(uri)}
     assert before and not runs(uri, "attributes.status = 'RUNNING'")  # parents closed, KILLED
 
     resumed = Sweeper(tmp_path, "resume", str(job))
@@ -107,10 +112,10 @@ def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
     finally:
         resumed.kill_all()
     assert "will not run again" in resumed.output
-    hashes = [r.data.tags["config_hash"] for r in finished_probes(uri)]
+    hashes = [r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(uri)]
     assert len(hashes) == len(set(hashes)) and before <= set(hashes)  # nothing ran twice
     assert answers(uri) == answers(uninterrupted)
-    assert set(hashes) == {r.data.tags["config_hash"] for r in finished_probes(uninterrupted)}
+    assert set(hashes) == {r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(uninterrupted)}
 
 
 # --- class 4: errors are never results --------------------------------------------------------
@@ -131,12 +136,13 @@ def test_a_diverged_baseline_is_an_error_with_its_reason_not_a_bar(tmp_path):
             done.kill_all()
         assert "error: baseline seed(s) [0] of vector/toy-sums diverged" in done.output
         assert "lower methods.full.train.lr" in done.output
-    assert not runs(uri, "tags.kind = 'probe'")  # no probe was held to an undefined bar
-    (baseline,) = runs(uri, "tags.kind = 'baseline'")  # the reason stays with the store
-    assert baseline.info.status == "FAILED" and "diverged" in baseline.data.tags["error"]
-    assert "perf_full" not in baseline.data.metrics
-    (seed,) = runs(uri, "tags.kind = 'baseline_seed'")
-    assert seed.data.tags["outcome"] == "diverged"
+    # no probe was held to an undefined bar; the reason stays with the store
+    assert not runs(uri, S.tag_is(S.TAG_KIND, S.KIND_PROBE))
+    (baseline,) = runs(uri, S.tag_is(S.TAG_KIND, S.KIND_BASELINE))
+    assert baseline.info.status == "FAILED" and "diverged" in baseline.data.tags[S.TAG_ERROR]
+    assert S.METRIC_PERF_FULL not in baseline.data.metrics
+    (seed,) = runs(uri, S.tag_is(S.TAG_KIND, S.KIND_BASELINE_SEED))
+    assert seed.data.tags[S.TAG_OUTCOME] == "diverged"
 
 
 def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path):

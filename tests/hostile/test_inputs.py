@@ -259,12 +259,15 @@ def store(tmp_path_factory) -> Path:
     """A real SQLite MLflow store at runs/toy/mlflow.db holding an experiment `toy`."""
     from mlflow.tracking import MlflowClient
 
+    from sweeper.tracking import schema as S
+
     folder = tmp_path_factory.mktemp("stores")
     db = folder / "runs" / "toy" / "mlflow.db"
     db.parent.mkdir(parents=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    experiment = client.create_experiment("toy", tags={"sweeper.kind": "job"})
-    client.set_terminated(client.create_run(experiment, tags={"kind": "search"}).info.run_id)
+    experiment = client.create_experiment("toy", tags={S.TAG_SWEEPER_KIND: S.KIND_JOB})
+    search = client.create_run(experiment, tags={S.TAG_KIND: S.KIND_SEARCH})
+    client.set_terminated(search.info.run_id)
     return folder
 
 

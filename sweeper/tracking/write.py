@@ -1,4 +1,4 @@
-"""The MLflow layout (DESIGN.md §5) — the one module that writes to or reads from MLflow.
+"""The MLflow writer (DESIGN.md §5): the one module that writes a job to MLflow.
 
 * one experiment per job name;
 * a parent run per (model, task, method) search (kind=search) and per baseline (kind=baseline);
@@ -6,6 +6,8 @@
   ends — params, per-eval-step metrics, outcome tag, the compressed θ_d of a passing probe — so
   a crash never leaves a half-written probe behind and resuming counts finished ones exactly;
 * parents carry d90/r90, its interval, perf_full, threshold, status, and the probe table.
+
+The names it writes are `tracking.schema`'s; `tracking.read` reads them back.
 
 Every write the driver makes mid-job waits out a tracking server that is down (`Patience`,
 `tracking.retry_seconds`) and is safe to repeat, so an outage loses and duplicates nothing.
@@ -34,30 +36,18 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.errors import SpecError
 from sweeper.paths import confined
+from sweeper.tracking import schema as S
+from sweeper.tracking.read import all_runs, load_cache
 from sweeper.tracking.retry import Patience, unreachable
 
-if TYPE_CHECKING:  # the dashboard reads through this module without importing torch
+if TYPE_CHECKING:  # annotations only: the engine imports this module
     from sweeper.engine.plan import Cache, PairState, Request, SearchState
     from sweeper.search import SearchResult
     from sweeper.spec import JobSpec
 
 log = logging.getLogger("sweeper.tracking")
-PAGE = 10_000
 LEASE_TTL_S = 60.0  # a tracking server's writer lease lasts this long without a heartbeat
 LEASE_SETTLE_S = 2.0  # written, then read back after this: of two racing drivers, one stays
-
-
-def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
-    """Every run matching the filter, page by page."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 MAX_TAG = 7000  # MLflow keeps tag values up to 8000 characters
 
 
@@ -73,25 +63,11 @@ def _lr_rule(config: dict[str, Any]) -> str:
     return f"fixed({config['train'].get('lr', 'task default')})"
 
 
-def default_uris(spec: JobSpec) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): the spec's, else SQLite + a folder in the run dir.
-
-    A tracking server keeps the artifacts itself (None: its `--artifacts-destination`, served
-    over HTTP), so workers and drivers on other machines need no shared folder.
-    """
-    run_dir = spec.run_dir.resolve()
-    uri = spec.tracking.uri or f"sqlite:///{run_dir / 'mlflow.db'}"
-    artifacts = spec.tracking.artifact_location
-    if artifacts is None and not uri.startswith(("http://", "https://")):
-        artifacts = (run_dir / "artifacts").as_uri()
-    return uri, artifacts
-
-
 class Tracker:
     def __init__(self, spec: JobSpec, job_id: str) -> None:
         self.spec = spec
         self.job_id = job_id
-        self.uri, artifacts = default_uris(spec)
+        self.uri, artifacts = S.default_uris(spec)
         # With a server, MLflow prints "🏃 View run … at: http://…" for every run it ends, into
         # the live terminal view; the dashboards link runs instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -118,7 +94,7 @@ class Tracker:
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
-                name, artifact_location=artifacts, tags={"sweeper.kind": "job"}
+                name, artifact_location=artifacts, tags={S.TAG_SWEEPER_KIND: S.KIND_JOB}
             )
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -147,33 +123,7 @@ class Tracker:
 
     def load_cache(self) -> Cache:
         """Finished probes of this experiment, and finished baseline seeds of any experiment."""
-        from sweeper.engine.plan import Cache, baseline_score
-
-        cache = Cache()
-        finished = "attributes.status = 'FINISHED'"
-        for run in self._runs([self.experiment_id], f"tags.kind = 'probe' and {finished}"):
-            tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-            cache.probes.setdefault(tags["search_hash"], []).append(
-                {
-                    "point": int(tags["point"]),
-                    "seed": int(params["seed"]),
-                    "metric": metrics.get("metric", math.nan),
-                    "passed": tags["passed"] == "true",
-                    "outcome": tags["outcome"],
-                    "lr": float(params["lr"]) if "lr" in params else None,
-                    "steps": int(metrics.get("steps", 0)),
-                    "seconds": metrics.get("seconds"),
-                    "trainable_params": int(params.get("trainable_params", 0)),
-                    "run_id": run.info.run_id,
-                }
-            )
-        everywhere = [e.experiment_id for e in self.client.search_experiments()]
-        for run in self._runs(everywhere, f"tags.kind = 'baseline_seed' and {finished}"):
-            seeds = cache.baselines.setdefault(run.data.tags["baseline_hash"], {})
-            outcome = run.data.tags.get("outcome", "error")
-            metric = run.data.metrics.get("metric", math.nan)
-            seeds[int(run.data.params["seed"])] = baseline_score(outcome, metric)
-        return cache
+        return load_cache(self.client, self.experiment_id)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -190,7 +140,8 @@ class Tracker:
         self, kind: str, key: str, hash_key: str, hash_value: str, tags: dict
     ) -> str:
         found = self._runs(
-            [self.experiment_id], f"tags.kind = '{kind}' and tags.{hash_key} = '{hash_value}'"
+            [self.experiment_id],
+            f"{S.tag_is(S.TAG_KIND, kind)} and {S.tag_is(hash_key, hash_value)}",
         )
         if found:
             run_id = found[0].info.run_id
@@ -199,7 +150,7 @@ class Tracker:
         return self.client.create_run(
             self.experiment_id,
             run_name=key,
-            tags={"kind": kind, hash_key: hash_value, "job_id": self.job_id, **tags},
+            tags={S.TAG_KIND: kind, hash_key: hash_value, S.TAG_JOB_ID: self.job_id, **tags},
         ).info.run_id
 
     def close_open_runs(self) -> None:
@@ -211,11 +162,11 @@ class Tracker:
         store is asked, not this process's memory, so a run created an instant before the stop
         is closed too.
         """
-        running = f"tags.job_id = '{self.job_id}' and attributes.status = 'RUNNING'"
+        running = f"{S.tag_is(S.TAG_JOB_ID, self.job_id)} and attributes.status = 'RUNNING'"
 
         def close() -> None:
             for run in self._runs([self.experiment_id], running):
-                if run.data.tags.get("kind") in ("probe", "baseline_seed"):
+                if run.data.tags.get(S.TAG_KIND) in (S.KIND_PROBE, S.KIND_BASELINE_SEED):
                     self.client.delete_run(run.info.run_id)
                 else:
                     self.client.set_terminated(run.info.run_id, "KILLED")
@@ -224,20 +175,20 @@ class Tracker:
 
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
-            "baseline",
+            S.KIND_BASELINE,
             f"{pair.key}/full",
-            "baseline_hash",
+            S.TAG_BASELINE_HASH,
             pair.baseline_hash,
-            {"model": pair.model, "task": pair.task.name, "method": "full"},
+            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: "full"},
         )
 
     def search_parent(self, state: SearchState) -> str:
         return self._parent(
-            "search",
+            S.KIND_SEARCH,
             state.key,
-            "search_hash",
+            S.TAG_SEARCH_HASH,
             state.search_hash,
-            {"model": state.model, "task": state.task.name, "method": state.method},
+            {S.TAG_MODEL: state.model, S.TAG_TASK: state.task.name, S.TAG_METHOD: state.method},
         )
 
     def log_trial(
@@ -251,67 +202,76 @@ class Tracker:
         """
         config = request.config
         dim_name = "r" if config["method"] == "lora" else "d"
-        kind = "probe" if request.kind == "probe" else "baseline_seed"
+        kind = S.KIND_PROBE if request.kind == "probe" else S.KIND_BASELINE_SEED
         run_name = f"{config['method']} seed={request.seed}"
         if request.point is not None:
             run_name = f"{config['method']} {dim_name}={request.point} seed={request.seed}"
+        row = S.ProbeRow(
+            point=request.point,
+            seed=request.seed,
+            outcome=result.get("outcome", "error"),
+            passed=bool(result.get("passed")),
+            metric=result.get("metric"),
+            seconds=result.get("seconds"),
+            steps=result.get("steps"),
+            lr=result.get("lr"),
+            D=result.get("D"),
+            trainable_params=result.get("trainable_params"),
+        )
         tags = {
-            "mlflow.parentRunId": parent_id,
-            "kind": kind,
-            "job_id": self.job_id,
-            "config_hash": request.key,
-            "search": request.search,
-            "outcome": result.get("outcome", "error"),
-            "passed": str(bool(result.get("passed"))).lower(),
-            "point": str(request.point),
-            "write_id": write_id or uuid.uuid4().hex,
+            S.TAG_PARENT_RUN_ID: parent_id,
+            S.TAG_KIND: kind,
+            S.TAG_JOB_ID: self.job_id,
+            S.TAG_CONFIG_HASH: request.key,
+            S.TAG_SEARCH: request.search,
+            **row.to_tags(),
+            S.TAG_WRITE_ID: write_id or uuid.uuid4().hex,
         }
         if result.get("outcome") == "error":  # what went wrong stays with the run
-            tags["error"] = _tail(str(result.get("error", "")), 2000)
-            tags["traceback"] = _tail(str(result.get("traceback", "")), MAX_TAG)
+            tags[S.TAG_ERROR] = _tail(str(result.get("error", "")), 2000)
+            tags[S.TAG_TRACEBACK] = _tail(str(result.get("traceback", "")), MAX_TAG)
         if result.get("kernel"):  # subspace probes: the Fastfood kernel that trained, and why
-            tags |= {"kernel": result["kernel"], "kernel_reason": result["kernel_reason"][:5000]}
+            tags |= {
+                S.TAG_KERNEL: result["kernel"],
+                S.TAG_KERNEL_REASON: result["kernel_reason"][:5000],
+            }
         from sweeper.engine.plan import family
 
-        tags["search_hash" if kind == "probe" else "baseline_hash"] = family(config)
+        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = family(config)
         params = {
-            "method": config["method"],
-            "model": config["model"],
-            "task": config["task"],
-            "seed": request.seed,
-            "lr": result.get("lr"),
-            "D": result.get("D"),
-            "trainable_params": result.get("trainable_params"),
-            "projection": config.get("projection", "-"),
-            "layout": config.get("layout", "-"),
-            "optimizer": config["train"].get("optimizer", "task default"),
-            "metric_name": result.get("metric_name"),
+            S.PARAM_METHOD: config["method"],
+            S.PARAM_MODEL: config["model"],
+            S.PARAM_TASK: config["task"],
+            **row.to_params(dim_name),
+            S.PARAM_PROJECTION: config.get("projection", "-"),
+            S.PARAM_LAYOUT: config.get("layout", "-"),
+            S.PARAM_OPTIMIZER: config["train"].get("optimizer", "task default"),
+            S.PARAM_METRIC_NAME: result.get("metric_name"),
             # the decision rule's settings (DESIGN.md §4), so every number says how it was made
-            "rule": config.get("rule"),
-            "head": config.get("head"),
-            "lr_rule": _lr_rule(config),
-            "stop_on_pass": config.get("stop_on_pass"),
-            "pass_margin_z": config.get("pass_margin_z"),
-            "hopeless_patience": config.get("patience"),
-            **{f"{part}_size": n for part, n in (result.get("split_sizes") or {}).items()},
+            S.PARAM_RULE: config.get("rule"),
+            S.PARAM_HEAD: config.get("head"),
+            S.PARAM_LR_RULE: _lr_rule(config),
+            S.PARAM_STOP_ON_PASS: config.get("stop_on_pass"),
+            S.PARAM_PASS_MARGIN_Z: config.get("pass_margin_z"),
+            S.PARAM_HOPELESS_PATIENCE: config.get("patience"),
+            **{S.split_size_param(p): n for p, n in (result.get("split_sizes") or {}).items()},
         }
-        if request.point is not None:
-            params[dim_name] = request.point
         now = int(time.time() * 1000)
         metrics = []
-        for row in result.get("history", []):
-            step = int(row["step"])
-            for key, value in row.items():
+        for step_row in result.get("history", []):
+            step = int(step_row["step"])
+            for key, value in step_row.items():
                 if key == "step" or not _finite(value):
                     continue
-                name = key if key.startswith("train/") else f"eval/{key}"
-                metrics.append(Metric(name, float(value), now, step))
+                metrics.append(Metric(S.step_metric(key), float(value), now, step))
         for key, value in (result.get("report_metrics") or {}).items():
             if _finite(value):
-                metrics.append(Metric(f"report/{key}", float(value), now, 0))
-        for key in ("metric", "select_metric", "checkpoint_step", "seconds", "steps"):
-            if _finite(result.get(key)):
-                metrics.append(Metric(key, float(result[key]), now, 0))
+                metrics.append(Metric(S.report_metric(key), float(value), now, 0))
+        step0 = row.to_metrics() | {
+            S.METRIC_SELECT: result.get("select_metric"),
+            S.METRIC_CHECKPOINT_STEP: result.get("checkpoint_step"),
+        }
+        metrics += [Metric(k, float(v), now, 0) for k, v in step0.items() if _finite(v)]
         batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
         status = "FINISHED" if result.get("outcome") != "error" else "FAILED"
 
@@ -320,7 +280,7 @@ class Tracker:
         def write() -> str:
             nonlocal attempts
             attempts += 1
-            if attempts > 1 and (written := self._settle(tags["write_id"])):
+            if attempts > 1 and (written := self._settle(tags[S.TAG_WRITE_ID])):
                 return written
             run_id = self.client.create_run(
                 self.experiment_id, run_name=run_name, tags=tags
@@ -328,7 +288,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics, params=batch)
             self._log_compressed(run_id, result)
             self.client.set_terminated(run_id, status)
-            self._settle(tags["write_id"])  # a second run left by MLflow's retry of create_run
+            self._settle(tags[S.TAG_WRITE_ID])  # a second run left by MLflow's retry of create_run
             return run_id
 
         return self.patient(f"writing the trial {run_name}", write)
@@ -336,7 +296,7 @@ class Tracker:
     def _settle(self, write_id: str) -> str | None:
         """Delete the unfinished runs of one write; return the finished one, if any."""
         finished = None
-        for run in self._runs([self.experiment_id], f"tags.write_id = '{write_id}'"):
+        for run in self._runs([self.experiment_id], S.tag_is(S.TAG_WRITE_ID, write_id)):
             if run.info.status == "RUNNING":
                 self.client.delete_run(run.info.run_id)
             else:
@@ -348,21 +308,23 @@ class Tracker:
             with tempfile.TemporaryDirectory() as tmp:
                 from sweeper.engine.probe import decode_compressed
 
-                path = Path(tmp) / "theta_d.safetensors"
+                path = Path(tmp) / S.ARTIFACT_THETA_D
                 decode_compressed(result["compressed"], str(path))
-                self.client.log_artifact(run_id, str(path), "compressed")
+                self.client.log_artifact(run_id, str(path), S.ARTIFACT_COMPRESSED)
 
     def finish_baseline(self, pair: PairState) -> None:
-        metrics = _metric_batch({"perf_full": pair.perf_full, "perf_full_std": pair.perf_full_std})
+        metrics = _metric_batch(
+            {S.METRIC_PERF_FULL: pair.perf_full, S.METRIC_PERF_FULL_STD: pair.perf_full_std}
+        )
 
         def write() -> None:
             run_id = self.baseline_parent(pair)
             self.client.log_batch(run_id, metrics=metrics)
-            self.client.set_tag(run_id, "seeds", str(len(pair.results)))
+            self.client.set_tag(run_id, S.TAG_SEEDS, str(len(pair.results)))
             if pair.reused:
-                self.client.set_tag(run_id, "reused", "true")
+                self.client.set_tag(run_id, S.TAG_REUSED, "true")
             if pair.error is not None:
-                self.client.set_tag(run_id, "error", pair.error)
+                self.client.set_tag(run_id, S.TAG_ERROR, pair.error)
             self.client.set_terminated(run_id, "FAILED" if pair.error else "FINISHED")
 
         self.patient(f"finishing the baseline {pair.key}", write)
@@ -379,22 +341,23 @@ class Tracker:
             return
         dim = state.dim_name
         metrics = {
-            "perf_full": pair.perf_full,
-            "perf_full_std": pair.perf_full_std,
-            "threshold": state.search.settings.threshold,
-            "probes": result.probes,
+            S.METRIC_PERF_FULL: pair.perf_full,
+            S.METRIC_PERF_FULL_STD: pair.perf_full_std,
+            S.METRIC_THRESHOLD: state.search.settings.threshold,
+            S.METRIC_PROBES: result.probes,
         }
         if result.answer is not None:
-            metrics[f"{dim}90"] = result.answer
+            metrics[S.answer_metric(dim)] = result.answer
         if result.interval is not None:
-            metrics[f"{dim}90_lo"], metrics[f"{dim}90_hi"] = result.interval
+            lo, hi = S.interval_metrics(dim)
+            metrics[lo], metrics[hi] = result.interval
         batch = _metric_batch(metrics)
         tags = {
-            "status": result.outcome,
-            **({"error": _tail(state.error, 2000)} if state.error else {}),
-            "bracket": str(list(result.bracket) if result.bracket else None),
-            "threshold_fraction": str(self.spec.threshold_fraction),
-            "dim_name": dim,
+            S.TAG_STATUS: result.outcome,
+            **({S.TAG_ERROR: _tail(state.error, 2000)} if state.error else {}),
+            S.TAG_BRACKET: str(list(result.bracket) if result.bracket else None),
+            S.TAG_THRESHOLD_FRACTION: str(self.spec.threshold_fraction),
+            S.TAG_DIM_NAME: dim,
         }
 
         def write() -> None:
@@ -413,11 +376,10 @@ class Tracker:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = ["point", "seed", "metric", "passed", "outcome", "lr", "steps", "seconds"]
-        columns += ["trainable_params", "reused", "run_id", "error"]
+        columns = S.PROBE_TABLE_COLUMNS
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "probes.parquet"
+            path = Path(tmp) / S.ARTIFACT_PROBE_TABLE
             pq.write_table(table, path)
             self.client.log_artifact(run_id, str(path))
 
@@ -429,16 +391,16 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             # The listing comes from the store: MLflow releases before mid-2026 joined its paths
             # unchecked, so a `../` there could write outside tmp. Refuse it (the job stops).
-            for info in self.client.list_artifacts(best["run_id"], "compressed"):
+            for info in self.client.list_artifacts(best["run_id"], S.ARTIFACT_COMPRESSED):
                 confined(tmp, info.path)
             try:
-                local = self.client.download_artifacts(best["run_id"], "compressed", tmp)
+                local = self.client.download_artifacts(best["run_id"], S.ARTIFACT_COMPRESSED, tmp)
             except Exception as exc:
                 if unreachable(exc):  # an outage, not a missing artifact: retry the verdict
                     raise
                 return
-            self.client.log_artifacts(run_id, local, "compressed")
-            self.client.set_tag(run_id, "compressed_from", best["run_id"])
+            self.client.log_artifacts(run_id, local, S.ARTIFACT_COMPRESSED)
+            self.client.set_tag(run_id, S.TAG_COMPRESSED_FROM, best["run_id"])
 
 
 def _metric_batch(metrics: dict[str, float]) -> list[Metric]:
@@ -553,7 +515,7 @@ class _Lease(Claim):
 
     @classmethod
     def take(cls, tracker: Tracker, ttl_s: float, heartbeat: bool) -> _Lease:
-        key = f"sweeper.writer.{tracker.job_id}"
+        key = S.writer_lease_tag(tracker.job_id)
         owner = uuid.uuid4().hex
         lease = cls(tracker, key, {**_holder(), "owner": owner, "ttl_s": ttl_s}, ttl_s)
         held = lease.current()

@@ -1,0 +1,271 @@
+"""Every name sweeper gives things in MLflow (DESIGN.md §5), written once.
+
+The writer (`tracking.write`), the readers (`tracking.read`, the dashboards, `sweeper status`)
+and the tests' hand-made stores all import these, the way MLflow's own
+`mlflow/utils/mlflow_tags.py` does: a renamed key then breaks loudly instead of reading back
+as "missing". `ProbeRow` is the one conversion between a finished trial and its child run.
+The stored names and values are what existing stores hold: changing one orphans them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from sweeper.spec import JobSpec
+
+# --- where a job's store is ------------------------------------------------------------------
+
+STORE_FILE = "mlflow.db"  # the default SQLite store, in the job's run dir
+ARTIFACTS_DIR = "artifacts"  # the default artifact folder, beside it
+
+
+def default_store(run_dir: Path) -> Path:
+    """The SQLite file of a job that names no tracking URI."""
+    return run_dir / STORE_FILE
+
+
+def store_uris(
+    run_dir: Path, uri: str | None = None, artifacts: str | None = None
+) -> tuple[str, str | None]:
+    """(tracking URI, artifact location): the given ones, else SQLite + a folder in `run_dir`.
+
+    A tracking server keeps the artifacts itself (None: its `--artifacts-destination`, served
+    over HTTP), so workers and drivers on other machines need no shared folder.
+    """
+    uri = uri or f"sqlite:///{default_store(run_dir)}"
+    if artifacts is None and not uri.startswith(("http://", "https://")):
+        artifacts = (run_dir / ARTIFACTS_DIR).as_uri()
+    return uri, artifacts
+
+
+def default_uris(spec: JobSpec) -> tuple[str, str | None]:
+    """A job's (tracking URI, artifact location): the spec's, else the run dir's defaults."""
+    return store_uris(spec.run_dir.resolve(), spec.tracking.uri, spec.tracking.artifact_location)
+
+
+# --- experiment tags ---------------------------------------------------------------------------
+
+TAG_SWEEPER_KIND = "sweeper.kind"  # on an experiment sweeper created: KIND_JOB
+WRITER_LEASE_PREFIX = "sweeper.writer."  # + job id: who writes the job to a tracking server
+
+
+def writer_lease_tag(job_id: str) -> str:
+    return f"{WRITER_LEASE_PREFIX}{job_id}"
+
+
+# --- run tags ----------------------------------------------------------------------------------
+
+TAG_PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID  # MLflow's own: nests a trial under its parent
+TAG_KIND = "kind"  # one of the KIND_* values below
+TAG_JOB_ID = "job_id"
+TAG_MODEL = "model"  # parents
+TAG_TASK = "task"
+TAG_METHOD = "method"
+TAG_SEARCH_HASH = "search_hash"  # a search parent and its probes: resume key
+TAG_BASELINE_HASH = "baseline_hash"  # a baseline parent and its seeds: reuse key
+TAG_CONFIG_HASH = "config_hash"  # a trial: the hash of the config it ran
+TAG_SEARCH = "search"  # a trial: the key of its search or baseline
+TAG_OUTCOME = "outcome"  # pass | fail | diverged | stopped | error
+TAG_PASSED = "passed"  # "true" | "false"
+TAG_POINT = "point"  # the d or r probed ("None" for a baseline seed)
+TAG_WRITE_ID = "write_id"  # one write of a trial, so a retried write finds the first
+TAG_ERROR = "error"
+TAG_TRACEBACK = "traceback"
+TAG_KERNEL = "kernel"  # subspace probes: the Fastfood kernel that trained, and why
+TAG_KERNEL_REASON = "kernel_reason"
+TAG_STATUS = "status"  # a search's verdict (SearchResult.outcome)
+TAG_BRACKET = "bracket"  # "[fail, pass]" or "None"
+TAG_THRESHOLD_FRACTION = "threshold_fraction"
+TAG_DIM_NAME = "dim_name"  # d or r
+TAG_SEEDS = "seeds"  # a baseline: how many seeds it averaged
+TAG_REUSED = "reused"
+TAG_COMPRESSED_FROM = "compressed_from"  # the probe whose θ_d the search parent copied
+
+KIND_JOB = "job"
+KIND_SEARCH = "search"
+KIND_BASELINE = "baseline"
+KIND_PROBE = "probe"
+KIND_BASELINE_SEED = "baseline_seed"
+
+# --- trial params --------------------------------------------------------------------------
+# A probe also logs its point under its dimension's name (d or r) as a param.
+
+PARAM_METHOD = "method"
+PARAM_MODEL = "model"
+PARAM_TASK = "task"
+PARAM_SEED = "seed"
+PARAM_LR = "lr"
+PARAM_D = "D"  # the model's parameter count
+PARAM_TRAINABLE_PARAMS = "trainable_params"
+PARAM_PROJECTION = "projection"
+PARAM_LAYOUT = "layout"
+PARAM_OPTIMIZER = "optimizer"
+PARAM_METRIC_NAME = "metric_name"
+PARAM_RULE = "rule"  # the decision rule's settings (DESIGN.md §4) ...
+PARAM_HEAD = "head"
+PARAM_LR_RULE = "lr_rule"
+PARAM_STOP_ON_PASS = "stop_on_pass"
+PARAM_PASS_MARGIN_Z = "pass_margin_z"
+PARAM_HOPELESS_PATIENCE = "hopeless_patience"
+
+
+def split_size_param(part: str) -> str:
+    """The size of a data split (train, eval, …)."""
+    return f"{part}_size"
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+METRIC_METRIC = "metric"  # a trial's score (its task's metric)
+METRIC_SELECT = "select_metric"
+METRIC_CHECKPOINT_STEP = "checkpoint_step"
+METRIC_SECONDS = "seconds"
+METRIC_STEPS = "steps"
+METRIC_PERF_FULL = "perf_full"  # parents: the full fine-tuning baseline
+METRIC_PERF_FULL_STD = "perf_full_std"
+METRIC_THRESHOLD = "threshold"
+METRIC_PROBES = "probes"
+TRAIN_PREFIX = "train/"  # per-step training curves, logged as they come
+EVAL_PREFIX = "eval/"  # per-eval-step metrics of a trial
+REPORT_PREFIX = "report/"
+
+
+def step_metric(key: str) -> str:
+    """A history row's key as logged: train/… as is, anything else under eval/."""
+    return key if key.startswith(TRAIN_PREFIX) else f"{EVAL_PREFIX}{key}"
+
+
+def report_metric(key: str) -> str:
+    return f"{REPORT_PREFIX}{key}"
+
+
+def answer_metric(dim_name: str) -> str:
+    """d90 or r90."""
+    return f"{dim_name}90"
+
+
+def interval_metrics(dim_name: str) -> tuple[str, str]:
+    """The ends of the answer's 90 % interval: d90_lo, d90_hi (or r90_…)."""
+    return f"{dim_name}90_lo", f"{dim_name}90_hi"
+
+
+# --- artifacts -----------------------------------------------------------------------------
+
+ARTIFACT_COMPRESSED = "compressed"  # folder: a passing probe's θ_d (and the parent's copy)
+ARTIFACT_THETA_D = "theta_d.safetensors"
+ARTIFACT_PROBE_TABLE = "probes.parquet"  # a search parent's probes, one row each
+PROBE_TABLE_COLUMNS = (
+    "point",
+    "seed",
+    "metric",
+    "passed",
+    "outcome",
+    "lr",
+    "steps",
+    "seconds",
+    "trainable_params",
+    "reused",
+    "run_id",
+    "error",
+)
+
+# --- search filters ------------------------------------------------------------------------
+
+FINISHED = "attributes.status = 'FINISHED'"
+
+
+def tag_is(name: str, value: str) -> str:
+    """A `search_runs` filter on one tag."""
+    return f"tags.{name} = '{value}'"
+
+
+# --- one trial's child run -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """A finished trial as its child run holds it: a probe (kind=probe) or a baseline seed
+    (point None). The writer logs `to_tags` / `to_params` / `to_metrics`; every reader parses
+    a run with `from_run`, which reads what is missing or not finite as None."""
+
+    point: int | None  # d or r
+    seed: int | None
+    outcome: str  # pass | fail | diverged | stopped | error (or what the tag says)
+    passed: bool
+    metric: float | None = None  # None: no finite metric (a diverged probe logs none)
+    seconds: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+    D: int | None = None
+    trainable_params: int | None = None
+    run_id: str = ""
+    end_time: int | None = None  # ms since the epoch
+
+    def to_tags(self) -> dict[str, str]:
+        return {
+            TAG_OUTCOME: self.outcome,
+            TAG_PASSED: str(self.passed).lower(),
+            TAG_POINT: str(self.point),
+        }
+
+    def to_params(self, dim_name: str) -> dict[str, Any]:
+        """Params to log (None values are not logged); the point under its dim's name."""
+        params = {
+            PARAM_SEED: self.seed,
+            PARAM_LR: self.lr,
+            PARAM_D: self.D,
+            PARAM_TRAINABLE_PARAMS: self.trainable_params,
+        }
+        if self.point is not None:
+            params[dim_name] = self.point
+        return params
+
+    def to_metrics(self) -> dict[str, Any]:
+        """Step-0 metrics to log, as given: the writer drops the ones that are not finite."""
+        return {METRIC_METRIC: self.metric, METRIC_SECONDS: self.seconds, METRIC_STEPS: self.steps}
+
+    @classmethod
+    def from_run(cls, run: Run, dim_name: str | None = None) -> ProbeRow:
+        """The row of a child run; `dim_name` given, its point is the d (or r) param, as a
+        probe logs it, else the `point` tag."""
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        point = tags.get(TAG_POINT)
+        if dim_name is not None:
+            point = params.get(dim_name, point)
+        outcome = tags.get(TAG_OUTCOME) or ("error" if run.info.status == "FAILED" else "unknown")
+        return cls(
+            point=as_int(point),
+            seed=as_int(params.get(PARAM_SEED)),
+            outcome=outcome,
+            passed=tags.get(TAG_PASSED) == "true",
+            metric=as_finite(metrics.get(METRIC_METRIC)),
+            seconds=as_finite(metrics.get(METRIC_SECONDS)),
+            steps=as_int(metrics.get(METRIC_STEPS)),
+            lr=as_finite(params.get(PARAM_LR)),
+            D=as_int(params.get(PARAM_D)),
+            trainable_params=as_int(params.get(PARAM_TRAINABLE_PARAMS)),
+            run_id=run.info.run_id,
+            end_time=run.info.end_time,
+        )
+
+
+def as_finite(value: Any) -> float | None:
+    """A stored number (params are strings), or None when missing, unparsable or not finite."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def as_int(value: Any) -> int | None:
+    number = as_finite(value)
+    return int(number) if number is not None else None
