@@ -13,9 +13,10 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sweeper.engine.probe import ProbeConfig
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from sweeper.methods.base import Method
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec
 

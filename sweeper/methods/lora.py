@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
-from torch import nn
 
 from sweeper.errors import SpecError
 from sweeper.methods.base import Method, SpecFields
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec
 
@@ -89,6 +90,8 @@ class LoRA(Method):
     def dim_range(self, problem: Problem, spec: TrialSpec) -> tuple[int, int]:
         """r ≤ the narrowest adapted layer of the body: a head adapter (head: budget) is full
         rank past the head's label count, which must not cap the rank of the body's."""
+        from torch import nn
+
         widths = [
             min(module.in_features, module.out_features)
             for name, module in problem.model.named_modules()
@@ -120,6 +123,8 @@ def targets(problem: Problem, spec: TrialSpec) -> tuple[str, ...]:
 def head_linears(problem: Problem) -> list[str]:
     """Full names of the head's linear layers: where LoRA puts the head's adapters when the
     head is inside the budget (a head module need not be one Linear: RoBERTa's has two)."""
+    from torch import nn
+
     return [
         name
         for name, module in problem.model.named_modules()

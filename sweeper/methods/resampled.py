@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from sweeper.errors import SpecError
 from sweeper.methods.base import Method
 from sweeper.methods.subspace import ProjectionFields, fastfood_options, projected
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec
 

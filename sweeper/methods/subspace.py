@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
-
 from sweeper.errors import SpecError
 from sweeper.methods.base import Method, SpecFields
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec
 

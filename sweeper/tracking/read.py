@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
 from sweeper.tracking import schema as S
@@ -196,7 +197,7 @@ def read_runs(client: MlflowClient, names: Sequence[str] = ()) -> JobRuns:
     for run in runs:
         if run.data.tags.get(S.TAG_KIND) == S.KIND_PROBE:
             parent = run.data.tags.get(S.TAG_PARENT_RUN_ID, "")
-            dim = "r" if run.data.params.get(S.PARAM_METHOD) == "lora" else "d"
+            dim = methods.dim_name(run.data.params.get(S.PARAM_METHOD))
             probes.setdefault(parent, []).append(ProbeRow.from_run(run, dim))
     searches, baselines = [], []
     for run in runs:
@@ -225,7 +226,7 @@ def _point(value: object) -> float | int | None:
 def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
     tags, metrics = run.data.tags, run.data.metrics
     method = tags.get(S.TAG_METHOD, "?")
-    dim = tags.get(S.TAG_DIM_NAME) or ("r" if method == "lora" else "d")
+    dim = tags.get(S.TAG_DIM_NAME) or methods.dim_name(method)
     running = run.info.status == "RUNNING"
     # a resumed search is RUNNING again under its old verdict's tag: the tag is stale until it ends
     status = "running" if running else tags.get(S.TAG_STATUS)

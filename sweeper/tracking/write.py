@@ -34,6 +34,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.paths import confined
 from sweeper.tracking import schema as S
@@ -201,7 +202,7 @@ class Tracker:
         run is kept, a half-written one is deleted and written again whole.
         """
         config = request.config
-        dim_name = "r" if config["method"] == "lora" else "d"
+        dim_name = methods.dim_name(config["method"])
         kind = S.KIND_PROBE if request.kind == "probe" else S.KIND_BASELINE_SEED
         run_name = f"{config['method']} seed={request.seed}"
         if request.point is not None:
