@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from sweeper.engine.driver import job_id
 from sweeper.engine.stops import Stops
 from sweeper.spec import parse_spec
+from sweeper.tracking import schema as S
 from sweeper.tracking.write import Tracker
 
 
@@ -50,14 +51,14 @@ def test_open_runs_of_a_dead_driver_are_closed_and_its_half_written_child_droppe
     client = MlflowClient(tracker.uri)
 
     def run(kind: str, job: str = jid, **tags: str) -> str:
-        all_tags = {"kind": kind, "job_id": job, **tags}
+        all_tags = {S.TAG_KIND: kind, S.TAG_JOB_ID: job, **tags}
         return client.create_run(tracker.experiment_id, tags=all_tags).info.run_id
 
-    parent = run("search")
-    child = run("probe", **{"mlflow.parentRunId": parent})
-    finished = run("probe", **{"mlflow.parentRunId": parent})
+    parent = run(S.KIND_SEARCH)
+    child = run(S.KIND_PROBE, **{S.TAG_PARENT_RUN_ID: parent})
+    finished = run(S.KIND_PROBE, **{S.TAG_PARENT_RUN_ID: parent})
     client.set_terminated(finished, "FINISHED")
-    other_job = run("search", job="someone-else")
+    other_job = run(S.KIND_SEARCH, job="someone-else")
 
     Tracker(spec, jid).close_open_runs()
 
