@@ -213,7 +213,10 @@ class LocalCluster:
         ]
         log = self.state_dir / f"{name}.log"
         full_env = {
-            **os.environ,
+            # The loopback switch is the head's alone (below): a worker node started with it
+            # is refused by Ray ("multi-node clusters are not supported"), and a test or shell
+            # that runs `sweeper` in-process may have it set.
+            **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
             # Jobs run `python …`: this Python, the one with sweeper's dependencies.
