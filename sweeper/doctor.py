@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sweeper.errors import one_line
+
 OK, FAIL, WARN, SKIP = "ok", "FAIL", "warn", "skip"
 TIMEOUT = 5.0  # seconds, for every network check
 
@@ -37,7 +39,9 @@ class Check:
 
 
 def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    """`Type: message`: a check that crashed is read for what broke, so its type comes first
+    (and only once: an empty message stays empty)."""
+    return f"{type(error).__name__}: {one_line(error) if str(error).strip() else ''}"
 
 
 def check_versions() -> Iterator[Check]:

@@ -13,3 +13,10 @@ class SpecError(ValueError):
 class ClusterError(RuntimeError):
     """The cluster cannot run the job (unreachable, another Ray, a package missing, trials lost
     again and again): one line saying what and what to do; the CLI exits 1."""
+
+
+def one_line(error: BaseException) -> str:
+    """`error`'s message on one line, at most 300 characters (a library's runs to pages, and a
+    user needs the gist next to the field to fix); its type where it has none."""
+    text = " ".join(str(error).split())
+    return text[:300] or type(error).__name__

@@ -3,7 +3,7 @@ it pending forever); what a node offers is read from `ray.nodes()` rows like the
 
 from __future__ import annotations
 
-from sweeper.cluster.submit import trial_misfit
+from sweeper.cluster.checks import trial_misfit
 from sweeper.spec import Resources
 
 

@@ -7,12 +7,8 @@
    a store that outlives it (an MLflow server, a database, or an absolute SQLite path);
 3. the cluster: reachable, the same Ray (major.minor) as this client — the runtime_env that
    carries the spec and the `sweeper` package is packed here and unpacked there;
-4. a *preflight* job, run with the real job's runtime_env and deleted afterwards: on every alive
-   node it looks for sweeper's dependencies and the node's Ray version, and on the head it
-   imports the driver, checks the spec's built-in assets (they must be on the cluster, not
-   here), that some alive node can hold one trial (unless `--autoscaling`) and that the
-   tracking store is reachable. A missing package or an oversized trial shows up here, in one
-   line, instead of as a job that fails or hangs minutes later.
+4. a *preflight* job (`sweeper.cluster.checks`): the cluster's nodes, assets, room for one trial
+   and reach to the tracking store, checked there with the real job's runtime_env.
 
 Only then is the real job submitted: `python -m sweeper.cli run job.yaml` in a working_dir
 holding only the spec, with this `sweeper` package as a py_module; the driver joins the cluster
@@ -23,9 +19,6 @@ tracking URI, the job id the driver tags MLflow runs with — travels in the job
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
-import json
 import os
 import secrets
 import socket
@@ -39,40 +32,18 @@ from urllib.parse import urlparse
 
 import yaml
 
-from sweeper.errors import ClusterError, SpecError
+from sweeper.cluster.checks import DB_SCHEMES, preflight
+from sweeper.errors import ClusterError, SpecError, one_line
 
 if TYPE_CHECKING:  # sweeper.spec imports torch: the preflight must run before it can fail
     from sweeper.spec import JobSpec
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-PREFLIGHT_MARK = "sweeper-preflight: "
-PREFLIGHT_TIMEOUT_S = 240.0
 # Ray's Jobs client sends its requests without a timeout, and MLflow's waits 120 s and retries
 # 7 times: against a server that accepts and never answers, `sweeper status` hung for minutes.
 JOBS_API_TIMEOUT_S = 30.0  # to connect, and between bytes of an answer
 STATUS_MLFLOW_TIMEOUT_S = "10"  # MLFLOW_HTTP_REQUEST_TIMEOUT for `status`, unless set
 STATUS_MLFLOW_RETRIES = "1"  # MLFLOW_HTTP_REQUEST_MAX_RETRIES for `status`, unless set
-# Packages the driver and the trials import; the text tasks' (transformers, peft, datasets)
-# too, since a node cannot tell which task it will be given.
-DEPENDENCIES = (
-    "torch",
-    "numpy",
-    "numba",
-    "scipy",
-    "sklearn",
-    "pyarrow",
-    "pydantic",
-    "yaml",
-    "rich",
-    "mlflow",
-    "optuna",
-    "ray.tune",
-    "transformers",
-    "datasets",
-    "peft",
-)
-INSTALL = "install sweeper's dependencies on every node (pip install sweeper, or its image)"
-DB_SCHEMES = ("postgresql", "mysql", "mssql")
 META = "sweeper."  # prefix of this module's keys in a job's metadata
 
 
@@ -164,7 +135,7 @@ def connect(address: str):
     except ClusterError:
         raise
     except Exception as e:  # an HTTP server that is not Ray's dashboard, an auth failure, …
-        raise ClusterError(f"{address} does not answer as Ray's Jobs API: {_one_line(e)}") from None
+        raise ClusterError(f"{address} does not answer as Ray's Jobs API: {one_line(e)}") from None
     theirs = getattr(client, "_server_ray_version", None) or "unknown"
     if _minor(theirs) != _minor(ray.__version__):
         raise ClusterError(
@@ -176,8 +147,9 @@ def connect(address: str):
 
 def _timed_client():
     """Ray's JobSubmissionClient with a timeout on every request; a server that does not
-    answer in time is a ClusterError naming it. (`_do_request` is where the client sends every
-    request, and what it forwards to `requests.request`; it takes `timeout` like any kwarg.)"""
+    answer in time is a ClusterError naming it, and so is a job the Jobs API refuses (upload
+    too big, a bad runtime_env, …). (`_do_request` is where the client sends every request,
+    and what it forwards to `requests.request`; it takes `timeout` like any kwarg.)"""
     import requests
     from ray.job_submission import JobSubmissionClient
 
@@ -193,15 +165,17 @@ def _timed_client():
                     "this not its address?"
                 ) from None
 
+        def submit_job(self, **kwargs: Any) -> str:
+            try:
+                return super().submit_job(**kwargs)
+            except RuntimeError as e:  # a timeout above too: it is a ClusterError
+                raise ClusterError(f"the Jobs API refused the job: {one_line(e)}") from None
+
     return TimedJobSubmissionClient
 
 
 def _minor(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:2])
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def _runtime_env(folder: Path) -> dict[str, Any]:
@@ -214,179 +188,6 @@ def _runtime_env(folder: Path) -> dict[str, Any]:
         # `sweeper stop` sends SIGTERM; give the driver time to close its MLflow runs.
         "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"},
     }
-
-
-def _wait_done(client, job_id: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.get_job_info(job_id)
-        if info.status.is_terminal():
-            return info
-        if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            raise ClusterError(f"the preflight job took over {timeout:.0f}s; is the cluster busy?")
-        time.sleep(1.0)
-
-
-def preflight(client, folder: Path, autoscaling: bool = False) -> None:
-    """Run `_preflight` on the cluster (see the module docstring); raise what it finds."""
-    job = _jobs_api(
-        client.submit_job,
-        entrypoint="python -m sweeper.cluster.submit _preflight job.yaml"
-        + (" --autoscaling" if autoscaling else ""),
-        runtime_env=_runtime_env(folder),
-        metadata={f"{META}preflight": "true"},
-    )
-    try:
-        info = _wait_done(client, job, PREFLIGHT_TIMEOUT_S)
-        logs = client.get_job_logs(job)
-    finally:  # also on Ctrl-C: no preflight job is left behind
-        with contextlib.suppress(Exception):
-            client.stop_job(job)
-        _delete(client, job)
-    report = next(
-        (
-            json.loads(line[len(PREFLIGHT_MARK) :])
-            for line in logs.splitlines()
-            if line.startswith(PREFLIGHT_MARK)
-        ),
-        None,
-    )
-    if report is None:  # it did not get as far as reporting: runtime_env, python, sweeper
-        tail = " | ".join(logs.strip().splitlines()[-3:]) or info.message or "no output"
-        raise ClusterError(f"the cluster cannot start sweeper: {tail}")
-    if report.get("field"):
-        raise SpecError(report["field"], report["message"])
-    if report.get("error"):
-        raise ClusterError(report["error"])
-
-
-def _jobs_api(call, **kwargs):
-    """A Jobs API call whose refusal (upload too big, a bad runtime_env, …) is a ClusterError."""
-    try:
-        return call(**kwargs)
-    except RuntimeError as e:
-        raise ClusterError(f"the Jobs API refused the job: {_one_line(e)}") from None
-
-
-def _delete(client, job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.delete_job(job_id)
-            return
-        except Exception:  # not terminal yet (a stop in progress)
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
-def _preflight(job: str, autoscaling: bool = False) -> int:
-    """On the cluster: print one line, PREFLIGHT_MARK + JSON, saying what is wrong if anything."""
-    report: dict[str, Any] = {}
-    try:
-        report = _check_cluster(job, autoscaling)
-    except SpecError as e:
-        report = {"field": e.field, "message": e.message}
-    except Exception as e:
-        report = {"error": f"preflight on the cluster failed: {_one_line(e)}"}
-    print(PREFLIGHT_MARK + json.dumps(report), flush=True)
-    return 0
-
-
-def _missing() -> tuple[str, list[str]]:
-    import ray
-
-    return ray.__version__, [m for m in DEPENDENCIES if not _importable(m)]
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-def _check_cluster(job: str, autoscaling: bool = False) -> dict[str, Any]:
-    version, missing = _missing()
-    if missing:
-        return {"error": f"the head lacks {', '.join(missing)}: {INSTALL}"}
-    # The spec, its assets and the driver's imports first, as the real driver does: torch
-    # imported after ray.init and tasks on other nodes can die loading its MKL (seen with
-    # torch 2.13 CPU).
-    from sweeper.spec import check_ready, load_spec
-
-    spec = load_spec(job)
-    check_ready(spec)  # built-in assets: on the cluster is where they must be
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    import sweeper.engine.driver  # noqa: F401  (the driver and everything it imports)
-
-    ray.init(log_to_driver=False)
-    check = ray.remote(num_cpus=0)(_missing)
-    pending = {
-        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": check.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote()
-        for n in ray.nodes()
-        if n["Alive"]
-    }
-    for node, ref in pending.items():
-        theirs, missing = ray.get(ref, timeout=120)
-        if missing:
-            return {"error": f"node {node} lacks {', '.join(missing)}: {INSTALL}"}
-        if theirs != version:
-            return {"error": f"node {node} runs Ray {theirs}, the head Ray {version}"}
-    if not autoscaling:
-        misfit = trial_misfit(spec.resources, [n for n in ray.nodes() if n["Alive"]])
-        if misfit:
-            return {"field": misfit[0], "message": misfit[1]}
-    problem = _tracking_problem(spec.tracking.uri or "")
-    return {"error": problem} if problem else {}
-
-
-def trial_misfit(resources: Any, nodes: list[dict]) -> tuple[str, str] | None:
-    """(field, message) when no alive node can hold one trial: Tune would keep it pending
-    forever ("running 1"). A trial is one bundle, so one node must have both its CPUs and GPUs."""
-    need = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}
-    if any(all(n["Resources"].get(k, 0) >= v for k, v in need.items()) for n in nodes):
-        return None
-    cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    field = "gpus_per_trial" if need["GPU"] > 0 and need["CPU"] <= cpus else "cpus_per_trial"
-    return (
-        f"resources.{field}",
-        f"a trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs on one node, but the "
-        f"cluster's {len(nodes)} alive nodes have at most {cpus:g} CPUs and {gpus:g} GPUs "
-        "each; ask for less, or pass --autoscaling if the cluster adds such nodes on demand",
-    )
-
-
-def _tracking_problem(uri: str) -> str | None:
-    """Can the head reach the tracking store? Checked without writing to it."""
-    scheme = urlparse(uri).scheme.split("+")[0]
-    if scheme in ("http", "https"):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=15) as r:
-                r.read()
-        except OSError as e:
-            return f"the cluster cannot reach the MLflow server {uri}: {_one_line(e)}"
-    elif scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
-            return f"{folder} (for {uri}) is not writable on the cluster's head"
-    elif scheme in DB_SCHEMES:
-        import sqlalchemy
-
-        try:
-            with sqlalchemy.create_engine(uri).connect():
-                pass
-        except Exception as e:
-            return f"the cluster cannot reach the database {uri}: {_one_line(e)}"
-    return None
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -414,7 +215,7 @@ def _submit(
         folder = Path(tmp)
         (folder / "job.yaml").write_text(text)
         print("checking the cluster (a short preflight job) …", file=sys.stderr, flush=True)
-        preflight(client, folder, autoscaling)
+        preflight(client, _runtime_env(folder), autoscaling)
         submission = f"sweeper-{spec.name}-{secrets.token_hex(4)}"
         metadata = {
             "name": spec.name,
@@ -427,8 +228,7 @@ def _submit(
         }
         if resumes:
             metadata["resumes"] = resumes
-        return _jobs_api(
-            client.submit_job,
+        return client.submit_job(
             entrypoint=f"python -m sweeper.cli {command} job.yaml",
             submission_id=submission,
             runtime_env=_runtime_env(folder),
@@ -441,7 +241,7 @@ def _job(client, job_id: str):
     try:
         info = client.get_job_info(job_id)
     except RuntimeError as e:
-        raise SpecError("JOB_ID", f"no job {job_id!r} on this cluster ({_one_line(e)})") from None
+        raise SpecError("JOB_ID", f"no job {job_id!r} on this cluster ({one_line(e)})") from None
     meta = {k[len(META) :]: v for k, v in (info.metadata or {}).items() if k.startswith(META)}
     if "spec" not in meta:
         raise SpecError("JOB_ID", f"{job_id} was not submitted by `sweeper submit`")
@@ -469,7 +269,7 @@ def status(job_id: str, address: str) -> list[str]:
     info, meta = _job(client, job_id)
     lines = [f"{job_id}: {info.status.value} (sweeper {meta['command']}, job {meta['name']})"]
     if info.message:
-        lines.append(f"  ray: {_one_line(info.message)}")
+        lines.append(f"  ray: {one_line(info.message)}")
     lines.append(f"  tracking: {meta['tracking_uri']} (experiment {meta['name']})")
     lines += [f"  {line}" for line in progress(meta["tracking_uri"], meta["name"])]
     return lines
@@ -492,7 +292,7 @@ def progress(uri: str, experiment: str) -> list[str]:
     except SpecError:  # no experiment yet
         return ["no results yet"]
     except Exception as e:  # the store down or busy: Ray's status above still stands
-        return [f"results unreadable now: {_one_line(e)}"]
+        return [f"results unreadable now: {one_line(e)}"]
     lines = []
     for b in runs.baselines:
         state = "running" if b.run_status == "RUNNING" else f"perf_full = {b.perf_full:.4g}"
@@ -561,14 +361,3 @@ def stop(job_id: str, address: str, timeout: float = 60) -> str:
             return f"{job_id}: stop requested, still {info.status.value}"
         time.sleep(1.0)
     return f"{job_id}: {info.status.value}"
-
-
-if __name__ == "__main__":  # `python -m sweeper.cluster.submit _preflight job.yaml`, on the cluster
-    args = sys.argv[1:]
-    autoscaling = args[2:] == ["--autoscaling"]
-    if args[:1] != ["_preflight"] or len(args) != 2 + autoscaling:
-        sys.exit(
-            "usage: python -m sweeper.cluster.submit _preflight JOB.yaml [--autoscaling] "
-            "(run by `sweeper submit`)"
-        )
-    sys.exit(_preflight(args[1], autoscaling))

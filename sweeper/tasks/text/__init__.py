@@ -5,7 +5,6 @@ One module per job:
   data            hub sets, local files and the rotten-tomatoes asset; labels; the three data roles
   cache           the tokenised sets, saved once in Arrow under $SWEEPER_CACHE
   task            the options a job may set, the checks, and the `Problem` built from them
-  library_errors  a library's exception as one line for a SpecError
 """
 
 from sweeper.tasks.text.data import TASK_NAMES

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, one_line
 from sweeper.tasks.base import ROLES, stratified_split
-from sweeper.tasks.text.library_errors import one_line
 
 SELECT_FRACTION = 0.1  # of the train rows, where a task has no select split of its own
 REPORT_FRACTION = 0.2  # of a file's rows, without a report_path

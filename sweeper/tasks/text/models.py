@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sweeper.errors import SpecError
-from sweeper.tasks.text.library_errors import one_line
+from sweeper.errors import SpecError, one_line
 
 BUILTIN_MODEL = "minilm"  # the asset all-MiniLM-L6-v2: a real pretrained BERT, offline
 LORA_TARGETS = ("query", "value")  # Hu et al.'s choice; BERT and RoBERTa name them so
