@@ -120,9 +120,9 @@ class Oracle:
         return int(d[passing[0]])
 
     def __call__(self, probe: Probe) -> ProbeResult:
-        u = random.Random(f"{self.key}:{probe.point}:{probe.seed}").random()
-        ok = bool(u < float(self.p_pass(probe.point)))
-        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+        u = random.Random(f"{self.key}:{probe.dim}:{probe.seed}").random()
+        ok = bool(u < float(self.p_pass(probe.dim)))
+        return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
 
 def search(oracle: Oracle, workers: int, tolerance: float) -> tuple[ThresholdSearch, int, float]:
@@ -138,7 +138,7 @@ def search(oracle: Oracle, workers: int, tolerance: float) -> tuple[ThresholdSea
         for probe in round_:
             s.record(oracle(probe))
             probes += 1
-            cost += probe.point
+            cost += probe.dim
     return s, probes, cost
 
 

@@ -58,7 +58,7 @@
       card.appendChild(notes(c.notes.filter((n) => n !== "no probe has finished yet")) || h("span"));
       return card;
     }
-    const xs = c.probes.map((p) => p.x).concat(c.interval || [], [c.answer]);
+    const xs = c.probes.map((p) => p.dim).concat(c.interval || [], [c.answer]);
     const ys = c.probes.map((p) => p.y).concat([c.threshold, c.perf_full]);
     const f = frame(card, {
       chart: "curve",
@@ -91,25 +91,25 @@
       }, f.marks).textContent = `${c.dim_name}90 = ${fmt(c.answer)}`;
     }
     // probes at the same point spread sideways by seed, so that every seed stays visible
-    const byPoint = new Map();
+    const byDim = new Map();
     for (const p of c.probes) {
-      if (!byPoint.has(p.x)) byPoint.set(p.x, []);
-      byPoint.get(p.x).push(p);
+      if (!byDim.has(p.dim)) byDim.set(p.dim, []);
+      byDim.get(p.dim).push(p);
     }
-    for (const group of byPoint.values()) {
+    for (const group of byDim.values()) {
       group.sort((a, b) => (a.seed ?? 0) - (b.seed ?? 0));
       group.forEach((p, i) => {
         const dx = (i - (group.length - 1) / 2) * 6;
         const y = isNum(p.y) ? f.sy(p.y) : f.bottom - 4;
         const outcome = outcomeKey(p.outcome);
         const tip = [
-          `${c.dim_name} = ${fmt(p.x)}, seed ${fmt(p.seed, "unknown")}`,
+          `${c.dim_name} = ${fmt(p.dim)}, seed ${fmt(p.seed, "unknown")}`,
           `metric ${fmt(p.y, "none (not finite)")}`,
           `outcome ${OUTCOME_WORDS[outcome] === "other" ? p.outcome : OUTCOME_WORDS[outcome]}`,
           `lr ${fmt(p.lr, "not recorded")} · ${fmtSeconds(p.seconds)}`,
           "click: open the probe's MLflow run",
         ].join("\n");
-        marker(f.marks, OUTCOME_SHAPE[outcome], f.sx(p.x) + dx, y, 4, {
+        marker(f.marks, OUTCOME_SHAPE[outcome], f.sx(p.dim) + dx, y, 4, {
           "data-point": "probe",
           "data-outcome": outcome,
           "data-run-id": p.run_id,

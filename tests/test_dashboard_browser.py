@@ -178,7 +178,7 @@ def test_live_dashboard_shows_running_searches_and_updates_as_probes_finish(
         glue = client.get_experiment_by_name("glue-sizes").experiment_id
         add_probe(
             client, glue, running, method="did", model="roberta-large", task="qnli",
-            D=355_000_000, point=90, seed=0, metric=0.6, outcome="fail", seconds=20.0,
+            D=355_000_000, dim=90, seed=0, metric=0.6, outcome="fail", seconds=20.0,
         )  # fmt: skip
         page.wait_for_selector(
             f"#running tr[data-live-search='{running}'] [data-probes-done='4']", timeout=20_000

@@ -18,6 +18,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from sweeper import methods
 from sweeper.dashboard.cli import main
 from sweeper.dashboard.read import read_snapshot
 from sweeper.dashboard.render import render_page
@@ -32,24 +33,24 @@ UI = "http://mlflow.test:5000"
 # --- a store as sweeper.tracking.write lays it out, in tracking.schema's names --------------------
 
 
-def add_probe(client, experiment_id, parent, *, method, model, task, D, point, seed, metric,
+def add_probe(client, experiment_id, parent, *, method, model, task, D, dim, seed, metric,
               outcome, seconds=1.0):  # fmt: skip
     """One finished probe child run; `metric` None logs no metric (as a diverged probe). NaN is
     logged as given (the writer drops it): the readers must cope with any store."""
-    dim = "r" if method == "lora" else "d"
+    dim_name = methods.dim_name(method)
     now = int(time.time() * 1000)
     row = S.ProbeRow(
-        point=point, seed=seed, outcome=outcome, passed=outcome == "pass", metric=metric,
-        seconds=seconds, steps=10, lr=0.01, D=D, trainable_params=point,
+        dim=dim, seed=seed, outcome=outcome, passed=outcome == "pass", metric=metric,
+        seconds=seconds, steps=10, lr=0.01, D=D, trainable_params=dim,
     )  # fmt: skip
     run = client.create_run(
         experiment_id,
-        run_name=f"{method} {dim}={point} seed={seed}",
+        run_name=f"{method} {dim_name}={dim} seed={seed}",
         tags={
             S.TAG_PARENT_RUN_ID: parent,
             S.TAG_KIND: S.KIND_PROBE,
             S.TAG_JOB_ID: "test-job",
-            S.TAG_CONFIG_HASH: f"{parent[:8]}-{point}-{seed}",
+            S.TAG_CONFIG_HASH: f"{parent[:8]}-{dim}-{seed}",
             S.TAG_SEARCH: f"{model}/{task}/{method}",
             S.TAG_SEARCH_HASH: parent[:16],
             **row.to_tags(),
@@ -59,7 +60,7 @@ def add_probe(client, experiment_id, parent, *, method, model, task, D, point, s
     if metric is not None:
         metrics.append(Metric(S.step_metric("accuracy"), metric, now, 10))
     params = {S.PARAM_METHOD: method, S.PARAM_MODEL: model, S.PARAM_TASK: task}
-    params |= row.to_params(dim) | {S.PARAM_PROJECTION: "fastfood"}
+    params |= row.to_params(dim_name) | {S.PARAM_PROJECTION: "fastfood"}
     client.log_batch(
         run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]
     )
@@ -70,8 +71,8 @@ def add_probe(client, experiment_id, parent, *, method, model, task, D, point, s
 def add_search(client, experiment_id, *, model, task, method, D, probes, answer=None,
                interval=None, status="found", perf_full=1.0, threshold=0.9,
                running=False) -> str:  # fmt: skip
-    """A search parent and its probes, `probes` = [(point, seed, metric, outcome, seconds)]."""
-    dim = "r" if method == "lora" else "d"
+    """A search parent and its probes, `probes` = [(dim, seed, metric, outcome, seconds)]."""
+    dim = methods.dim_name(method)
     parent = client.create_run(
         experiment_id,
         run_name=f"{model}/{task}/{method}",
@@ -87,7 +88,7 @@ def add_search(client, experiment_id, *, model, task, method, D, probes, answer=
     for point, seed, metric, outcome, seconds in probes:
         add_probe(
             client, experiment_id, parent, method=method, model=model, task=task, D=D,
-            point=point, seed=seed, metric=metric, outcome=outcome, seconds=seconds,
+            dim=point, seed=seed, metric=metric, outcome=outcome, seconds=seconds,
         )  # fmt: skip
     if running:
         return parent
@@ -258,7 +259,7 @@ def test_curve_has_a_point_per_probe_with_seed_threshold_and_answer(store):
     client, ids = store
     curve = by_run(snapshot_view(client, "glue")["curves"], ids["bert-base", "did"])
     assert len(curve["probes"]) == 5
-    assert sorted((p["x"], p["seed"]) for p in curve["probes"])[2:4] == [(800, 0), (800, 1)]
+    assert sorted((p["dim"], p["seed"]) for p in curve["probes"])[2:4] == [(800, 0), (800, 1)]
     assert curve["threshold"] == 0.774 and curve["answer"] == 800
     assert curve["interval"] == [400, 800]
     glue = client.get_experiment_by_name("glue").experiment_id
@@ -314,7 +315,7 @@ def test_nan_metrics_become_none_and_the_page_never_says_nan(store):
     client, ids = store
     data = snapshot_view(client, "edges")
     curve = by_run(data["curves"], ids["nan"])
-    ys = {p["x"]: p["y"] for p in curve["probes"]}
+    ys = {p["dim"]: p["y"] for p in curve["probes"]}
     assert ys[2] is None and ys[4] is None and ys[8] == 1.0
     assert curve["threshold"] is None and curve["perf_full"] == 1.0  # the baseline's, not NaN
     assert any("2 probes without a finite metric" in n for n in curve["notes"])

@@ -63,7 +63,7 @@ def probes(client: MlflowClient, parent_id: str) -> dict[tuple[str, str], tuple]
     table = {}
     for child in children(client, parent_id):
         history = client.get_metric_history(child.info.run_id, "eval/solved")
-        key = (child.data.tags[S.TAG_POINT], child.data.params[S.PARAM_SEED])
+        key = (child.data.tags[S.TAG_DIM], child.data.params[S.PARAM_SEED])
         table[key] = (
             child.data.tags[S.TAG_OUTCOME],
             child.data.metrics[S.METRIC_METRIC],

@@ -28,8 +28,8 @@ def _spec():
 def _oracle(request: Request) -> dict:
     """A noisy, roughly monotone metric: crossing near 150 for d, near 5 for r."""
     centre = 5 if request.config["method"] == "lora" else 150
-    noise = ((request.seed * 7919 + request.point * 104729) % 13 - 6) / 200
-    metric = 0.95 / (1 + math.exp(-3 * math.log(request.point / centre))) + noise
+    noise = ((request.seed * 7919 + request.dim * 104729) % 13 - 6) / 200
+    metric = 0.95 / (1 + math.exp(-3 * math.log(request.dim / centre))) + noise
     return {"metric": metric, "passed": metric >= request.config["threshold"], "outcome": "?"}
 
 
@@ -59,7 +59,7 @@ def _verdicts(plan: JobPlan) -> dict:
     return {
         state.key: (
             plan.result(state),
-            sorted((r["point"], r["seed"]) for r in state.records),
+            sorted((r["dim"], r["seed"]) for r in state.records),
         )
         for _, state in plan.searches()
     }
@@ -71,7 +71,7 @@ def _resumed(spec, finished: list[tuple[Request, dict]]) -> JobPlan:
     hashes = {state.key: state.search_hash for _, state in first.searches()}
     for request, result in finished:
         cache.probes.setdefault(hashes[request.search], []).append(
-            {"point": request.point, "seed": request.seed, **result}
+            {"dim": request.dim, "seed": request.seed, **result}
         )
     return JobPlan(spec, WORKERS, cache=cache)
 
@@ -92,8 +92,8 @@ def test_resuming_after_a_stop_anywhere_gives_the_uninterrupted_probes_and_answe
     resumed = _resumed(spec, finished)
     rerun = _run(resumed)
     assert _verdicts(resumed) == _verdicts(whole)
-    ran_before = {(r.search, r.point, r.seed) for r, _ in finished}
-    assert not ran_before & {(r.search, r.point, r.seed) for r, _ in rerun}  # nothing re-run
+    ran_before = {(r.search, r.dim, r.seed) for r, _ in finished}
+    assert not ran_before & {(r.search, r.dim, r.seed) for r, _ in rerun}  # nothing re-run
 
 
 def test_a_probe_that_raises_ends_its_search_as_an_error_naming_it():
@@ -110,7 +110,7 @@ def test_a_probe_that_raises_ends_its_search_as_an_error_naming_it():
     _run(plan)
     state = plan.search_of(broken)
     assert plan.result(state).outcome == "error" and plan.result(state).answer is None
-    assert "RuntimeError: boom" in state.error and f"at {broken.point}" in state.error
+    assert "RuntimeError: boom" in state.error and f"at {broken.dim}" in state.error
     others = [s for _, s in plan.searches() if s is not state]
     assert all(plan.result(s).outcome != "error" for s in others)  # the others go on
     assert all(r.search != broken.search for r in plan.propose())  # nothing more for it

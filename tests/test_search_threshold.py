@@ -19,8 +19,8 @@ def step_oracle(answer: int) -> Oracle:
     """Noise-free: a point passes exactly when it is ≥ answer."""
 
     def run(probe: Probe) -> ProbeResult:
-        ok = probe.point >= answer
-        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+        ok = probe.dim >= answer
+        return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
     return run
 
@@ -33,11 +33,11 @@ def logistic_oracle(answer: int, steepness: float, noise_seed: int) -> Oracle:
     """
 
     def run(probe: Probe) -> ProbeResult:
-        p_pass = 1.0 / (1.0 + math.exp(-steepness * math.log(probe.point / answer)))
-        u = random.Random(f"{noise_seed}:{probe.point}:{probe.seed}").random()
+        p_pass = 1.0 / (1.0 + math.exp(-steepness * math.log(probe.dim / answer)))
+        u = random.Random(f"{noise_seed}:{probe.dim}:{probe.seed}").random()
         diverged = u > 0.98  # a few runs blow up; a nan metric is a fail
         metric = math.nan if diverged else p_pass + (u - 0.5) / 10
-        return ProbeResult(probe.point, probe.seed, metric, not diverged and u < p_pass)
+        return ProbeResult(probe.dim, probe.seed, metric, not diverged and u < p_pass)
 
     return run
 
@@ -87,7 +87,7 @@ def run_rounds(search: ThresholdSearch, oracle: Oracle, workers: int, n_rounds: 
 def all_results(search: ThresholdSearch) -> list[ProbeResult]:
     return [
         ProbeResult(
-            r["point"], r["seed"], math.nan if r["metric"] is None else r["metric"], r["passed"]
+            r["dim"], r["seed"], math.nan if r["metric"] is None else r["metric"], r["passed"]
         )
         for r in search.state_dict()["results"]
     ]
@@ -210,7 +210,7 @@ def test_searcher_reports_lo_passes_honestly(lo, widen_factor, max_widen, n_work
         lo=lo, hi=lo * 10, threshold=0.5, widen_factor=widen_factor, max_widen=max_widen
     )
     search = ThresholdSearch(search_settings)
-    proposed = [p.point for r in drive(search, step_oracle(1), n_workers) for p in r]
+    proposed = [p.dim for r in drive(search, step_oracle(1), n_workers) for p in r]
 
     result = search.result()
     assert (result.outcome, result.answer, result.interval, result.bracket) == (
@@ -243,7 +243,7 @@ def test_searcher_reports_hi_fails_honestly(lo, widen_factor, max_widen, headroo
             hard_hi=hard_hi,
         )
     )
-    proposed = [p.point for r in drive(search, step_oracle(10**12), n_workers) for p in r]
+    proposed = [p.dim for r in drive(search, step_oracle(10**12), n_workers) for p in r]
 
     result = search.result()
     assert (result.outcome, result.answer, result.interval, result.bracket) == (
@@ -273,12 +273,12 @@ def test_widening_up_stops_at_hard_hi():
     drive(search, step_oracle(240), workers=2)
 
     assert search.result().outcome == "found"
-    assert max(r["point"] for r in search.state_dict()["results"]) <= 250
+    assert max(r["dim"] for r in search.state_dict()["results"]) <= 250
 
     beyond = ThresholdSearch(SearchSettings(lo=10, hi=100, threshold=0.5, hard_hi=250))
     drive(beyond, step_oracle(260), workers=2)
     assert beyond.result().outcome == "not_bracketed_hi_fails"
-    assert max(r["point"] for r in beyond.state_dict()["results"]) == 250
+    assert max(r["dim"] for r in beyond.state_dict()["results"]) == 250
 
 
 def test_widening_down_stops_at_hard_lo():
@@ -287,7 +287,7 @@ def test_widening_down_stops_at_hard_lo():
     drive(search, step_oracle(1), workers=2)
 
     assert search.result().outcome == "not_bracketed_lo_passes"
-    assert min(r["point"] for r in search.state_dict()["results"]) == 6
+    assert min(r["dim"] for r in search.state_dict()["results"]) == 6
 
 
 @settings(max_examples=40, deadline=None)
@@ -353,8 +353,8 @@ def test_a_lucky_seed_is_reprobed_and_overturned():
 
     def lucky_seed_zero(probe: Probe) -> ProbeResult:
         """Seed 0 passes spuriously on [200, 400); the other seeds tell the truth."""
-        ok = probe.point >= answer or (probe.seed == 0 and probe.point >= 200)
-        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+        ok = probe.dim >= answer or (probe.seed == 0 and probe.dim >= 200)
+        return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
     search = ThresholdSearch(SearchSettings(lo=10, hi=10_000, threshold=0.5, max_probes=500))
     drive(search, lucky_seed_zero, workers=4)
@@ -364,8 +364,8 @@ def test_a_lucky_seed_is_reprobed_and_overturned():
     assert result.interval[0] <= answer <= result.interval[1]
     seeds_in_band: dict[int, set[int]] = {}
     for r in all_results(search):
-        if 200 <= r.point < answer:
-            seeds_in_band.setdefault(r.point, set()).add(r.seed)
+        if 200 <= r.dim < answer:
+            seeds_in_band.setdefault(r.dim, set()).add(r.seed)
     assert any({0, 1} <= seeds for seeds in seeds_in_band.values())
 
 
@@ -373,7 +373,7 @@ def test_propose_waits_for_the_whole_round():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
     oracle = step_oracle(100)
     first = search.propose(4)  # spread over (lo, hi) at once; its ends are not probed yet
-    assert len({p.point for p in first}) == 4 and all(1 < p.point < 1000 for p in first)
+    assert len({p.dim for p in first}) == 4 and all(1 < p.dim < 1000 for p in first)
     for probe in first[:-1]:
         search.record(oracle(probe))
         assert search.propose(4) == []
@@ -384,37 +384,37 @@ def test_propose_waits_for_the_whole_round():
 def test_probe_seeds_are_proposed_together_at_each_point():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5, probe_seeds=3))
     probes = search.propose(6)
-    points = sorted({p.point for p in probes})
+    points = sorted({p.dim for p in probes})
     assert len(points) == 2
-    assert sorted((p.point, p.seed) for p in probes) == [(q, s) for q in points for s in range(3)]
+    assert sorted((p.dim, p.seed) for p in probes) == [(q, s) for q in points for s in range(3)]
 
 
 def test_a_range_that_brackets_the_answer_never_pays_for_its_ends():
     search = ThresholdSearch(SearchSettings(lo=2, hi=1000, threshold=0.5, tolerance=0.1))
     drive(search, step_oracle(10), workers=2)
     assert search.result().answer == 10
-    assert not {r.point for r in all_results(search)} & {2, 1000}
+    assert not {r.dim for r in all_results(search)} & {2, 1000}
 
 
 @pytest.mark.parametrize(("answer", "end"), [(1, 1), (2000, 1000)])
 def test_an_end_is_probed_once_the_search_reaches_it(answer, end):
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5, max_widen=0))
     drive(search, step_oracle(answer), workers=2)
-    assert end in {r.point for r in all_results(search)}
+    assert end in {r.dim for r in all_results(search)}
     expected = "not_bracketed_lo_passes" if answer == 1 else "not_bracketed_hi_fails"
     assert search.result().outcome == expected
 
 
 def test_a_split_point_at_the_answer_gets_more_seeds():
     def split_at_ten(probe: Probe) -> ProbeResult:  # seed 1 at the answer is unlucky
-        ok = probe.point >= 10 and not (probe.point == 10 and probe.seed == 1)
-        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+        ok = probe.dim >= 10 and not (probe.dim == 10 and probe.seed == 1)
+        return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
     search = ThresholdSearch(SearchSettings(lo=2, hi=1000, threshold=0.5))
     drive(search, split_at_ten, workers=2)
     result = search.result()
     assert result.outcome == "found" and result.answer == 10
-    assert len([r for r in all_results(search) if r.point == 10]) >= 3
+    assert len([r for r in all_results(search) if r.dim == 10]) >= 3
 
 
 def test_the_issue_example_of_one_pass_below_three_fails_is_not_found():
@@ -434,8 +434,8 @@ def test_evidence_that_contradicts_monotonicity_is_never_found(passing, n_worker
     again: 3 of 3 passes below 9 of 9 fails are replayed first, the search adds its own."""
 
     def dip(probe: Probe) -> ProbeResult:
-        ok = probe.point <= passing or probe.point >= 16 * passing
-        return ProbeResult(probe.point, probe.seed, float(ok), ok)
+        ok = probe.dim <= passing or probe.dim >= 16 * passing
+        return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
     search = ThresholdSearch(SearchSettings(lo=2, hi=5000, threshold=0.5, max_probes=60))
     for seed in range(3):
@@ -471,7 +471,7 @@ def test_noisy_monotone_evidence_is_not_called_non_monotone():
 def test_state_dict_is_strict_json_even_with_diverged_runs():
     search = ThresholdSearch(SearchSettings(lo=1, hi=1000, threshold=0.5))
     first, _ = search.propose(2)
-    search.record(ProbeResult(first.point, first.seed, math.nan, False))
+    search.record(ProbeResult(first.dim, first.seed, math.nan, False))
 
     state = json.loads(json.dumps(search.state_dict(), allow_nan=False))
     restored = ThresholdSearch.from_state_dict(state)
@@ -481,22 +481,15 @@ def test_state_dict_is_strict_json_even_with_diverged_runs():
     assert restored.propose(2) == []
 
 
-def test_a_state_saved_by_the_k_section_searcher_resumes_as_a_replay():
+def test_a_state_of_another_format_is_refused():
     old = {
-        "format": 1,
+        "format": 2,
         "settings": {"lo": 2, "hi": 1000, "threshold": 0.5, "boundary_seeds": 3},
-        "results": [
-            {"point": 63, "seed": 0, "metric": 1.0, "passed": True},
-            {"point": 16, "seed": 0, "metric": None, "passed": False},
-        ],
+        "results": [{"point": 63, "seed": 0, "metric": 1.0, "passed": True}],
         "pending": [[251, 0]],
     }
-    search = ThresholdSearch.from_state_dict(old)
-
-    assert search.status().probes_done == 2 and search.status().probes_pending == 0
-    assert search.state_dict()["format"] == 2
-    with pytest.raises(ValueError, match="format 7"):
-        ThresholdSearch.from_state_dict({**old, "format": 7})
+    with pytest.raises(ValueError, match="format 2; this sweeper reads format 3"):
+        ThresholdSearch.from_state_dict(old)
 
 
 def test_record_accepts_an_identical_replay_and_rejects_a_conflicting_one():

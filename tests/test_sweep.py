@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.engine.driver import run_job
 from sweeper.spec import parse_spec
+from sweeper.tracking import schema as S
 
 pytestmark = pytest.mark.slow
 
@@ -49,17 +50,19 @@ def test_toy_sums_answers_are_exact(toy_run):
 
 def test_mlflow_holds_one_parent_per_search_and_one_child_per_probe(toy_run):
     _, summary = toy_run
-    parents = runs(summary.tracking_uri, "tags.kind = 'search'")
-    assert sorted(p.data.tags["method"] for p in parents) == ["did", "said"]
+    parents = runs(summary.tracking_uri, S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
+    assert sorted(p.data.tags[S.TAG_METHOD] for p in parents) == ["did", "said"]
     for parent in parents:
         data = parent.data
-        assert parent.info.status == "FINISHED" and data.tags["status"] == "found"
-        assert data.metrics["d90"] in (GROUPS, GROUPS + 1)
-        assert data.metrics["perf_full"] == 1.0 and data.metrics["threshold"] == 0.9
-        assert {"d90_lo", "d90_hi", "probes"} <= set(data.metrics)
-        children = runs(summary.tracking_uri, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        assert len(children) == data.metrics["probes"]
-        keys = [c.data.tags["config_hash"] for c in children]
+        assert parent.info.status == "FINISHED" and data.tags[S.TAG_STATUS] == "found"
+        assert data.metrics[S.answer_metric("d")] in (GROUPS, GROUPS + 1)
+        assert data.metrics[S.METRIC_PERF_FULL] == 1.0 and data.metrics[S.METRIC_THRESHOLD] == 0.9
+        assert {*S.interval_metrics("d"), S.METRIC_PROBES} <= set(data.metrics)
+        children = runs(
+            summary.tracking_uri, f"tags.`{S.TAG_PARENT_RUN_ID}` = '{parent.info.run_id}'"
+        )
+        assert len(children) == data.metrics[S.METRIC_PROBES]
+        keys = [c.data.tags[S.TAG_CONFIG_HASH] for c in children]
         assert len(set(keys)) == len(keys)  # every probe exactly once
         for child in children:
             params = child.data.params
@@ -74,20 +77,25 @@ def test_mlflow_holds_one_parent_per_search_and_one_child_per_probe(toy_run):
                 "D",
                 "trainable_params",
             } <= set(params)
-            assert child.data.tags["outcome"] in ("pass", "fail", "diverged")
+            assert child.data.tags[S.TAG_OUTCOME] in ("pass", "fail", "diverged")
             assert "eval/solved" in child.data.metrics and "train/loss" in child.data.metrics
-            assert child.data.tags["job_id"] == summary.job_id
+            assert child.data.tags[S.TAG_JOB_ID] == summary.job_id
 
 
 def test_probe_table_and_smallest_passing_theta_d_are_artifacts(toy_run, tmp_path):
     _, summary = toy_run
     client = MlflowClient(summary.tracking_uri)
-    parent = runs(summary.tracking_uri, "tags.kind = 'search' and tags.method = 'did'")[0]
-    table = pq.read_table(client.download_artifacts(parent.info.run_id, "probes.parquet", tmp_path))
+    parent = runs(
+        summary.tracking_uri,
+        f"{S.tag_is(S.TAG_KIND, S.KIND_SEARCH)} and {S.tag_is(S.TAG_METHOD, 'did')}",
+    )[0]
+    table = pq.read_table(
+        client.download_artifacts(parent.info.run_id, S.ARTIFACT_PROBE_TABLE, tmp_path)
+    )
     rows = table.to_pylist()
-    assert len(rows) == parent.data.metrics["probes"]
-    assert min(r["point"] for r in rows if r["passed"]) == GROUPS
-    compressed = client.download_artifacts(parent.info.run_id, "compressed", tmp_path)
+    assert len(rows) == parent.data.metrics[S.METRIC_PROBES]
+    assert min(r["dim"] for r in rows if r["passed"]) == GROUPS
+    compressed = client.download_artifacts(parent.info.run_id, S.ARTIFACT_COMPRESSED, tmp_path)
     from sweeper.training.compressed import restore
 
     problem, model = restore(Path(compressed) / "theta_d.safetensors")
@@ -101,8 +109,8 @@ def test_second_job_reuses_the_cached_baseline(toy_run):
     job = toy_job(spec.run_dir, name="toy-again", methods=("did",))
     job["tracking"]["uri"] = first.tracking_uri
     summary = run_job(parse_spec(job))
-    baseline = runs(first.tracking_uri, "tags.kind = 'baseline'")
-    assert any(b.data.tags.get("reused") == "true" for b in baseline)
+    baseline = runs(first.tracking_uri, S.tag_is(S.TAG_KIND, S.KIND_BASELINE))
+    assert any(b.data.tags.get(S.TAG_REUSED) == "true" for b in baseline)
     assert summary.trials_run == summary.searches[0].probes  # probes only: no baseline trial
     assert summary.searches[0].answer == GROUPS
 

@@ -124,7 +124,7 @@ def curve(search: SearchRun, ui_base: str, baselines: dict) -> dict[str, Any]:
         "probes": [
             {
                 "run_id": p.run_id,
-                "x": p.point,
+                "dim": p.dim,
                 "y": p.metric,
                 "seed": p.seed,
                 "outcome": p.outcome,
@@ -134,7 +134,7 @@ def curve(search: SearchRun, ui_base: str, baselines: dict) -> dict[str, Any]:
                 "url": run_url(ui_base, search.experiment_id, p.run_id),
             }
             for p in search.probes
-            if p.point is not None
+            if p.dim is not None
         ],
     }
 
@@ -272,7 +272,7 @@ def running_searches(
     for s in searches:
         if not s.running:
             continue
-        passing = [p.point for p in s.probes if p.passed and p.point is not None]
+        passing = [p.dim for p in s.probes if p.passed and p.dim is not None]
         ends = [p.end_time for p in s.probes if p.end_time]
         rows.append(
             {

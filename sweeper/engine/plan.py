@@ -30,7 +30,7 @@ BuildProblem = Callable[[str, str, dict], Problem]  # (task, model, options) →
 
 
 def family(config: dict[str, Any]) -> str:
-    """Hash of a trial config less its point and seed: one search, or one baseline."""
+    """Hash of a trial config less its dim and seed: one search, or one baseline."""
     return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})
 
 
@@ -41,7 +41,7 @@ class Request:
     kind: str  # "baseline" | "probe"
     search: str  # "model/task/method"
     seed: int
-    point: int | None
+    dim: int | None
     config: dict[str, Any]
 
     @property
@@ -50,7 +50,7 @@ class Request:
         return digest(self.config)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "search", "seed", "point", "config")}
+        return {k: getattr(self, k) for k in ("kind", "search", "seed", "dim", "config")}
 
 
 @dataclass
@@ -67,7 +67,7 @@ class SearchState:
     model: str
     task: TaskRef
     method: str
-    base_config: ProbeConfig  # the probe config without point, seed, threshold
+    base_config: ProbeConfig  # the probe config without dim, seed, threshold
     search: ThresholdSearch | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
@@ -143,7 +143,7 @@ class PairState:
 
 
 def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> ProbeConfig:
-    """The config every probe of (model, task, method) shares: no threshold, point or seed."""
+    """The config every probe of (model, task, method) shares: no threshold, dim or seed."""
     train = spec.train_for(method).model_dump(exclude_none=True)
     lr_search = train.pop("lr_search", None)
     searched = methods.get(method).searched
@@ -168,7 +168,7 @@ def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Probe
 
 
 def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
-    """`probe_config`'s JSON less its point and seed: what `family` hashes."""
+    """`probe_config`'s JSON less its dim and seed: what `family` hashes."""
     config = probe_config(spec, model, task, method).to_json()
     return {k: v for k, v in config.items() if k not in ("dim", "seed")}
 
@@ -235,14 +235,14 @@ class JobPlan:
                     continue
                 probes, state.backlog = state.backlog or state.search.propose(self.workers), []
                 for probe in probes:
-                    state.in_flight.add((probe.point, probe.seed))
+                    state.in_flight.add((probe.dim, probe.seed))
                     config = replace(
                         state.base_config,
                         threshold=state.search.settings.threshold,
-                        dim=probe.point,
+                        dim=probe.dim,
                         seed=probe.seed,
                     ).to_json()
-                    out.append(Request("probe", state.key, probe.seed, probe.point, config))
+                    out.append(Request("probe", state.key, probe.seed, probe.dim, config))
         return out
 
     def record(self, request: Request, result: dict[str, Any]) -> dict[str, Any]:
@@ -261,12 +261,12 @@ class JobPlan:
             self.start_searches(pair)
             return row
         state = self.search_of(request)
-        state.in_flight.discard((request.point, request.seed))
+        state.in_flight.discard((request.dim, request.seed))
         state.records.append(row)
         if failure is not None:  # never a fail: the probe measured nothing
             state.error = state.error or failure
             return row
-        state.search.record(ProbeResult(request.point, request.seed, row["metric"], row["passed"]))
+        state.search.record(ProbeResult(request.dim, request.seed, row["metric"], row["passed"]))
         return row
 
     def start_searches(self, pair: PairState) -> None:
@@ -310,17 +310,17 @@ class JobPlan:
         backlog, run next: the search then continues exactly as if never interrupted, where
         handing it the finished ones at once would let it plan a different round. Stored
         probes the search never proposes (another path, another worker count) are not used."""
-        known = {(r["point"], r["seed"]): r for r in records}
+        known = {(r["dim"], r["seed"]): r for r in records}
         while known:
             probes = state.search.propose(self.workers)
             if not probes:
                 return
-            state.backlog = [p for p in probes if (p.point, p.seed) not in known]
+            state.backlog = [p for p in probes if (p.dim, p.seed) not in known]
             for probe in probes:
-                record = known.pop((probe.point, probe.seed), None)
+                record = known.pop((probe.dim, probe.seed), None)
                 if record is not None:
                     metric, passed = record["metric"], record["passed"]
-                    state.search.record(ProbeResult(probe.point, probe.seed, metric, passed))
+                    state.search.record(ProbeResult(probe.dim, probe.seed, metric, passed))
                     state.records.append({**record, "reused": True})
             if state.backlog:
                 return
@@ -364,13 +364,13 @@ def baseline_score(outcome: str, metric: float) -> float:
 
 
 def _where(request: Request) -> str:
-    point = "" if request.point is None else f"at {request.point} "
-    return f"{point}(seed {request.seed})"
+    at = "" if request.dim is None else f"at {request.dim} "
+    return f"{at}(seed {request.seed})"
 
 
 def _record(request: Request, result: dict[str, Any], reused: bool) -> dict[str, Any]:
     return {
-        "point": request.point,
+        "dim": request.dim,
         "seed": request.seed,
         "metric": float(result.get("metric", math.nan)),
         "passed": bool(result.get("passed", False)),

@@ -17,7 +17,7 @@ from sweeper.engine.plan import JobPlan, Request
 
 def trial_line(request: Request, result: dict[str, Any], elapsed: float, finished: int) -> str:
     """One finished trial: what ran, its outcome, score, time or error, and the count so far."""
-    what = request.search if request.point is None else f"{request.search} at {request.point}"
+    what = request.search if request.dim is None else f"{request.search} at {request.dim}"
     metric = result.get("metric")
     score = f"{result.get('metric_name', 'metric')} {metric:.4g}" if _is_number(metric) else ""
     took = f"{result['seconds']:.0f}s" if _is_number(result.get("seconds")) else ""

@@ -102,7 +102,7 @@ class PlanSearcher(Searcher):
         lost = self.lost[request.key] = self.lost.get(request.key, 0) + 1
         if lost > LOST_REQUEUES:
             self.failure = self.failure or TrialLost(
-                f"{request.search} at {request.point} (seed {request.seed}) was lost with its "
+                f"{request.search} at {request.dim} (seed {request.seed}) was lost with its "
                 f"worker or node {lost} times (each after Tune's own retries); the job stopped, "
                 "`sweeper resume` runs it again"
             )

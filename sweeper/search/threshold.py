@@ -4,7 +4,7 @@ A pure state machine (DESIGN.md §4) wrapped by a thin Ray Tune ``Searcher``: ``
 hands out probes, ``record`` takes their results.  One model (``estimate.CrossingModel``: a
 posterior over where pass probability crosses 1/2) decides both where to probe next and the
 answer with its 90 % interval.  Every decision is a function of the *set* of recorded results
-keyed by (point, seed), and rounds are separated by a barrier, so
+keyed by (dim, seed), and rounds are separated by a barrier, so
 
 * the search does not depend on the order in which trials finish, and
 * replaying finished probes into a fresh searcher after a crash (in any order) rebuilds the
@@ -33,7 +33,7 @@ Outcome = Literal[
     "error",  # set by the plan, never by the search: a probe raised, so there is no verdict
 ]
 
-_STATE_FORMAT = 2  # 2: the posterior searcher (1: k-section + isotonic bootstrap)
+_STATE_FORMAT = 3  # 3: results keyed by dim (2: by point; 1: the k-section searcher)
 MONOTONE_ALPHA = 0.05
 """Evidence is called non-monotone when a monotone pass-rate curve explains it this badly
 (``estimate.monotone_p_value`` below this): a noisy but monotone metric is flagged in about
@@ -59,7 +59,7 @@ class SearchSettings:
     """Seeds whose majority decides each end of the final bracket (to catch a lucky or unlucky
     seed); added one per round, so they stop as soon as that majority is settled."""
     max_probes: int = 50
-    """Budget: total (point, seed) trials, replayed ones included."""
+    """Budget: total (dim, seed) trials, replayed ones included."""
     widen_factor: int = 4
     """When bracketing fails, divide lo (or multiply hi) by this factor..."""
     max_widen: int = 2
@@ -96,9 +96,9 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Probe:
-    """One requested trial: train at ``point`` (d or r) with ``seed``."""
+    """One requested trial: train at ``dim`` (d or r) with ``seed``."""
 
-    point: int
+    dim: int
     seed: int
 
 
@@ -107,7 +107,7 @@ class ProbeResult:
     """One finished trial.  ``passed`` is the caller's verdict (metric ≥ threshold; a nan
     metric — a diverged run — is a fail) and is trusted as given."""
 
-    point: int
+    dim: int
     seed: int
     metric: float
     passed: bool
@@ -197,14 +197,14 @@ class ThresholdSearch:
         if assessment.outcome is not None or room <= 0:
             return []
         probes = self._round(assessment.posterior, room)
-        self._pending.update((p.point, p.seed) for p in probes)
+        self._pending.update((p.dim, p.seed) for p in probes)
         return probes
 
     def record(self, result: ProbeResult) -> None:
         """Take a finished probe, proposed by this searcher or replayed from a store."""
-        if result.point < 1 or result.seed < 0:
-            raise ValueError(f"{result}: point must be ≥ 1 and seed ≥ 0")
-        key = (result.point, result.seed)
+        if result.dim < 1 or result.seed < 0:
+            raise ValueError(f"{result}: dim must be ≥ 1 and seed ≥ 0")
+        key = (result.dim, result.seed)
         known = self._results.get(key)
         if known is not None and not _same_outcome(known, result):
             raise ValueError(f"conflicting results for probe {key}: {known} then {result}")
@@ -260,7 +260,7 @@ class ThresholdSearch:
             "settings": asdict(self.settings),
             "results": [
                 {
-                    "point": r.point,
+                    "dim": r.dim,
                     "seed": r.seed,
                     "metric": r.metric if math.isfinite(r.metric) else None,
                     "passed": bool(r.passed),
@@ -272,20 +272,18 @@ class ThresholdSearch:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ThresholdSearch:
-        """Format 1 (the k-section searcher) holds the same finished results and settings, so
-        a job saved by it resumes here as a crash replay would: its probes count, its decisions
-        are this searcher's; only its pending probes are dropped (they are re-proposed)."""
-        if state.get("format") not in (1, _STATE_FORMAT):
+        """Only this format is read: a state is an in-memory snapshot (no store keeps one; a
+        job resumes by replaying its probes from MLflow)."""
+        if state.get("format") != _STATE_FORMAT:
             raise ValueError(
                 f"unknown searcher state format {state.get('format')!r}; "
-                f"this sweeper reads formats 1 and {_STATE_FORMAT}"
+                f"this sweeper reads format {_STATE_FORMAT}"
             )
         search = cls(SearchSettings(**state["settings"]))
         for r in state["results"]:
             metric = math.nan if r["metric"] is None else float(r["metric"])
-            search.record(ProbeResult(r["point"], r["seed"], metric, r["passed"]))
-        if state["format"] == _STATE_FORMAT:
-            search._pending = {(point, seed) for point, seed in state["pending"]}
+            search.record(ProbeResult(r["dim"], r["seed"], metric, r["passed"]))
+        search._pending = {(dim, seed) for dim, seed in state["pending"]}
         return search
 
     def _finished(self, assessment: _Assessment) -> bool:

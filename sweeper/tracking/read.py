@@ -53,7 +53,7 @@ def load_cache(client: MlflowClient, experiment_id: str) -> Cache:
         row = ProbeRow.from_run(run)
         cache.probes.setdefault(run.data.tags[S.TAG_SEARCH_HASH], []).append(
             {
-                "point": row.point,
+                "dim": row.dim,
                 "seed": row.seed,
                 "metric": math.nan if row.metric is None else row.metric,
                 "passed": row.passed,
@@ -234,7 +234,7 @@ def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
         status = "no_verdict" if run.info.status == "FINISHED" else "interrupted"
     lo_name, hi_name = S.interval_metrics(dim)
     lo, hi = _point(metrics.get(lo_name)), _point(metrics.get(hi_name))
-    probes.sort(key=lambda p: (p.point or 0, p.seed or 0))
+    probes.sort(key=lambda p: (p.dim or 0, p.seed or 0))
     bracket = None if running else _bracket_tag(tags.get(S.TAG_BRACKET))
     return SearchRun(
         experiment=experiment,
@@ -278,8 +278,8 @@ def _bracket_tag(text: str | None) -> tuple[int, int] | None:
 
 def bracket_so_far(probes: Iterable[ProbeRow]) -> tuple[int, int] | None:
     """The (fail, pass) bracket that the searcher's own majority vote gives these probes."""
-    usable = [p for p in probes if p.point is not None and p.point >= 1 and p.seed is not None]
-    points = sorted({p.point for p in usable})
+    usable = [p for p in probes if p.dim is not None and p.dim >= 1 and p.seed is not None]
+    points = sorted({p.dim for p in usable})
     if len(points) < 2:
         return None
     # Replaying into the real searcher keeps its verdict rule (majority of seeds) in one place;
@@ -287,7 +287,7 @@ def bracket_so_far(probes: Iterable[ProbeRow]) -> tuple[int, int] | None:
     search = ThresholdSearch(SearchSettings(lo=points[0], hi=points[-1], threshold=0.0))
     for p in usable:
         try:
-            search.record(ProbeResult(p.point, p.seed, p.metric or math.nan, p.passed))
+            search.record(ProbeResult(p.dim, p.seed, p.metric or math.nan, p.passed))
         except ValueError:  # the same (point, seed) twice with different results: keep the first
             continue
     return search.status().bracket

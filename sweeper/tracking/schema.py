@@ -75,7 +75,8 @@ TAG_CONFIG_HASH = "config_hash"  # a trial: the hash of the config it ran
 TAG_SEARCH = "search"  # a trial: the key of its search or baseline
 TAG_OUTCOME = "outcome"  # pass | fail | diverged | stopped | error
 TAG_PASSED = "passed"  # "true" | "false"
-TAG_POINT = "point"  # the d or r probed ("None" for a baseline seed)
+TAG_DIM = "dim"  # the d or r probed ("None" for a baseline seed)
+LEGACY_TAG_DIM = "point"  # TAG_DIM in stores written before it was renamed: read, never written
 TAG_WRITE_ID = "write_id"  # one write of a trial, so a retried write finds the first
 TAG_ERROR = "error"
 TAG_TRACEBACK = "traceback"
@@ -96,7 +97,7 @@ KIND_PROBE = "probe"
 KIND_BASELINE_SEED = "baseline_seed"
 
 # --- trial params --------------------------------------------------------------------------
-# A probe also logs its point under its dimension's name (d or r) as a param.
+# A probe also logs its dim under its dimension's name (d or r) as a param.
 
 PARAM_METHOD = "method"
 PARAM_MODEL = "model"
@@ -163,7 +164,7 @@ ARTIFACT_COMPRESSED = "compressed"  # folder: a passing probe's θ_d (and the pa
 ARTIFACT_THETA_D = "theta_d.safetensors"
 ARTIFACT_PROBE_TABLE = "probes.parquet"  # a search parent's probes, one row each
 PROBE_TABLE_COLUMNS = (
-    "point",
+    "dim",
     "seed",
     "metric",
     "passed",
@@ -193,10 +194,10 @@ def tag_is(name: str, value: str) -> str:
 @dataclass(frozen=True)
 class ProbeRow:
     """A finished trial as its child run holds it: a probe (kind=probe) or a baseline seed
-    (point None). The writer logs `to_tags` / `to_params` / `to_metrics`; every reader parses
+    (dim None). The writer logs `to_tags` / `to_params` / `to_metrics`; every reader parses
     a run with `from_run`, which reads what is missing or not finite as None."""
 
-    point: int | None  # d or r
+    dim: int | None  # d or r
     seed: int | None
     outcome: str  # pass | fail | diverged | stopped | error (or what the tag says)
     passed: bool
@@ -213,19 +214,19 @@ class ProbeRow:
         return {
             TAG_OUTCOME: self.outcome,
             TAG_PASSED: str(self.passed).lower(),
-            TAG_POINT: str(self.point),
+            TAG_DIM: str(self.dim),
         }
 
     def to_params(self, dim_name: str) -> dict[str, Any]:
-        """Params to log (None values are not logged); the point under its dim's name."""
+        """Params to log (None values are not logged); the dim under its name (d or r)."""
         params = {
             PARAM_SEED: self.seed,
             PARAM_LR: self.lr,
             PARAM_D: self.D,
             PARAM_TRAINABLE_PARAMS: self.trainable_params,
         }
-        if self.point is not None:
-            params[dim_name] = self.point
+        if self.dim is not None:
+            params[dim_name] = self.dim
         return params
 
     def to_metrics(self) -> dict[str, Any]:
@@ -234,15 +235,15 @@ class ProbeRow:
 
     @classmethod
     def from_run(cls, run: Run, dim_name: str | None = None) -> ProbeRow:
-        """The row of a child run; `dim_name` given, its point is the d (or r) param, as a
-        probe logs it, else the `point` tag."""
+        """The row of a child run; `dim_name` given, its dim is the d (or r) param, as a
+        probe logs it, else the `dim` tag."""
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        point = tags.get(TAG_POINT)
+        dim = tags.get(TAG_DIM, tags.get(LEGACY_TAG_DIM))
         if dim_name is not None:
-            point = params.get(dim_name, point)
+            dim = params.get(dim_name, dim)
         outcome = tags.get(TAG_OUTCOME) or ("error" if run.info.status == "FAILED" else "unknown")
         return cls(
-            point=as_int(point),
+            dim=as_int(dim),
             seed=as_int(params.get(PARAM_SEED)),
             outcome=outcome,
             passed=tags.get(TAG_PASSED) == "true",

@@ -205,10 +205,10 @@ class Tracker:
         dim_name = methods.dim_name(config["method"])
         kind = S.KIND_PROBE if request.kind == "probe" else S.KIND_BASELINE_SEED
         run_name = f"{config['method']} seed={request.seed}"
-        if request.point is not None:
-            run_name = f"{config['method']} {dim_name}={request.point} seed={request.seed}"
+        if request.dim is not None:
+            run_name = f"{config['method']} {dim_name}={request.dim} seed={request.seed}"
         row = S.ProbeRow(
-            point=request.point,
+            dim=request.dim,
             seed=request.seed,
             outcome=result.get("outcome", "error"),
             passed=bool(result.get("passed")),
@@ -388,7 +388,7 @@ class Tracker:
         passing = [r for r in records if r["passed"] and r.get("run_id")]
         if not passing:
             return
-        best = min(passing, key=lambda r: (r["point"], r["seed"]))
+        best = min(passing, key=lambda r: (r["dim"], r["seed"]))
         with tempfile.TemporaryDirectory() as tmp:
             # The listing comes from the store: MLflow releases before mid-2026 joined its paths
             # unchecked, so a `../` there could write outside tmp. Refuse it (the job stops).
