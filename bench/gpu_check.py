@@ -54,17 +54,20 @@ def e2e(run_dir: Path, out: Path) -> int:
     """Every probe finished, and trained with the fused kernel (its `kernel` tag)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
+    from sweeper import methods
+    from sweeper.tracking import schema as S
+
+    client = MlflowClient(f"sqlite:///{S.default_store(run_dir.resolve())}")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, "tags.kind = 'probe'")
+    runs = client.search_runs(experiments, S.tag_is(S.TAG_KIND, S.KIND_PROBE))
     probes = [
         {
-            "d": run.data.params.get("d"),
+            "d": run.data.params.get(methods.dim_name("did")),
             "status": run.info.status,
-            "outcome": run.data.tags.get("outcome"),
-            "metric": run.data.metrics.get("metric"),
-            "kernel": run.data.tags.get("kernel"),
-            "kernel_reason": run.data.tags.get("kernel_reason"),
+            "outcome": run.data.tags.get(S.TAG_OUTCOME),
+            "metric": run.data.metrics.get(S.METRIC_METRIC),
+            "kernel": run.data.tags.get(S.TAG_KERNEL),
+            "kernel_reason": run.data.tags.get(S.TAG_KERNEL_REASON),
         }
         for run in runs
     ]

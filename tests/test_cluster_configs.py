@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sweeper.errors import SpecError
 from sweeper.paths import confined
 from sweeper.spec import JobSpec, parse_spec
+from sweeper.tracking import schema as S
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -412,6 +413,8 @@ def test_mlflow_refuses_an_artifact_listing_that_leaves_the_download_folder(tmp_
     destination = tmp_path / "a" / "b"
     destination.mkdir(parents=True)
     with pytest.raises(MlflowException):
-        HostileStore("hostile:/artifacts").download_artifacts("compressed", str(destination))
+        HostileStore("hostile:/artifacts").download_artifacts(
+            S.ARTIFACT_COMPRESSED, str(destination)
+        )
     outside = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert outside == []

@@ -31,6 +31,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster.local_cluster import LocalCluster, Ports
 from sweeper.cli import main
+from sweeper.tracking import schema as S
 from sweeper.tracking.read import all_runs
 
 pytestmark = pytest.mark.slow
@@ -120,7 +121,7 @@ def probe_runs(uri: str, experiment: str, finished_only: bool = False) -> list:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    where = "tags.kind = 'probe'"
+    where = S.tag_is(S.TAG_KIND, S.KIND_PROBE)
     if finished_only:
         where += " and attributes.status = 'FINISHED'"
     return all_runs(client, [exp.experiment_id], where)
@@ -139,13 +140,12 @@ def finished_probes(uri: str, experiment: str) -> list:
 def answers(uri: str, experiment: str) -> dict[str, tuple]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    parents = all_runs(client, [exp.experiment_id], "tags.kind = 'search'")
+    parents = all_runs(client, [exp.experiment_id], S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
     return {
-        p.data.tags["method"]: (
-            p.data.tags.get("status"),
-            p.data.metrics.get("d90"),
-            p.data.metrics.get("d90_lo"),
-            p.data.metrics.get("d90_hi"),
+        p.data.tags[S.TAG_METHOD]: (
+            p.data.tags.get(S.TAG_STATUS),
+            p.data.metrics.get(S.answer_metric("d")),
+            *(p.data.metrics.get(m) for m in S.interval_metrics("d")),
         )
         for p in parents
     }
@@ -153,7 +153,8 @@ def answers(uri: str, experiment: str) -> dict[str, tuple]:
 
 def outcomes(runs: list) -> dict[str, tuple]:
     return {
-        r.data.tags["config_hash"]: (r.data.tags["passed"], r.data.tags["outcome"]) for r in runs
+        r.data.tags[S.TAG_CONFIG_HASH]: (r.data.tags[S.TAG_PASSED], r.data.tags[S.TAG_OUTCOME])
+        for r in runs
     }
 
 
@@ -381,7 +382,7 @@ def test_a_worker_node_lost_mid_search_changes_nothing(
     assert on_node <= dead  # the job did lose its trial(s) on that node
 
     runs = probe_runs(tracking_uri, "toy-node-loss")
-    per_probe = Counter(r.data.tags["config_hash"] for r in runs)
+    per_probe = Counter(r.data.tags[S.TAG_CONFIG_HASH] for r in runs)
     assert set(per_probe.values()) == {1}, "a probe was recorded twice"
     assert all(r.info.status == "FINISHED" for r in runs), "a lost trial counted as a probe"
     assert answers(tracking_uri, "toy-node-loss") == answers(tracking_uri, "toy-calm")
@@ -410,7 +411,9 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_probe(
     )
     os.kill(pid, signal.SIGKILL)
     assert wait_job(client, job_id, timeout=120) == JobStatus.FAILED
-    before = {r.data.tags["config_hash"] for r in finished_probes(tracking_uri, "toy-driver-kill")}
+    before = {
+        r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(tracking_uri, "toy-driver-kill")
+    }
     assert len(before) >= PROBES_BEFORE_FAULT
 
     code, out, err = sweeper("resume", job_id, "--address", cluster.dashboard_url)
@@ -421,7 +424,9 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_probe(
     assert "will not run again" in client.get_job_logs(resumed)
     assert client.get_job_info(resumed).metadata["sweeper.resumes"] == job_id
 
-    after = [r.data.tags["config_hash"] for r in finished_probes(tracking_uri, "toy-driver-kill")]
+    after = [
+        r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(tracking_uri, "toy-driver-kill")
+    ]
     assert len(after) == len(set(after)), "a finished probe ran again"
     assert before <= set(after)
     assert not [
@@ -451,6 +456,6 @@ def test_stop_ends_the_job_and_leaves_no_run_open(
     exp = runs.get_experiment_by_name("toy-stop")
     every = all_runs(runs, [exp.experiment_id], "")
     assert every and not [r for r in every if r.info.status == "RUNNING"]
-    parents = [r for r in every if r.data.tags.get("kind") == "search"]
+    parents = [r for r in every if r.data.tags.get(S.TAG_KIND) == "search"]
     assert [p.info.status for p in parents] == ["KILLED"]
     assert len(finished_probes(tracking_uri, "toy-stop")) >= PROBES_BEFORE_FAULT

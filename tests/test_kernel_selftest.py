@@ -18,6 +18,7 @@ from sweeper.engine.probe import run_probe
 from sweeper.errors import SpecError
 from sweeper.projection import fastfood, selftest
 from sweeper.spec import parse_spec
+from sweeper.tracking import schema as S
 from sweeper.tracking.write import Tracker
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
@@ -181,8 +182,8 @@ def test_a_probe_that_fell_back_is_tagged_in_mlflow_with_the_kernel_and_the_reas
     request = Request("probe", f"{model}/{task.name}/said", 0, 12, config)
     run_id = tracker.log_trial(parent, request, result)
     tags = MlflowClient(tracker.client.tracking_uri).get_run(run_id).data.tags
-    assert tags["kernel"] == "reference"
-    assert tags["kernel_reason"] == result["kernel_reason"]
+    assert tags[S.TAG_KERNEL] == "reference"
+    assert tags[S.TAG_KERNEL_REASON] == result["kernel_reason"]
 
 
 ON_GPU = torch.cuda.is_available()

@@ -11,6 +11,7 @@ from text_helpers import HIDDEN, save_tiny_model, write_hub_layout
 
 from sweeper import methods
 from sweeper.tasks import TrainSettings, build_problem
+from sweeper.tracking import schema as S
 from sweeper.training.compressed import restore, save_compressed
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 from sweeper.training.train import TrialSpec, check_trial, run_trial, wrap
@@ -252,6 +253,6 @@ def test_a_text_job_runs_end_to_end_through_ray_and_mlflow(models, options, tmp_
     assert all(s.error is None for s in summary.searches), summary.searches[0].error
     client = MlflowClient(summary.tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    probes = client.search_runs(experiments, "tags.kind = 'probe'")
-    assert probes and all(r.data.tags["outcome"] != "error" for r in probes)
-    assert {r.data.params["task"] for r in probes} == {"glue/mrpc"}
+    probes = client.search_runs(experiments, S.tag_is(S.TAG_KIND, S.KIND_PROBE))
+    assert probes and all(r.data.tags[S.TAG_OUTCOME] != "error" for r in probes)
+    assert {r.data.params[S.PARAM_TASK] for r in probes} == {"glue/mrpc"}
