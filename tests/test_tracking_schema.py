@@ -124,7 +124,14 @@ def test_a_probe_row_reads_back_as_written():
         lr=0.001, D=110_000, trainable_params=64, run_id="abc", end_time=1_700_000_000_000,
     )  # fmt: skip
     assert S.ProbeRow.from_run(fake_run(row, "d"), "d") == row
-    assert S.ProbeRow.from_run(fake_run(row, "r")) == row  # from the point tag alone
+    assert S.ProbeRow.from_run(fake_run(row, "r")) == row  # from the dim tag alone
+
+
+def test_a_store_written_before_the_rename_still_reads_its_dim():
+    row = S.ProbeRow(dim=64, seed=1, outcome="pass", passed=True, run_id="abc")
+    run = fake_run(row, "d")
+    run.data.tags[S.LEGACY_TAG_DIM] = run.data.tags.pop(S.TAG_DIM)
+    assert S.ProbeRow.from_run(run).dim == 64
 
 
 def test_a_baseline_seed_has_no_dim_and_a_missing_metric_reads_as_none():
