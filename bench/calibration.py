@@ -22,6 +22,14 @@ settings were never looked at before they were fixed here: two other links (`pro
 0.3, 2 and 6 workers, with and without divergence, and fresh draws (truths and probe results
 keyed by a different salt).  Output: bench/results/calibration_holdout.{json,txt}.
 
+`--seed-effect`: probes that share a seed share its luck.  Each seed s gets a shift δ_s ~
+N(0, 0.15²) in log d, the same at every d (its initialisation and data order are the same), so
+a probe at d passes with probability F((log d − log truth − δ_s) / width); the population's
+crossing is still the truth (logistic link, symmetric δ).  bench/seed_effect.py measured such
+an effect on digits.  A searcher that gives the first probe at every d the same seed reads one
+seed's luck as evidence about d; one that gives every probe its own seed does not.  Logistic
+link, the three widths, 1, 4 and 8 workers.  Output: bench/results/calibration_seed_effect.*.
+
 The true d90 is the smallest integer d whose pass probability is ≥ 1/2.  A probe's result is
 drawn from a generator keyed by (run, point, seed), so it does not depend on when it is asked.
 
@@ -85,6 +93,7 @@ LINKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gumbel": _gumbel,
 }
 HOLDOUT = {"links": ("probit", "gumbel"), "widths": (0.1, 0.3), "workers": (2, 6), "salt": 1}
+SEED_SD = 0.15  # --seed-effect: the spread of a seed's shift, in log d
 
 
 def _standardised(link: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
@@ -99,15 +108,27 @@ class Oracle:
     """Pass probability against d; results keyed by (run, point, seed)."""
 
     def __init__(
-        self, link: str, width: float, truth: float, divergence: bool, run: int, salt: int = 0
+        self,
+        link: str,
+        width: float,
+        truth: float,
+        divergence: bool,
+        run: int,
+        salt: int = 0,
+        seed_sd: float = 0.0,
     ):
         self.f = _standardised(LINKS[link])
         self.width, self.truth, self.divergence, self.run = width, truth, divergence, run
         self.key = f"{run}" if not salt else f"salt{salt}:{run}"
+        self.seed_sd = seed_sd
 
-    def p_pass(self, d: np.ndarray | float) -> np.ndarray:
+    def shift(self, seed: int) -> float:
+        """A seed's luck in log d: the same at every d."""
+        return random.Random(f"{self.key}:seed:{seed}").gauss(0.0, self.seed_sd)
+
+    def p_pass(self, d: np.ndarray | float, shift: float = 0.0) -> np.ndarray:
         d = np.asarray(d, dtype=float)
-        p = self.f((np.log(d) - math.log(self.truth)) / self.width)
+        p = self.f((np.log(d) - math.log(self.truth) - shift) / self.width)
         if self.divergence:
             t = np.clip(np.log(d / LO) / math.log(HI / LO), 0.0, 1.0)
             p = p * (1.0 - DIVERGENCE_AT_HI * t**2)
@@ -121,7 +142,8 @@ class Oracle:
 
     def __call__(self, probe: Probe) -> ProbeResult:
         u = random.Random(f"{self.key}:{probe.dim}:{probe.seed}").random()
-        ok = bool(u < float(self.p_pass(probe.dim)))
+        shift = self.shift(probe.seed) if self.seed_sd else 0.0
+        ok = bool(u < float(self.p_pass(probe.dim, shift)))
         return ProbeResult(probe.dim, probe.seed, float(ok), ok)
 
 
@@ -148,7 +170,13 @@ def grid_compute() -> tuple[int, float]:
 
 
 def run_setting(
-    link: str, width: float, workers: int, divergence: bool, runs: int, salt: int = 0
+    link: str,
+    width: float,
+    workers: int,
+    divergence: bool,
+    runs: int,
+    salt: int = 0,
+    seed_sd: float = 0.0,
 ) -> dict:
     grid_probes, grid_cost = grid_compute()
     grid_tolerance = round((HI / LO) ** (1 / (GRID_POINTS - 1)) - 1, 3)
@@ -159,7 +187,7 @@ def run_setting(
     coarse_probes, coarse_cost, coarse_errors, coarse_covered = [], [], [], 0
     for run in range(runs):
         truth_real = float(np.exp(rng.uniform(math.log(2 * LO), math.log(HI / 2))))
-        oracle = Oracle(link, width, truth_real, divergence, run, salt)
+        oracle = Oracle(link, width, truth_real, divergence, run, salt, seed_sd)
         truth = oracle.d90()
         s, n, _ = search(oracle, workers, TOLERANCE)
         r = s.result()
@@ -192,6 +220,7 @@ def run_setting(
         "width": width,
         "workers": workers,
         "divergence": divergence,
+        "seed_sd": seed_sd,
         "runs": runs,
         "coverage": covered / runs,
         "with_interval": with_interval / runs,
@@ -219,14 +248,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="searches per setting")
     parser.add_argument("--out", help="default: bench/results/calibration[_holdout].json")
     parser.add_argument("--holdout", action="store_true", help="the settings no choice saw")
+    parser.add_argument("--seed-effect", action="store_true", help="probes sharing a seed")
     args = parser.parse_args()
-    links, widths, workers_, salt = ("logistic", "asymmetric"), WIDTHS, WORKERS, 0
+    links, widths, workers_, salt, seed_sd = ("logistic", "asymmetric"), WIDTHS, WORKERS, 0, 0.0
+    divergences: tuple[bool, ...] = (False, True)
+    suffix = ""
     if args.holdout:
         links, widths, workers_, salt = (HOLDOUT[k] for k in ("links", "widths", "workers", "salt"))
-    args.out = args.out or f"bench/results/calibration{'_holdout' if args.holdout else ''}.json"
+        suffix = "_holdout"
+    elif args.seed_effect:
+        links, divergences, salt, seed_sd, suffix = (
+            ("logistic",),
+            (False,),
+            2,
+            SEED_SD,
+            "_seed_effect",
+        )
+    args.out = args.out or f"bench/results/calibration{suffix}.json"
     settings = [
         (link, width, workers, divergence)
-        for divergence in (False, True)
+        for divergence in divergences
         for link in links
         for width in widths
         for workers in workers_
@@ -238,12 +279,13 @@ def main() -> None:
     print(
         f"tolerance {TOLERANCE} (error goal ≤ {math.log(1 + TOLERANCE):.3f}), "
         f"range ({LO}, {HI}), budget {MAX_PROBES} probes, {args.runs} runs per setting"
+        + (f", seed shift sd {seed_sd} in log d" if seed_sd else "")
     )
     print(header)
     rows = []
     started = time.perf_counter()
     for link, width, workers, divergence in settings:
-        row = run_setting(link, width, workers, divergence, args.runs, salt)
+        row = run_setting(link, width, workers, divergence, args.runs, salt, seed_sd)
         rows.append(row)
         g = row["at_grid_precision"]
         err = row["median_abs_log_error"]
