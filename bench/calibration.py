@@ -105,7 +105,7 @@ def _standardised(link: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndar
 
 
 class Oracle:
-    """Pass probability against d; results keyed by (run, point, seed)."""
+    """Pass probability against d; results keyed by (run, dim, seed)."""
 
     def __init__(
         self,
