@@ -31,7 +31,7 @@ seed's luck as evidence about d; one that gives every probe its own seed does no
 link, the three widths, 1, 4 and 8 workers.  Output: bench/results/calibration_seed_effect.*.
 
 The true d90 is the smallest integer d whose pass probability is ≥ 1/2.  A probe's result is
-drawn from a generator keyed by (run, point, seed), so it does not depend on when it is asked.
+drawn from a generator keyed by (run, dim, seed), so it does not depend on when it is asked.
 
 Per setting: coverage (runs whose interval contains the true d90, over all runs: a run with
 no interval does not cover), the fraction of `found` answers outside their own interval (and
