@@ -57,8 +57,9 @@ class SearchSettings:
     probe_seeds: int = 1
     """Seeds per ordinary probe point."""
     boundary_seeds: int = 3
-    """Seeds whose majority decides each end of the final bracket (to catch a lucky or unlucky
-    seed); added one per round, so they stop as soon as that majority is settled."""
+    """Unused by this searcher (it re-probes wherever the model needs); kept so that job specs
+    written for the k-section searcher, which decided each bracket end by this many seeds,
+    still load."""
     max_probes: int = 50
     """Budget: total (dim, seed) trials, replayed ones included."""
     widen_factor: int = 4
