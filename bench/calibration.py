@@ -28,8 +28,8 @@ for seeds that never train (Dodge et al. 2020; Mosbach et al. 2021), and on digi
 seeds failed at most d (bench/seed_effect.py).  Pass probability × 0.7, so it never exceeds
 0.7 and the true d90 (pass probability ≥ 1/2) lies where the rising curve reaches 5/7 of its
 height; logistic and asymmetric links, the three widths, 1, 4 and 8 workers, no divergence,
-fresh draws.  Output: bench/results/calibration_plateau70.*.  `--plateau 0.6` and `--plateau 0.85`
-check the model on caps it was not chosen on.
+fresh draws.  Output: bench/results/calibration_plateau70.*.  `--plateau 0.6` and
+`--plateau 0.85` check the model on caps it was not chosen on.
 
 `--seed-effect`: probes that share a seed share its luck.  Each seed s gets a shift δ_s ~
 N(0, 0.15²) in log d, the same at every d (its initialisation and data order are the same), so
@@ -54,7 +54,7 @@ below, answer] holds the true d90, and its median error.  Goal (issue 11): cover
 everywhere, no `found` answer outside its interval, median error ≤ log(1 + tolerance), ≤ 40 %
 of the grid's compute at the grid's precision.
 
-That last goal cannot be met with 8 workers: a round uses every free worker, and one round of
+That last goal cannot be met with 8 workers: a round uses every worker, and one round of
 8 probes cannot make a 90 % interval as narrow as a grid step (8 points over (2, 1000) are
 themselves about one step apart, and one fail next to one pass cannot rule out a wide curve),
 so the search needs at least two rounds, 16 probes: 0.53 of the grid's 30.
