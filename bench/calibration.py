@@ -196,6 +196,11 @@ def grid_points() -> list[int]:
     return sorted({round(float(x)) for x in np.geomspace(LO, HI, GRID_POINTS)})
 
 
+def grid_tolerance() -> float:
+    """The grid's precision as a search tolerance: one grid step − 1 (as bench/search.py)."""
+    return round((HI / LO) ** (1 / (GRID_POINTS - 1)) - 1, 3)
+
+
 def grid_compute() -> tuple[int, float]:
     points = grid_points()
     return len(points) * GRID_SEEDS, float(sum(points) * GRID_SEEDS)
@@ -223,7 +228,7 @@ def run_setting(
     variant: Variant = Variant(),
 ) -> dict:
     grid_probes, grid_cost = grid_compute()
-    grid_tolerance = round((HI / LO) ** (1 / (GRID_POINTS - 1)) - 1, 3)
+    coarse_tolerance = grid_tolerance()
     key = [list(LINKS).index(link), int(width * 1000), workers, divergence]
     rng = np.random.default_rng([*key, variant.salt] if variant.salt else key)
     covered, with_interval, found, found_outside, found_outside_bracket = 0, 0, 0, 0, 0
@@ -252,7 +257,7 @@ def run_setting(
             found_outside += not inside
             b = r.bracket
             found_outside_bracket += b is None or r.answer is None or not b[0] < r.answer <= b[1]
-        c, cn, ccost = search(oracle, workers, grid_tolerance)
+        c, cn, ccost = search(oracle, workers, coarse_tolerance)
         cr = c.result()
         coarse_probes.append(cn)
         coarse_cost.append(ccost)
@@ -282,7 +287,7 @@ def run_setting(
         "mean_probes": statistics.fmean(probes),
         "outcomes": dict(outcomes),
         "at_grid_precision": {
-            "tolerance": grid_tolerance,
+            "tolerance": coarse_tolerance,
             "coverage": coarse_covered / runs,
             "median_abs_log_error": statistics.median(coarse_errors) if coarse_errors else None,
             "mean_probes": statistics.fmean(coarse_probes),

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from calibration import GRID_POINTS, HI, LO, Oracle, grid_compute, search
+from calibration import HI, LO, Oracle, grid_compute, grid_tolerance, search
 
 from sweeper.search import estimate, threshold
 
@@ -48,7 +48,7 @@ class KnownShape(estimate.CrossingModel):
 
 def run(width: float, workers: int, runs: int, known: bool) -> dict:
     grid_probes, _ = grid_compute()
-    tolerance = round((HI / LO) ** (1 / (GRID_POINTS - 1)) - 1, 3)
+    tolerance = grid_tolerance()
     rng = np.random.default_rng([0, int(width * 1000), workers])
     KnownShape.width = width
     probes, covered = [], 0

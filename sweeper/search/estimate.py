@@ -179,17 +179,16 @@ class CrossingModel:
         self._low = np.concatenate([values[:1], values[:-1] + 1])
         self._high = np.concatenate([values[1:] - 1, values[-1:]])
         shapes = [
-            (w, kind, lapse, _link_inverse(kind, (0.5 - _LUCKY) / (1.0 - _LUCKY - lapse)))
+            (w, kind, lapse, _link_inverse(kind, (0.5 - _LUCKY) / (1.0 - _LUCKY - lapse)), weight)
             for w in np.geomspace(min(step, _WIDEST / 2), _WIDEST, _N_WIDTHS)
             for kind in range(3)
-            for lapse in _LAPSES
+            for lapse, weight in zip(_LAPSES, _LAPSE_PRIOR, strict=True)
         ]
-        self._width = np.array([s[0] for s in shapes])[:, None]
+        self._width, self._lapse, self._shift, weight = (
+            np.array([s[i] for s in shapes])[:, None] for i in (0, 2, 3, 4)
+        )
         self._kind = [s[1] for s in shapes]
-        self._lapse = np.array([s[2] for s in shapes])[:, None]
-        self._shift = np.array([s[3] for s in shapes])[:, None]
-        lapse_prior = np.array([_LAPSE_PRIOR[_LAPSES.index(s[2])] for s in shapes])[:, None]
-        self._log_shape_prior = _WIDTH_PRIOR_POWER * np.log(self._width) + np.log(lapse_prior)
+        self._log_shape_prior = _WIDTH_PRIOR_POWER * np.log(self._width) + np.log(weight)
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _table(self, point: int) -> tuple[np.ndarray, np.ndarray]:
