@@ -215,6 +215,9 @@
           });
         }
         card.appendChild(methodLegend(methods));
+        for (const s of panel.slopes || []) {
+          card.appendChild(h("p", { class: "slope", "data-slope": s.method, text: s.text }));
+        }
       }
       card.appendChild(notes(panel.notes) || h("span"));
       box.appendChild(card);

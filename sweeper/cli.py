@@ -178,14 +178,20 @@ def _fastfood_caveat(task, method) -> str | None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from sweeper import methods
     from sweeper.preflight import check_run
-    from sweeper.spec import load_spec
+    from sweeper.spec import check_bar, load_spec
 
     spec = load_spec(args.job)
     where = check_run(spec, this_machine=not args.cluster)  # as `run` checks it
+    if not args.cluster:
+        check_bar(spec)
     print(f"{args.job}: valid job {spec.name!r}")
     print(
         f"  decided on held-out data: LR, checkpoint and stop-on-pass on `select`, pass/fail on "
         f"`report`; head: {spec.head} (the same for every method)"
+    )
+    print(
+        f"  bar: {spec.threshold.describe()} on `report`; stop-on-pass at the same rule made "
+        f"on `select`; θ0: {spec.init}"
     )
     print("  writes: " + "; ".join(where.lines()))
     for model, task, method in spec.searches():
@@ -216,24 +222,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeper.engine.driver import driver_environment, run_job
     from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
-    from sweeper.spec import check_ready, load_spec
+    from sweeper.spec import check_bar, check_ready, load_spec
 
     os.environ.update(driver_environment(os.environ))  # the driver's: before ray is imported
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
     check_ready(spec)  # and the built-in assets it needs are here
+    check_bar(spec)  # and an absolute bar above chance
     check_run(spec)  # and what it needs from this machine: `validate`'s checks
     if args.command == "resume":
         check_resumable(spec)  # a job that never ran: say so, creating no store
     install_signal_handlers()
     console = Console(width=None if sys.stdout.isatty() else 140)  # logs: don't fold the table
     summary = run_job(spec, resume=args.command == "resume", console=console)
-    table = Table(title=f"{spec.name}: answers (threshold = {spec.threshold_fraction} × perf_full)")
+    table = Table(title=f"{spec.name}: answers (bar = {spec.threshold.describe()})")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
         table.add_column(col)
     table.add_column("perf_full", justify="right")
     table.add_column("threshold", justify="right")
     for s in summary.searches:
         answer = f"{s.dim_name}90 = {s.answer}" if s.answer is not None else "-"
+        if s.note:
+            answer += f" ({s.note})"
         interval = f"[{s.interval[0]}, {s.interval[1]}]" if s.interval else "-"
         probes = f"{s.probes} ({s.reused} reused)" if s.reused else str(s.probes)
         table.add_row(
@@ -257,6 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.tracking_uri.startswith(("http://", "https://")):
         look = f"open {summary.tracking_uri} (the MLflow server's UI)"
     console.print(f"look at it: {look}", soft_wrap=True)
+    for warning in dict.fromkeys(s.warning for s in summary.searches if s.warning):
+        console.print(f"warning: {warning}", soft_wrap=True)
     errors = list(dict.fromkeys(s.error for s in summary.searches if s.error))
     for error in errors:
         console.print(f"error: {error}", soft_wrap=True)

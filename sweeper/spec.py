@@ -72,6 +72,9 @@ class LRSearch(_Strict):
         return self
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class TrainSpec(_Strict):
     """Training settings; anything left out takes the task's default for the method."""
 
@@ -82,13 +85,29 @@ class TrainSpec(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
     eval_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
+    # what weight decay pulls toward zero: the trained parameters (`params`: the optimizer's
+    # own, e.g. θ_d), or the network's weight matrices θ = θ0 + Pθ_d (`theta`: an L2 term in
+    # the loss, as Li et al.'s Keras regularizers)
+    weight_decay_on: Literal["params", "theta"] | None = None
+    adam_betas: tuple[Beta, Beta] | None = None  # adam / adamw only
+    # the run's length in passes over the train set, instead of `steps`
+    epochs: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # which checkpoint is scored on `report`: the best `select` score, or the last step's
+    checkpoint: Literal["best_select", "final"] | None = None
     # micro-batches per step (batch_size // grad_accum examples each): memory, not maths
     grad_accum: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
+
+    @field_validator("adam_betas", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # YAML writes [0.9, 0.99]
 
     @model_validator(mode="after")
     def _one_lr_rule(self) -> TrainSpec:
         if self.lr is not None and self.lr_search is not None:
             raise ValueError("give either lr (fixed) or lr_search, not both")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give either steps or epochs (the run's length), not both")
         if self.grad_accum and self.batch_size and self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
@@ -100,9 +119,10 @@ class TrainSpec(_Strict):
         """`override`'s fields where set, else ours; a fixed lr and lr_search replace each other."""
         data = self.model_dump(exclude_none=True)
         mine = override.model_dump(exclude_none=True)
-        if "lr" in mine or "lr_search" in mine:
-            data.pop("lr", None)
-            data.pop("lr_search", None)
+        for pair in (("lr", "lr_search"), ("steps", "epochs")):
+            if any(key in mine for key in pair):
+                for key in pair:
+                    data.pop(key, None)
         return TrainSpec(**{**data, **mine})
 
 
@@ -220,6 +240,42 @@ class Tracking(_Strict):
         return value
 
 
+class ThresholdRule(_Strict):
+    """The pass bar on `report`: a `fraction` of perf_full (the baseline's mean report score),
+    or an `absolute` score (what papers that fix the bar at, e.g., 0.90 accuracy report).
+    perf_full is run and reported under either rule."""
+
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    absolute: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ThresholdRule:
+        if (self.fraction is None) == (self.absolute is None):
+            raise ValueError("give exactly one of fraction (e.g. 0.9) or absolute (e.g. 0.90)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "fraction" if self.fraction is not None else "absolute"
+
+    @property
+    def value(self) -> float:
+        return self.fraction if self.fraction is not None else self.absolute
+
+    def describe(self) -> str:
+        """The rule as the report and the final table show it."""
+        if self.fraction is not None:
+            return f"{self.fraction:g} × perf_full"
+        return f"absolute {self.absolute:g}"
+
+    def bars(self, perf_full: float, perf_full_select: float) -> tuple[float, float]:
+        """(pass bar on `report`, stop-on-pass bar on `select`): each set's scores are held to
+        a bar made on the same set, so the select set's own optimism never passes a probe."""
+        if self.fraction is not None:
+            return self.fraction * perf_full, self.fraction * perf_full_select
+        return self.absolute, self.absolute
+
+
 class JobSpec(_Strict):
     """A sweep: for each (model, task) of the grid, d90 / r90 for each method."""
 
@@ -231,7 +287,10 @@ class JobSpec(_Strict):
     # lora; Li et al.), 'train' trains it directly in every method and counts it (PEFT's
     # modules_to_save; Aghajanyan et al.).
     head: Literal[HEAD_POLICIES] = "budget"
-    threshold_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+    threshold: ThresholdRule = ThresholdRule(fraction=0.9)
+    # θ0: `fixed` (the task's init_seed for every trial, so an interval is conditional on that
+    # one initialisation) or `per_probe` (each trial draws its own from its seed)
+    init: Literal["fixed", "per_probe"] = "fixed"
     tolerance: Annotated[float, Field(gt=0, le=10)] = 0.1
     seeds: Seeds = Seeds()
     train: TrainSpec = TrainSpec()
@@ -239,6 +298,19 @@ class JobSpec(_Strict):
     budget: Budget = Budget()
     early_stop: EarlyStop = EarlyStop()
     tracking: Tracking = Tracking()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threshold_fraction(cls, data: Any) -> Any:
+        """`threshold_fraction: F` (older specs) reads as `threshold: {fraction: F}`."""
+        if isinstance(data, dict) and "threshold_fraction" in data:
+            if "threshold" in data:
+                raise ValueError(
+                    "give either threshold (the rule) or threshold_fraction (older specs), not both"
+                )
+            data = dict(data)
+            data["threshold"] = {"fraction": data.pop("threshold_fraction")}
+        return data
 
     def pairs(self) -> list[tuple[str, TaskRef]]:
         """The (model, task) pairs, in spec order, without repeats."""
@@ -343,6 +415,30 @@ def check_ready(spec: JobSpec) -> None:
     _check_pairs(spec, check_pair)
 
 
+def check_bar(spec: JobSpec) -> None:
+    """An absolute bar at or below chance measures nothing: refused before any trial. Builds
+    each task once (its data, to know what a constant guess scores), so only for that rule."""
+    bar = spec.threshold.absolute
+    if bar is None:
+        return
+    check_ready(spec)  # the data it reads are here
+    from sweeper.tasks import build_problem
+
+    seen: set[str] = set()
+    for model, task in spec.pairs():
+        key = canonical_json(task.model_dump())
+        if key in seen:
+            continue
+        seen.add(key)
+        chance = build_problem(task.name, model, dict(task.options)).chance
+        if chance is not None and bar <= chance:
+            raise SpecError(
+                "threshold.absolute",
+                f"{bar:g} is at or below chance on {task.name} ({chance:.4g}, a constant guess "
+                "on its report set): a bar there measures nothing; raise it",
+            )
+
+
 def _check_names(spec: JobSpec) -> None:
     """Names pydantic cannot know: tasks, models per task, task options."""
     _check_pairs(spec, check_task)
@@ -375,7 +471,7 @@ def _lr_rule(train: TrainSpec) -> str:
 def _check_rule(spec: JobSpec) -> None:
     """The baseline is chosen by the same rule as the probes (DESIGN.md §4): as many learning
     rates tried, the same evaluation schedule. A baseline that gets fewer chances than the
-    probes tilts threshold_fraction × perf_full toward passing."""
+    probes tilts the bar toward passing."""
     full = spec.train_for("full")
     for name in spec.methods.searched():
         probe = spec.train_for(name)
@@ -387,7 +483,7 @@ def _check_rule(spec: JobSpec) -> None:
                 f"{_lr_rule(probe)}, the baseline {_lr_rule(full)}; give methods.full.train "
                 f"the same (with a learning-rate range of its own)",
             )
-        for key in ("eval_every", "steps"):
+        for key in ("eval_every", "steps", "epochs", "checkpoint"):
             mine, baseline = getattr(probe, key), getattr(full, key)
             if mine != baseline:
                 default = "the task's default"
@@ -415,7 +511,10 @@ def parse_spec(data: Any) -> JobSpec:
         if first["type"] in ("less_than_equal", "string_too_long"):
             message += " (a cap: more would exhaust memory or never finish)"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise SpecError(_field_path(first["loc"]), message + more) from None
+        where = _field_path(first["loc"])
+        if where == "threshold.fraction" and "threshold_fraction" in data:
+            where = "threshold_fraction"  # the field as the spec wrote it
+        raise SpecError(where, message + more) from None
     _check_names(spec)
     return spec
 

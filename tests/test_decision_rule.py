@@ -145,7 +145,12 @@ def _plan_with_baseline(metrics: dict[int, float], **changes) -> JobPlan:
     spec = _spec(**changes)
     plan = JobPlan(spec, workers=2)
     digits = next(p for p in plan.pairs if p.task.name == "digits")
-    return JobPlan(spec, workers=2, cache=Cache(baselines={digits.baseline_hash: metrics}))
+    select = {seed: value + 0.005 for seed, value in metrics.items()}  # select reads high
+    cache = Cache(
+        baselines={digits.baseline_hash: metrics},
+        baselines_select={digits.baseline_hash: select},
+    )
+    return JobPlan(spec, workers=2, cache=cache)
 
 
 def test_a_diverged_baseline_seed_is_an_error_not_a_silent_drop():
@@ -171,7 +176,7 @@ def test_a_seed_that_diverged_after_a_scored_checkpoint_is_still_an_error():
 def test_a_bar_at_or_below_chance_is_refused_with_a_message():
     plan = _plan_with_baseline({0: 0.1, 1: 0.1})  # 0.9 × 0.1 < 1 in 10 by guessing
     digits = next(p for p in plan.pairs if p.task.name == "digits")
-    assert "at or below chance" in digits.error and "threshold_fraction" in digits.error
+    assert "at or below chance" in digits.error and "baseline scored" in digits.error
     assert all(s.search is None for s in digits.searches)
 
 

@@ -155,7 +155,7 @@ def not_positive():
 
 # Every bounded number in RICH, with values just or far outside its bounds.
 OUT_OF_RANGE = {
-    ("threshold_fraction",): not_positive() | st.floats(min_value=1.0, exclude_min=True),
+    ("threshold", "fraction"): not_positive() | st.floats(min_value=1.0, exclude_min=True),
     ("tolerance",): not_positive() | st.floats(min_value=10.0, exclude_min=True),
     ("seeds", "baseline"): below(1) | st.integers(min_value=21),
     ("seeds", "probe"): below(1) | st.integers(min_value=21),
@@ -247,7 +247,7 @@ def test_the_quickstart_is_valid():
         ("vector", "toy-sums"),
         ("mlp", "digits"),
     ]
-    assert spec.threshold_fraction == 0.9 and spec.tolerance == 0.5
+    assert spec.threshold.fraction == 0.9 and spec.tolerance == 0.5
     assert spec.budget.max_probes == 48 and spec.seeds.baseline == 2
     assert spec.run_dir == Path("runs/quickstart")
 

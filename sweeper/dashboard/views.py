@@ -8,9 +8,11 @@ never a NaN. The JSON field names are the templates' (dashboards/), not MLflow's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sweeper.dashboard import DEFAULT_MLFLOW_UI
+from sweeper.search.slope import size_slope
 
 if TYPE_CHECKING:  # annotations only: the views run on plain rows
     from sweeper.dashboard.read import Snapshot
@@ -182,6 +184,22 @@ def d_vs_r(searches: Sequence[SearchRun]) -> dict[str, Any]:
     return {"points": points, "notes": notes}
 
 
+def _slopes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method of a task, the slope of log answer on log D with its 90 % interval."""
+    out = []
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = [p for p in points if p["method"] == method]
+        slope = size_slope(
+            [p["D"] for p in mine],
+            [p["answer"] for p in mine],
+            [tuple(p["interval"]) if p["interval"] else None for p in mine],
+        )
+        if slope is not None:
+            text = slope.text(mine[0]["dim_name"])
+            out.append({"method": method, **asdict(slope), "text": f"{method}: {text}"})
+    return out
+
+
 def answers_vs_size(searches: Sequence[SearchRun]) -> dict[str, Any]:
     """View 3: d90 and r90 against the model's parameter count D, one panel per task."""
     tasks: dict[str, dict[str, Any]] = {}
@@ -204,6 +222,7 @@ def answers_vs_size(searches: Sequence[SearchRun]) -> dict[str, Any]:
             }
         )
     for panel in tasks.values():
+        panel["slopes"] = _slopes(panel["points"])
         models = {p["model"] for p in panel["points"]}
         if len(models) == 1:
             panel["notes"].append(
@@ -224,6 +243,8 @@ SUMMARY_COLUMNS = (
     "probes",
     "perf_full",
     "threshold",
+    "threshold_rule",
+    "method_note",
     "status",
     "status_text",
     "compute_seconds",
@@ -252,6 +273,8 @@ def summary_rows(
             "probes": len(s.probes),
             "perf_full": _perf_full(s, baselines or {}),
             "threshold": s.threshold,
+            "threshold_rule": s.threshold_rule,
+            "method_note": s.method_note,
             "status": s.status,
             "status_text": s.status_text,
             "compute_seconds": round(s.compute_seconds, 3),

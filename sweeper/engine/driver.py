@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 
+from sweeper import methods
 from sweeper.digest import digest
 from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
@@ -44,6 +45,8 @@ class SearchSummary:
     perf_full: float
     threshold: float
     error: str | None = None  # why the search could not run (e.g. a diverged baseline seed)
+    warning: str | None = None  # e.g. an absolute bar above what the baseline reached
+    note: str | None = None  # what to read beside the answer (LoRA: α and scale)
 
 
 @dataclass
@@ -346,6 +349,8 @@ class JobRunner:
                     perf_full=pair.perf_full,
                     threshold=state.search.settings.threshold if state.search else math.nan,
                     error=state.error or pair.error,
+                    warning=pair.warning,
+                    note=methods.get(state.method).describe(state.base_config),
                 )
             )
         return JobSummary(

@@ -58,6 +58,8 @@ class Cache:
     """Finished results found in the tracking store, by the hash of the config they ran."""
 
     baselines: dict[str, dict[int, float]] = field(default_factory=dict)  # hash → seed → metric
+    # hash → seed → the chosen checkpoint's select score (the stop-on-pass bar's basis)
+    baselines_select: dict[str, dict[int, float]] = field(default_factory=dict)
     probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # search hash → records
 
 
@@ -71,6 +73,7 @@ class SearchState:
     search: ThresholdSearch | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
+    stop_threshold: float | None = None  # the stop-on-pass bar on `select`, once the baseline is in
     backlog: list[Probe] = field(default_factory=list)  # a replayed round's unfinished probes
     in_flight: set[tuple[int, int]] = field(default_factory=set)
     error: str | None = None  # the first probe that raised: the search has no verdict
@@ -97,6 +100,7 @@ class PairState:
     baseline_hash: str
     seeds: int
     results: dict[int, float] = field(default_factory=dict)
+    select_results: dict[int, float] = field(default_factory=dict)  # seed → select score
     records: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
     pending: set[int] = field(default_factory=set)
@@ -104,6 +108,7 @@ class PairState:
 
     chance: float | None = None  # a constant guess's score on `report`, once known
     error: str | None = None  # why this pair has no threshold (then no search starts)
+    warning: str | None = None  # a bar the baseline itself did not reach, once known
 
     @property
     def done(self) -> bool:
@@ -119,13 +124,22 @@ class PairState:
         return statistics.fmean(values)
 
     @property
+    def perf_full_select(self) -> float:
+        """Mean over seeds of the baseline's select score (of the checkpoint it chose): the
+        stop-on-pass bar is made from it, on the scale the probes' select scores are read."""
+        values = [self.select_results.get(seed, math.nan) for seed in self.results]
+        if not values or not all(math.isfinite(v) for v in values):
+            return math.nan
+        return statistics.fmean(values)
+
+    @property
     def perf_full_std(self) -> float:
         values = list(self.results.values())
         if len(values) < 2 or not all(math.isfinite(v) for v in values):
             return math.nan if not values or math.isnan(self.perf_full) else 0.0
         return statistics.stdev(values)
 
-    def threshold_error(self, threshold: float) -> str | None:
+    def threshold_error(self, threshold: float, stop_threshold: float) -> str | None:
         """Why no search can run against this baseline, or None."""
         bad = sorted(seed for seed, v in self.results.items() if not math.isfinite(v))
         if bad:
@@ -133,11 +147,17 @@ class PairState:
                 f"baseline seed(s) {bad} of {self.key} diverged or errored, so perf_full is "
                 "undefined; lower methods.full.train.lr (or its lr_search range) and run again"
             )
+        if not math.isfinite(stop_threshold):
+            return (
+                f"the baseline of {self.key} has no select score to make the stop-on-pass bar "
+                "from (a store written before select scores were kept?); run it anew under "
+                "another job name"
+            )
         if self.chance is not None and threshold <= self.chance:
             return (
                 f"the bar {threshold:.4g} for {self.key} is at or below chance ({self.chance:.4g}, "
-                "a constant guess on the report set): raise threshold_fraction, or train the "
-                "baseline longer"
+                f"a constant guess on the report set; the baseline scored {self.perf_full:.4g}): "
+                "raise the threshold, or make the baseline learn (its lr, steps)"
             )
         return None
 
@@ -159,6 +179,7 @@ def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Probe
         # scored another way are never reused as if they were the same probe
         rule=RULE,
         head=spec.head,
+        init=spec.init,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
         stop_on_pass=spec.early_stop.on_pass and searched,
         pass_margin_z=spec.early_stop.pass_margin_z,
@@ -211,9 +232,11 @@ class JobPlan:
                         )
                     )
             cached = self.cache.baselines.get(pair.baseline_hash, {})
+            cached_select = self.cache.baselines_select.get(pair.baseline_hash, {})
             for seed in range(pair.seeds):
                 if seed in cached:
                     pair.results[seed] = cached[seed]
+                    pair.select_results[seed] = cached_select.get(seed, math.nan)
                     pair.reused = True
             self.pairs.append(pair)
             self.start_searches(pair)
@@ -239,6 +262,7 @@ class JobPlan:
                     config = replace(
                         state.base_config,
                         threshold=state.search.settings.threshold,
+                        stop_threshold=state.stop_threshold,
                         dim=probe.dim,
                         seed=probe.seed,
                     ).to_json()
@@ -256,6 +280,9 @@ class JobPlan:
             pair = self.pair_of(request)
             pair.pending.discard(request.seed)
             pair.results[request.seed] = baseline_score(row["outcome"], row["metric"])
+            pair.select_results[request.seed] = baseline_score(
+                row["outcome"], float(result.get("select_metric", math.nan))
+            )
             pair.records.append(row)
             pair.error = pair.error or failure
             self.start_searches(pair)
@@ -273,7 +300,8 @@ class JobPlan:
         """Once a pair's baseline is complete: its threshold, and a search per method."""
         if not pair.done or pair.error is not None:
             return
-        threshold = self.spec.threshold_fraction * pair.perf_full
+        rule = self.spec.threshold
+        threshold, stop_threshold = rule.bars(pair.perf_full, pair.perf_full_select)
         problem = None
         for state in pair.searches:
             if state.search is not None:
@@ -281,9 +309,14 @@ class JobPlan:
             m = getattr(self.spec.methods, state.method).search
             problem = problem or self.build(pair.task.name, pair.model, pair.task.options)
             pair.chance = problem.chance
-            pair.error = pair.threshold_error(threshold)
+            pair.error = pair.threshold_error(threshold, stop_threshold)
             if pair.error is not None:
                 return
+            if rule.absolute is not None and threshold > pair.perf_full:
+                pair.warning = (
+                    f"the absolute bar {threshold:.4g} is above what the baseline of {pair.key} "
+                    f"reached ({pair.perf_full:.4g}): expect no pass within the range"
+                )
             spec = trial_spec(replace(state.base_config, dim=1), problem)
             floor, limit = methods.get(state.method).dim_range(problem, spec)
             hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
@@ -300,7 +333,9 @@ class JobPlan:
                     max_probes=self.spec.budget.max_probes,
                 )
             )
-            state.search_hash = family(replace(state.base_config, threshold=threshold).to_json())
+            state.stop_threshold = stop_threshold
+            bars = replace(state.base_config, threshold=threshold, stop_threshold=stop_threshold)
+            state.search_hash = family(bars.to_json())
             self._replay(state, self.cache.probes.get(state.search_hash, []))
 
     def _replay(self, state: SearchState, records: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sweeper import methods
+from sweeper.digest import digest
 from sweeper.tasks import Problem, TrainSettings, build_problem
 from sweeper.training.train import TrialResult, TrialSpec, run_trial, score_report
 
@@ -52,6 +53,8 @@ class ProbeConfig:
     lora_targets: tuple[str, ...] | None = TrialSpec.lora_targets
     rslora: bool = TrialSpec.rslora
     threshold: float | None = None  # probes only: the bar of their search
+    stop_threshold: float | None = None  # probes only: their stop-on-pass bar, on `select`
+    init: str = "fixed"  # θ0: the task's init_seed ('fixed') or drawn from the seed ('per_probe')
     dim: int | None = None  # d or r; None for the baseline
     seed: int = 0
 
@@ -71,8 +74,12 @@ class ProbeConfig:
             "patience": self.patience,
         }
         out |= methods.get(self.method).probe_json(self)
+        if self.init != "fixed":
+            out["init"] = self.init
         if self.threshold is not None:
             out["threshold"] = self.threshold
+        if self.stop_threshold is not None:
+            out["stop_threshold"] = self.stop_threshold
         return out | {"dim": self.dim, "seed": self.seed}
 
     @classmethod
@@ -85,8 +92,19 @@ class ProbeConfig:
         return cls(**values)
 
 
+def task_options(config: ProbeConfig) -> dict[str, Any]:
+    """The task options a trial builds with: with `init: per_probe`, θ0's seed (init_seed)
+    is drawn from the task's own and the trial's seed, so every probe starts from its own θ0
+    and a replay from the same one."""
+    if config.init == "fixed":
+        return dict(config.task_options)
+    base = config.task_options.get("init_seed", 0)
+    drawn = int(digest({"init_seed": base, "seed": config.seed})[:8], 16)
+    return {**config.task_options, "init_seed": drawn}
+
+
 def build(config: ProbeConfig) -> Problem:
-    return build_problem(config.task, config.model, config.task_options)
+    return build_problem(config.task, config.model, task_options(config))
 
 
 def trial_spec(config: ProbeConfig, problem: Problem, lr: float | None = None) -> TrialSpec:
@@ -101,7 +119,7 @@ def trial_spec(config: ProbeConfig, problem: Problem, lr: float | None = None) -
         method=config.method,
         dim=config.dim,
         seed=config.seed,
-        task_options=config.task_options,
+        task_options=task_options(config),
         projection=config.projection,
         layout=config.layout,
         said_groups=config.said_groups,
@@ -113,6 +131,7 @@ def trial_spec(config: ProbeConfig, problem: Problem, lr: float | None = None) -
         fastfood_kernel=config.fastfood_kernel,
         train=train,
         threshold=config.threshold,
+        stop_threshold=config.stop_threshold,
         stop_on_pass=config.stop_on_pass,
         pass_margin_z=config.pass_margin_z,
         patience=config.patience,

@@ -55,6 +55,10 @@ class Method:
         """The ProbeConfig fields this method sets from its spec (`MethodSpec`)."""
         return {}
 
+    def describe(self, config: ProbeConfig) -> str | None:
+        """What a reader needs beside the answer to compare it (LoRA: its α and scale)."""
+        return None
+
     def probe_json(self, config: ProbeConfig) -> dict[str, Any]:
         """Its part of the probe config's JSON, in order."""
         defaults = {f.name: f.default for f in fields(config)}

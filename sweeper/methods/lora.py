@@ -12,6 +12,7 @@ from sweeper.methods.base import Method, SpecFields
 if TYPE_CHECKING:
     from torch import nn
 
+    from sweeper.engine.probe import ProbeConfig
     from sweeper.tasks import Problem
     from sweeper.training.train import TrialSpec
 
@@ -40,6 +41,9 @@ class LoRA(Method):
             "lora_targets": targets,
             "rslora": spec.rslora,
         }
+
+    def describe(self, config: ProbeConfig) -> str | None:
+        return scale_text(config.lora_alpha, config.rslora)
 
     def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
         from peft import LoraConfig, get_peft_model
@@ -104,6 +108,15 @@ class LoRA(Method):
     def trainable_count(self, module: nn.Module) -> int:
         """PEFT's own count: its adapters plus modules_to_save."""
         return module.get_nb_trainable_parameters()[0]
+
+
+def scale_text(lora_alpha: float | None, rslora: bool) -> str:
+    """LoRA's α and the scale it gives the update BA, as r90 is shown beside it."""
+    if lora_alpha is None:
+        return "α = 2, scale 2/√r (rsLoRA)" if rslora else "α = 2r, scale 2"
+    if rslora:
+        return f"α = {lora_alpha:g}, scale {lora_alpha:g}/√r (rsLoRA)"
+    return f"α = {lora_alpha:g}, scale {lora_alpha:g}/r"
 
 
 def alpha(spec: TrialSpec) -> float:

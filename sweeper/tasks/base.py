@@ -32,6 +32,12 @@ class TrainSettings:
     eval_every: steps between evaluations (early stop on pass needs them).
     grad_accum: micro-batches one step's batch is split into (batch_size // grad_accum
         examples each): saves memory and leaves the maths of a step unchanged.
+    weight_decay_on: 'params' (the optimizer's own decay of what it trains) or 'theta' (an
+        L2 term (weight_decay / 2) · Σ‖W‖² over the network's weight matrices W of
+        θ = θ0 + Pθ_d, biases excepted, as Li et al.'s Keras `kernel_regularizer`; their
+        l2(c) is weight_decay = 2c here).
+    adam_betas: Adam's (β1, β2). epochs: the length in passes over `train` (instead of steps).
+    checkpoint: 'best_select' (the best `select` score) or 'final' (the last step's weights).
     """
 
     optimizer: str = "adam"
@@ -41,6 +47,18 @@ class TrainSettings:
     eval_every: int = 25
     weight_decay: float = 0.0
     grad_accum: int = 1
+    weight_decay_on: str = "params"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int | None = None
+    checkpoint: str = "best_select"
+
+    def total_steps(self, train_size: int | None) -> int:
+        """Optimiser steps: `steps`, or `epochs` full passes (the last short batch dropped)."""
+        if self.epochs is None:
+            return self.steps
+        if not train_size:
+            raise ValueError("epochs needs the train set's size; this task does not give it")
+        return self.epochs * max(1, train_size // min(self.batch_size, train_size))
 
 
 @dataclass(frozen=True)

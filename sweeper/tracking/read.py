@@ -68,10 +68,12 @@ def load_cache(client: MlflowClient, experiment_id: str) -> Cache:
     everywhere = [e.experiment_id for e in client.search_experiments()]
     seeds_done = f"{S.tag_is(S.TAG_KIND, S.KIND_BASELINE_SEED)} and {S.FINISHED}"
     for run in all_runs(client, everywhere, seeds_done):
-        seeds = cache.baselines.setdefault(run.data.tags[S.TAG_BASELINE_HASH], {})
+        key, seed = run.data.tags[S.TAG_BASELINE_HASH], int(run.data.params[S.PARAM_SEED])
         outcome = run.data.tags.get(S.TAG_OUTCOME, "error")
         metric = run.data.metrics.get(S.METRIC_METRIC, math.nan)
-        seeds[int(run.data.params[S.PARAM_SEED])] = baseline_score(outcome, metric)
+        select = run.data.metrics.get(S.METRIC_SELECT, math.nan)
+        cache.baselines.setdefault(key, {})[seed] = baseline_score(outcome, metric)
+        cache.baselines_select.setdefault(key, {})[seed] = baseline_score(outcome, select)
     return cache
 
 
@@ -112,6 +114,8 @@ class SearchRun:
     perf_full: float | None
     threshold: float | None
     threshold_fraction: float | None
+    threshold_rule: str | None  # "0.9 × perf_full" or "absolute 0.9"
+    method_note: str | None  # what to read beside the answer (LoRA: α and scale)
     probes: tuple[ProbeRow, ...]
 
     @property
@@ -252,8 +256,18 @@ def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
         perf_full=as_finite(metrics.get(S.METRIC_PERF_FULL)),
         threshold=as_finite(metrics.get(S.METRIC_THRESHOLD)),
         threshold_fraction=as_finite(tags.get(S.TAG_THRESHOLD_FRACTION)),
+        threshold_rule=_threshold_rule(tags),
+        method_note=tags.get(S.TAG_METHOD_NOTE),
         probes=tuple(probes),
     )
+
+
+def _threshold_rule(tags: dict[str, str]) -> str | None:
+    """The bar's rule; stores written before it was tagged had only the fraction rule."""
+    if rule := tags.get(S.TAG_THRESHOLD_RULE):
+        return rule
+    fraction = as_finite(tags.get(S.TAG_THRESHOLD_FRACTION))
+    return None if fraction is None else f"{fraction:g} × perf_full"
 
 
 def _baseline(run, experiment: str) -> BaselineRun:

@@ -84,7 +84,9 @@ TAG_KERNEL = "kernel"  # subspace probes: the Fastfood kernel that trained, and 
 TAG_KERNEL_REASON = "kernel_reason"
 TAG_STATUS = "status"  # a search's verdict (SearchResult.outcome)
 TAG_BRACKET = "bracket"  # "[fail, pass]" or "None"
-TAG_THRESHOLD_FRACTION = "threshold_fraction"
+TAG_THRESHOLD_FRACTION = "threshold_fraction"  # the fraction rule's F (absent: absolute)
+TAG_METHOD_NOTE = "method_note"  # what to read beside the answer (LoRA: α and scale)
+TAG_THRESHOLD_RULE = "threshold_rule"  # the bar's rule: "0.9 × perf_full" or "absolute 0.9"
 TAG_DIM_NAME = "dim_name"  # d or r
 TAG_SEEDS = "seeds"  # a baseline: how many seeds it averaged
 TAG_REUSED = "reused"
@@ -116,6 +118,9 @@ PARAM_LR_RULE = "lr_rule"
 PARAM_STOP_ON_PASS = "stop_on_pass"
 PARAM_PASS_MARGIN_Z = "pass_margin_z"
 PARAM_HOPELESS_PATIENCE = "hopeless_patience"
+PARAM_THRESHOLD = "threshold"  # a probe's pass bar on `report`
+PARAM_STOP_THRESHOLD = "stop_threshold"  # ... and its stop-on-pass bar on `select`
+PARAM_INIT = "init"  # θ0: fixed or per_probe
 
 
 def split_size_param(part: str) -> str:
@@ -133,6 +138,7 @@ METRIC_STEPS = "steps"
 METRIC_PERF_FULL = "perf_full"  # parents: the full fine-tuning baseline
 METRIC_PERF_FULL_STD = "perf_full_std"
 METRIC_THRESHOLD = "threshold"
+METRIC_STOP_THRESHOLD = "stop_threshold"
 METRIC_PROBES = "probes"
 TRAIN_PREFIX = "train/"  # per-step training curves, logged as they come
 EVAL_PREFIX = "eval/"  # per-eval-step metrics of a trial

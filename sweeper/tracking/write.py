@@ -228,6 +228,8 @@ class Tracker:
             **row.to_tags(),
             S.TAG_WRITE_ID: write_id or uuid.uuid4().hex,
         }
+        if request.kind == "probe":
+            tags[S.TAG_THRESHOLD_RULE] = self.spec.threshold.describe()
         if result.get("outcome") == "error":  # what went wrong stays with the run
             tags[S.TAG_ERROR] = _tail(str(result.get("error", "")), 2000)
             tags[S.TAG_TRACEBACK] = _tail(str(result.get("traceback", "")), MAX_TAG)
@@ -255,6 +257,9 @@ class Tracker:
             S.PARAM_STOP_ON_PASS: config.get("stop_on_pass"),
             S.PARAM_PASS_MARGIN_Z: config.get("pass_margin_z"),
             S.PARAM_HOPELESS_PATIENCE: config.get("patience"),
+            S.PARAM_THRESHOLD: config.get("threshold"),
+            S.PARAM_STOP_THRESHOLD: config.get("stop_threshold"),
+            S.PARAM_INIT: config.get("init", "fixed"),
             **{S.split_size_param(p): n for p, n in (result.get("split_sizes") or {}).items()},
         }
         now = int(time.time() * 1000)
@@ -345,6 +350,7 @@ class Tracker:
             S.METRIC_PERF_FULL: pair.perf_full,
             S.METRIC_PERF_FULL_STD: pair.perf_full_std,
             S.METRIC_THRESHOLD: state.search.settings.threshold,
+            S.METRIC_STOP_THRESHOLD: state.stop_threshold,
             S.METRIC_PROBES: result.probes,
         }
         if result.answer is not None:
@@ -357,9 +363,12 @@ class Tracker:
             S.TAG_STATUS: result.outcome,
             **({S.TAG_ERROR: _tail(state.error, 2000)} if state.error else {}),
             S.TAG_BRACKET: str(list(result.bracket) if result.bracket else None),
-            S.TAG_THRESHOLD_FRACTION: str(self.spec.threshold_fraction),
+            S.TAG_THRESHOLD_RULE: self.spec.threshold.describe(),
+            **_fraction_tag(self.spec),
             S.TAG_DIM_NAME: dim,
         }
+        if note := methods.get(state.method).describe(state.base_config):
+            tags[S.TAG_METHOD_NOTE] = note
 
         def write() -> None:
             run_id = self.search_parent(state)
@@ -402,6 +411,12 @@ class Tracker:
                 return
             self.client.log_artifacts(run_id, local, S.ARTIFACT_COMPRESSED)
             self.client.set_tag(run_id, S.TAG_COMPRESSED_FROM, best["run_id"])
+
+
+def _fraction_tag(spec: JobSpec) -> dict[str, str]:
+    """The fraction rule's F under its old tag, which readers of older stores know."""
+    fraction = spec.threshold.fraction
+    return {} if fraction is None else {S.TAG_THRESHOLD_FRACTION: str(fraction)}
 
 
 def _metric_batch(metrics: dict[str, float]) -> list[Metric]:

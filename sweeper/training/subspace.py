@@ -218,8 +218,14 @@ class SubspaceModel(nn.Module):
             backend=self.fused_backend,
         )
 
+    # θ's projected weights as the last training forward built them (train.theta_penalty)
+    last_weights: dict[str, torch.Tensor] = {}  # noqa: RUF012 (replaced, never mutated)
+
     def forward(self, *args, **kwargs):
-        return functional_call(self.base, self.effective_parameters(), args, kwargs, strict=False)
+        weights = self.effective_parameters()
+        if self.training:
+            self.last_weights = weights
+        return functional_call(self.base, weights, args, kwargs, strict=False)
 
     @torch.no_grad()
     def rebalance(self) -> None:

@@ -56,7 +56,10 @@ class TrialSpec:
     fastfood_kernel: str = "auto"  # GPU Fastfood: 'auto' (self-tested), 'fused' or 'reference'
     train: TrainSettings | None = None  # None: the task's defaults for this method
     threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
-    stop_on_pass: bool = True  # stop once the select score clears the threshold by...
+    # the stop-on-pass bar, made on `select` as `threshold` is on `report` (JobSpec's rule);
+    # None: the threshold itself, right for an absolute bar, which both sets share
+    stop_threshold: float | None = None
+    stop_on_pass: bool = True  # stop once the select score clears the stop bar by...
     pass_margin_z: float = 2.0  # ...this many binomial standard errors (see `pass_margin`)
     patience: int | None = None  # stop after this many select evals below the bar, no new best
 
@@ -82,6 +85,7 @@ class TrialResult:
     module: nn.Module | None = None  # the trained (wrapped) model at its chosen checkpoint
     kernel: str | None = None  # subspace methods: 'fused', 'triton' or 'reference'
     kernel_reason: str | None = None  # why that kernel (self-test verdict, forced, CPU, …)
+    final_metric: float = math.nan  # the last step's report score, when asked (`report_final`)
 
     @property
     def passed(self) -> bool:
@@ -141,18 +145,52 @@ def check_settings(settings: TrainSettings) -> None:
         )
     if settings.optimizer == "lbfgs" and settings.grad_accum != 1:
         raise SpecError("train.grad_accum", "L-BFGS re-evaluates whole batches: use 1")
+    if settings.weight_decay_on not in WEIGHT_DECAY_ON:
+        raise SpecError("train.weight_decay_on", f"choose one of {list(WEIGHT_DECAY_ON)}")
+    if settings.checkpoint not in CHECKPOINTS:
+        raise SpecError("train.checkpoint", f"choose one of {list(CHECKPOINTS)}")
+
+
+WEIGHT_DECAY_ON = ("params", "theta")
+CHECKPOINTS = ("best_select", "final")
+
+
+def _decay(settings: TrainSettings) -> float:
+    """The optimizer's own weight decay: none when it is applied to θ in the loss."""
+    return settings.weight_decay if settings.weight_decay_on == "params" else 0.0
+
+
+def theta_penalty(module: nn.Module, method: str, weight_decay: float) -> torch.Tensor:
+    """(weight_decay / 2) · Σ‖W‖² over the weight matrices (and conv kernels) of θ as the last
+    forward built it: θ0 + (λ·)Pθ_d for a subspace model, the weights themselves for a full
+    fine-tune. Its gradient is weight_decay · W, pulled back through P."""
+    if isinstance(module, SubspaceModel):
+        base = {n: p for n, p in module.base.named_parameters() if p.requires_grad}
+        weights = {**base, **module.last_weights}
+    elif all(p.requires_grad for p in module.parameters()):
+        weights = dict(module.named_parameters())
+    else:
+        raise SpecError(
+            "train.weight_decay_on",
+            f"'theta' needs θ's weights, and {method} trains adapters beside frozen ones; "
+            "use 'params'",
+        )
+    squares = [w.float().square().sum() for w in weights.values() if w.dim() >= 2]
+    if not squares:
+        raise SpecError("train.weight_decay_on", "the model has no weight matrix to decay")
+    return 0.5 * weight_decay * torch.stack(squares).sum()
 
 
 def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    name = settings.optimizer
+    name, decay, betas = settings.optimizer, _decay(settings), tuple(settings.adam_betas)
     if name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(params, lr=settings.lr, betas=betas, weight_decay=decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(params, lr=settings.lr, betas=betas, weight_decay=decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
     if name == "plain_sgd":  # no momentum: each update is the step's (projected) gradient alone
-        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(params, lr=settings.lr, weight_decay=decay)
     if name == "lbfgs":
         return torch.optim.LBFGS(
             params,
@@ -171,12 +209,15 @@ def run_trial(
     threads: int | None = None,
     problem: Problem | None = None,
     score: bool = True,
+    report_final: bool = False,
 ) -> TrialResult:
     """Train one (task, model, method, dim, seed) and keep its best checkpoint on `select`.
 
     `problem`: the task already built for this spec (its model is trained in place), so a
     caller that needed it first does not load a transformer twice. `score=False` leaves the
     `report` score to the caller (`score_report`): an LR search scores only the try it chose.
+    `report_final`: also score the last step's weights on `report` (`final_metric`), whatever
+    the checkpoint rule: a bench compares the two rules on one run.
     """
     started = time.perf_counter()
     if threads:
@@ -198,6 +239,8 @@ def run_trial(
     method.prepare_optimizer(optimizer, module)
     accum = settings.grad_accum
     batches = problem.batches(settings.batch_size // accum, spec.seed)
+    total_steps = settings.total_steps(problem.split_sizes.get("train"))
+    decay_theta = settings.weight_decay if settings.weight_decay_on == "theta" else 0.0
 
     def compute_loss() -> torch.Tensor:
         """One step's loss and gradient, summed over its micro-batches (the mean over the
@@ -207,6 +250,8 @@ def run_trial(
         for micro in step_batches:
             with autocast(device):
                 loss = problem.loss(module, micro)
+            if decay_theta:
+                loss = loss + theta_penalty(module, spec.method, decay_theta)
             if accum > 1:
                 loss = loss / accum
             loss.backward()
@@ -217,7 +262,7 @@ def run_trial(
     best, best_step, checkpoint = -math.inf, None, None
     loss_value, stop_reason, step, stale = math.nan, "steps", 0, 0
     module.train()
-    for step in range(1, settings.steps + 1):
+    for step in range(1, total_steps + 1):
         step_batches = [next(batches) for _ in range(accum)]
         if settings.optimizer == "lbfgs":
             # Restarted L-BFGS (a fresh memory every step of up to 100 iterations), with
@@ -234,7 +279,7 @@ def run_trial(
         if not math.isfinite(loss_value):
             stop_reason = "diverged"
             break
-        if step % settings.eval_every and step != settings.steps:
+        if step % settings.eval_every and step != total_steps:
             continue
         module.eval()
         with autocast(device):
@@ -247,7 +292,7 @@ def run_trial(
             checkpoint = {n: p.detach().clone() for n, p in named}
         else:
             stale += 1
-        bar = spec.threshold
+        bar = spec.threshold if spec.stop_threshold is None else spec.stop_threshold
         margin = pass_margin(value, problem.split_sizes.get("select"), spec.pass_margin_z)
         if spec.stop_on_pass and bar is not None and value >= bar + margin:
             stop_reason = "pass_on_select"
@@ -255,6 +300,17 @@ def run_trial(
         if spec.patience is not None and stale >= spec.patience:
             stop_reason = "hopeless"  # a plateau below the bar: it is not going to get there
             break
+    final_metric = math.nan
+    if report_final and history and stop_reason != "diverged":
+        module.eval()
+        with torch.no_grad(), autocast(device):
+            final_metric = problem.evaluate(module, "report")[problem.metric]
+    if settings.checkpoint == "final":  # the weights as training left them
+        checkpoint = None
+        if history and stop_reason != "diverged":
+            best, best_step = history[-1][problem.metric], history[-1]["step"]
+        else:
+            best, best_step = -math.inf, None
     if checkpoint is not None:
         with torch.no_grad():
             for (_, p), saved in zip(named, checkpoint.values(), strict=True):
@@ -276,6 +332,7 @@ def run_trial(
         module=module,
         kernel=kernel[0],
         kernel_reason=kernel[1],
+        final_metric=final_metric,
     )
     return score_report(result, problem, spec.threshold) if score else result
 
