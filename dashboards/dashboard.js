@@ -149,7 +149,7 @@
         "data-point": "pair",
         "data-run-id": p.d_run_id,
         "data-r-run-id": p.r_run_id,
-        "data-tip": `${p.label} (${p.experiment})\n${p.method}: d90 = ${fmt(p.d90)} ${interval(p.d90_interval, "")}\nlora: r90 = ${fmt(p.r90)} ${interval(p.r90_interval, "")}`,
+        "data-tip": `${p.label} (${p.experiment})\n${p.method}: d90 = ${fmt(p.d90)} ${interval(p.d90_interval, "")}\nlora: r90 = ${fmt(p.r90)} ${interval(p.r90_interval, "")}${p.r90_note ? ` (${p.r90_note})` : ""}`,
       });
       if (P.length <= LABELLED) {
         svg("text", { x: x + 7, y: y - 6 }, f.marks).textContent = `${p.label} (${p.method})`;
@@ -236,7 +236,7 @@
     ["interval", "interval_lo"],
     ["probes", "probes"],
     ["perf_full", "perf_full"],
-    ["threshold", "threshold"],
+    ["bar (rule)", "threshold"],
     ["status", "status"],
     ["compute used", "compute_seconds"],
     ["MLflow run", "run_id"],
@@ -283,7 +283,7 @@
         h("td", { text: r.task }),
         h("td", { text: r.method }),
         isNum(r.answer)
-          ? h("td", { class: "num", text: `${r.dim_name}90 = ${fmt(r.answer)}` })
+          ? h("td", { class: "num", text: `${r.dim_name}90 = ${fmt(r.answer)}` + (r.method_note ? ` (${r.method_note})` : "") })
           : h("td", { class: "words", text: running ? "not yet (running)" : "none" }),
         h("td", {
           class: isNum(r.interval_lo) ? "num" : "words",
@@ -291,7 +291,9 @@
         }),
         h("td", { class: "num", text: fmt(r.probes, "0") + (running ? " so far" : "") }),
         num(r.perf_full, running ? "no baseline yet" : "no baseline"),
-        num(r.threshold, running ? "written when the search ends" : "no baseline"),
+        isNum(r.threshold)
+          ? h("td", { class: "num", text: fmt(r.threshold) + (r.threshold_rule ? ` (${r.threshold_rule})` : "") })
+          : num(r.threshold, running ? "written when the search ends" : "no baseline"),
         h("td", {}, [h("span", { class: "pill " + pillClass, text: r.status_text })]),
         h("td", { class: "num", text: fmtSeconds(r.compute_seconds) }),
         h("td", {}, [h("a", {

@@ -169,6 +169,7 @@ def d_vs_r(searches: Sequence[SearchRun]) -> dict[str, Any]:
                 "d90_interval": list(s.interval) if s.interval else None,
                 "r90": r.answer,
                 "r90_interval": list(r.interval) if r.interval else None,
+                "r90_note": r.method_note,
                 "d_run_id": s.run_id,
                 "r_run_id": r.run_id,
             }

@@ -37,7 +37,7 @@ Training defaults — Li et al.'s where stated, ours (marked) where they are sil
 CPU budget forces a change:
 
 * Adam, minibatch 128 (their `train.py` defaults and MNIST scripts; their β2 is 0.99, ours
-  PyTorch's 0.999 — the optimiser code is shared by every task). Learning rate 1e-3 (theirs)
+  PyTorch's 0.999; `train.adam_betas` sets theirs). Learning rate 1e-3 (theirs)
   for `full`, `lora` and `resampled`; 3e-2 for `did` and `said` (ours: at 1e-3 a subspace
   probe needs their 100 epochs — FC at d = 750 reached 0.26 select accuracy in 200 steps; a
   600-step scan of {1e-2, 3e-2, 1e-1, 3e-1} at d = 750, one seed, gave 0.86, 0.89, 0.87, 0.87,
@@ -50,8 +50,10 @@ CPU budget forces a change:
   on the high side may be this, and docs/results.md says so.
 * Evaluation: every `EVAL_EVERY` = 500 steps on `select`, the same schedule for every method
   (ours; the decision rule picks the checkpoint there and scores it once on `report`).
-* Li et al.'s LeNet runs add an L2 penalty of 1e-4 on the kernels; we add none (ours: an L2 on
-  θ = θ0 + Pθ_d is not the optimiser's weight decay on θ_d, and the FC runs use none either).
+* Li et al.'s LeNet runs add an L2 penalty of 1e-4 on the kernels of θ = θ0 + Pθ_d; by default
+  we add none (their FC runs use none either). `train.weight_decay_on: theta` adds it.
+* jobs/li2018-mnist-paper.yaml and -lenet.yaml set all of their recipe (β2, lr 1e-3, 100
+  epochs, the last step's weights, LeNet's L2) and their absolute 0.90 bar.
 * Inputs are the pickle's [0, 1) grey levels, not standardised (Li et al. feed raw pixels).
 """
 
