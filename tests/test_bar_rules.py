@@ -7,7 +7,9 @@ import copy
 import math
 
 import pytest
+import yaml
 
+from sweeper.cli import main
 from sweeper.engine.plan import Cache, JobPlan
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
@@ -116,3 +118,23 @@ def test_the_rules_give_different_search_hashes():
 def test_the_rule_describes_itself():
     assert _spec().threshold.describe() == "0.9 × perf_full"
     assert _spec(threshold={"absolute": 0.9}).threshold.describe() == "absolute 0.9"
+
+
+def test_validate_refuses_an_absolute_bar_at_chance_in_one_line(tmp_path, monkeypatch, capsys):
+    job = {
+        "name": "at-chance",
+        "grid": [{"models": ["mlp"], "tasks": ["digits"]}],
+        "methods": {"did": {"search": {"lo": 2, "hi": 64}}},
+        "threshold": {"absolute": 0.05},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweeper validate: error: threshold.absolute: 0.05 is at or below")
+    assert "\n" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+    job["threshold"] = {"absolute": 0.5}
+    path.write_text(yaml.safe_dump(job))
+    assert main(["validate", str(path)]) == 0
+    assert "bar: absolute 0.5" in capsys.readouterr().out
