@@ -54,6 +54,10 @@ def default_uris(spec: JobSpec) -> tuple[str, str | None]:
 # --- experiment tags ---------------------------------------------------------------------------
 
 TAG_SWEEPER_KIND = "sweeper.kind"  # on an experiment sweeper created: KIND_JOB
+# MLflow 3's UI opens an experiment by its kind; "custom_model_development" is its "Machine
+# learning" kind, whose home is the runs table (untagged, it may open the GenAI view).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 WRITER_LEASE_PREFIX = "sweeper.writer."  # + job id: who writes the job to a tracking server
 
 

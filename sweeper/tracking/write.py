@@ -95,7 +95,12 @@ class Tracker:
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
-                name, artifact_location=artifacts, tags={S.TAG_SWEEPER_KIND: S.KIND_JOB}
+                name,
+                artifact_location=artifacts,
+                tags={
+                    S.TAG_SWEEPER_KIND: S.KIND_JOB,
+                    S.TAG_EXPERIMENT_KIND: S.EXPERIMENT_KIND_TRAINING,
+                },
             )
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
