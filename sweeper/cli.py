@@ -161,7 +161,7 @@ def _fmt(value: float) -> str:
 
 
 def _fastfood_caveat(task, method) -> str | None:
-    """Why Fastfood itself may miss toy-sums' known answer, or None (README, 'The maths')."""
+    """Why Fastfood itself may miss toy-sums' known answer, or None (docs/design/projections.md)."""
     size = task.options.get("group_size", 100)
     if task.name != "toy-sums" or getattr(method, "projection", None) != "fastfood":
         return None

@@ -1,6 +1,7 @@
 """The dashboards' data layer on a real MLflow SQLite store laid out as `sweeper.tracking` writes
-it (DESIGN.md §5): what every view gets, and the gaps (not bracketed, no baseline, an empty
-experiment, NaN metrics) said in words. No browser here; see test_dashboard_browser.py."""
+it (docs/design/mlflow-layout.md): what every view gets, and the gaps (not bracketed, no
+baseline, an empty experiment, NaN metrics) said in words. No browser here; see
+test_dashboard_browser.py."""
 
 from __future__ import annotations
 

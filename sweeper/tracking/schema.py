@@ -1,4 +1,4 @@
-"""Every name sweeper gives things in MLflow (DESIGN.md §5), written once.
+"""Every name sweeper gives things in MLflow (docs/design/mlflow-layout.md), written once.
 
 The writer (`tracking.write`), the readers (`tracking.read`, the dashboards, `sweeper status`)
 and the tests' hand-made stores all import these, the way MLflow's own
@@ -114,7 +114,7 @@ PARAM_PROJECTION = "projection"
 PARAM_LAYOUT = "layout"
 PARAM_OPTIMIZER = "optimizer"
 PARAM_METRIC_NAME = "metric_name"
-PARAM_RULE = "rule"  # the decision rule's settings (DESIGN.md §4) ...
+PARAM_RULE = "rule"  # the decision rule's settings (docs/design/decision-rule.md) ...
 PARAM_HEAD = "head"
 PARAM_LR_RULE = "lr_rule"
 PARAM_STOP_ON_PASS = "stop_on_pass"
