@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
             flag,
             default=field.default,
             choices=get_args(field.annotation),
-            help=f"as a job spec's methods.<method>.{name} (did, said)",
+            help=f"as a job spec's methods.<method>.{name}",
         )
     train.add_argument(
         "--head",

@@ -262,6 +262,15 @@ def _sections() -> list[tuple[str, type[BaseModel], str]]:
     return out
 
 
+def _prose(text: str) -> str:
+    """Text for a table cell: `<name>` outside code spans would read as an HTML tag, `|` as a
+    column break."""
+    parts = " ".join(text.split()).split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return "`".join(parts)
+
+
 def _anchor(path: str) -> str:
     """`methods.<method>.search` → `methods-method-search`: a heading's id, set explicitly."""
     words = "".join(c if c.isalnum() or c == "_" else " " for c in path.lower()).split()
@@ -291,7 +300,7 @@ def _field_rows(path: str, model: type[BaseModel], missing: list[str]) -> list[s
             kind = kind.replace("mapping", f"[mapping](#{_anchor(target)})")
         rows.append(
             f"| `{name}` | {kind} | {_default(info)} | {', '.join(bounds) or '—'} | "
-            f"{text.strip()} |"
+            f"{_prose(text)} |"
         )
     return rows
 
@@ -359,7 +368,7 @@ def job_spec_page() -> str:
         title = path or "Top level"
         lines += ["", f"## {'`' + title + '`' if path else title} {{#{_anchor(path)}}}", ""]
         if intro:
-            lines += [" ".join(intro.split()), ""]
+            lines += [_prose(intro), ""]
         lines += [
             "| field | type | default | bounds | description |",
             "|---|---|---|---|---|",
@@ -407,7 +416,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _prose(text)
 
 
 def _argument_rows(parser: argparse.ArgumentParser, missing: list[str]) -> list[str]:
