@@ -130,6 +130,10 @@ FIELD_DOCS: dict[str, str] = {
 }
 
 
+class MissingDocs(ValueError):
+    """A field or argument the pages would have to leave unexplained."""
+
+
 # --- the job spec ------------------------------------------------------------------------------
 
 
@@ -376,8 +380,8 @@ def job_spec_page() -> str:
         ]
     lines += ["", *_tasks_section()]
     if missing:
-        raise SystemExit(
-            f"{COMMAND}: error: no description for job-spec field(s) {', '.join(missing)}: give "
+        raise MissingDocs(
+            f"no description for job-spec field(s) {', '.join(missing)}: give "
             "each a Field(description=...) in its model, or an entry in FIELD_DOCS in "
             "sweeper/docs_gen.py"
         )
@@ -487,8 +491,8 @@ def cli_page() -> str:
         for name, help_text, sub in _subcommands(parser):
             lines += _command_section(f"sweeper {name}", help_text, sub, missing)
     if missing:
-        raise SystemExit(
-            f"{COMMAND}: error: no help for argument(s) {', '.join(missing)}: give each a "
+        raise MissingDocs(
+            f"no help for argument(s) {', '.join(missing)}: give each a "
             "help= in sweeper/cli.py (or sweeper/dashboard/cli.py)"
         )
     return "\n".join(lines).rstrip() + "\n"
@@ -515,7 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a page is stale")
     args = parser.parse_args(argv)
-    if args.check:
+    try:
+        return _write_or_check(args.check)
+    except MissingDocs as e:
+        print(f"{COMMAND}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _write_or_check(check: bool) -> int:
+    if check:
         old = stale()
         for path in old:
             print(f"{path} is stale: run `{COMMAND}`", file=sys.stderr)

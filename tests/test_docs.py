@@ -32,6 +32,13 @@ def test_every_spec_field_and_cli_argument_is_described():
     docs_gen.cli_page()
 
 
+def test_a_field_without_a_description_stops_the_generator_naming_it(monkeypatch):
+    docs = {k: v for k, v in docs_gen.FIELD_DOCS.items() if k != "budget.max_probes"}
+    monkeypatch.setattr(docs_gen, "FIELD_DOCS", docs)
+    with pytest.raises(docs_gen.MissingDocs, match=r"budget\.max_probes.*FIELD_DOCS"):
+        docs_gen.job_spec_page()
+
+
 def test_the_cli_reference_does_not_depend_on_the_environment(monkeypatch):
     before = docs_gen.cli_page()
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://elsewhere:8265")
