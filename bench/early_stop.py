@@ -1,4 +1,5 @@
-"""Early stop on pass vs training to the end, under the held-out rule (DESIGN.md §4.4).
+"""Early stop on pass vs training to the end, under the held-out rule
+(docs/design/decision-rule.md, "Stopping on a pass").
 
 A probe that stops at the first `select` evaluation reaching the bar keeps a checkpoint whose
 select score is lucky; scored on `report`, it falls back. This prints, per (d, seed) of digits

@@ -3,7 +3,8 @@
     python bench/seed_effect.py [--job jobs/quickstart.yaml] [--pair mlp/digits]
                                 [--method did] [--dims 200 230 260 300 350] [--seeds 8]
 
-The estimator (DESIGN.md §4) treats every probe as an independent draw of pass/fail at its d.
+The estimator (docs/design/search.md) treats every probe as an independent draw of pass/fail at
+its d.
 If a seed is lucky or unlucky at every d (its initialisation, its data order), probes that
 share it are correlated.  The searcher used to give the first probe at every d seed 0, so
 most probes of a search shared it and the 90 % interval was narrower than the evidence; this

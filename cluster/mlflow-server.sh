@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MLflow tracking server for cluster mode (DESIGN.md §6): PostgreSQL backend store, artifacts
+# The MLflow tracking server for cluster mode (docs/design/cluster.md): PostgreSQL backend store, artifacts
 # served by the server itself (clients upload/download through HTTP, so workers need no shared
 # filesystem), bound to loopback unless MLFLOW_HOST says otherwise.
 #

@@ -6,7 +6,7 @@
 (function (plot) {
   "use strict";
 
-  const { isNum, svg, h, fmt, fmtSeconds, interval, frame, marker, errorbar } = plot;
+  const { isNum, svg, h, fmt, fmtSeconds, interval, frame, marker, errorbar, placeLabels } = plot;
   const OUTCOME_WORDS = {
     pass: "pass",
     fail: "fail",
@@ -151,12 +151,32 @@
         "data-r-run-id": p.r_run_id,
         "data-tip": `${p.label} (${p.experiment})\n${p.method}: d90 = ${fmt(p.d90)} ${interval(p.d90_interval, "")}\nlora: r90 = ${fmt(p.r90)} ${interval(p.r90_interval, "")}${p.r90_note ? ` (${p.r90_note})` : ""}`,
       });
-      if (P.length <= LABELLED) {
-        svg("text", { x: x + 7, y: y - 6 }, f.marks).textContent = `${p.label} (${p.method})`;
-      }
     }
+    // names beside the points, never over each other or a marker (placeLabels leaves out a
+    // label that finds no room); beyond LABELLED points, hover alone tells
+    const placed = P.length > LABELLED ? 0 : placeLabels(
+      f,
+      P.map((p) => ({
+        x: f.sx(p.d90), y: f.sy(p.r90), text: `${p.label} (${p.method})`,
+        attrs: { class: "point-label", "data-label": "pair" },
+      })),
+      P.flatMap((p) => {
+        const x = f.sx(p.d90);
+        const y = f.sy(p.r90);
+        const out = [{ x0: x - 7, x1: x + 7, y0: y - 7, y1: y + 7 }]; // the marker
+        if (p.d90_interval) {
+          const [a, b] = p.d90_interval.map(f.sx);
+          out.push({ x0: Math.min(a, b), x1: Math.max(a, b), y0: y - 4, y1: y + 4 });
+        }
+        if (p.r90_interval) {
+          const [a, b] = p.r90_interval.map(f.sy);
+          out.push({ x0: x - 4, x1: x + 4, y0: Math.min(a, b), y1: Math.max(a, b) });
+        }
+        return out;
+      }),
+    );
     box.appendChild(methodLegend([...new Set(P.map((p) => p.method))]));
-    const hover = P.length > LABELLED ? ["Hover a point for its model, task and intervals."] : [];
+    const hover = placed < P.length ? ["Hover a point for its model, task and intervals."] : [];
     box.appendChild(notes(hover.concat(view.notes)) || h("span"));
     return box;
   }

@@ -169,6 +169,74 @@ window.sweeperPlot = (function () {
     }
   }
 
+  // --- point labels that never overlap -------------------------------------------------------
+
+  const LABEL_FONT = 11; // svg.chart text's font-size (dashboard.css), in viewBox units
+  let measure = null;
+
+  // A label's width in viewBox units, measured in the page's own font (a canvas measures text
+  // that is not in the document yet); a generous estimate where no canvas is available.
+  function textWidth(text) {
+    if (measure === null) {
+      const canvas = document.createElement("canvas");
+      measure = canvas.getContext ? canvas.getContext("2d") : undefined;
+      if (measure) measure.font = `${LABEL_FONT}px ${getComputedStyle(document.body).fontFamily}`;
+    }
+    return measure ? measure.measureText(text).width : text.length * LABEL_FONT * 0.62;
+  }
+
+  function overlaps(a, b) {
+    return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+  }
+
+  // Labels beside their points, placed greedily: each takes the first spot around its point
+  // (right, left, above, below, then further out with a leader line) whose box stays inside
+  // the plot and clear of every label placed before and every obstacle (markers, error bars).
+  // A label that finds no spot is left out (its point's hover still tells), never drawn over
+  // another. items: [{ x, y, text, attrs }]; obstacles: [{ x0, y0, x1, y1 }]. Returns how many
+  // were drawn.
+  function placeLabels(f, items, obstacles) {
+    const pad = 2;
+    const height = LABEL_FONT + 4; // the glyphs, with a margin above and below
+    const boxes = obstacles.slice();
+    let drawn = 0;
+    const order = items.map((item, i) => i).sort((a, b) => items[a].x - items[b].x || items[a].y - items[b].y);
+    for (const i of order) {
+      const it = items[i];
+      const w = textWidth(it.text) + pad;
+      const spots = [];
+      for (let ring = 0; ring < 10; ring++) {
+        const dy = 9 + ring * (height + 1); // from the point to the nearer edge of the box
+        const dx = 8 + ring * 6;
+        spots.push(
+          { x0: it.x + dx, y0: it.y - height / 2 - (ring ? dy - 9 : 0) },
+          { x0: it.x + dx, y0: it.y - height / 2 + (ring ? dy - 9 : 0) },
+          { x0: it.x - dx - w, y0: it.y - height / 2 - (ring ? dy - 9 : 0) },
+          { x0: it.x - dx - w, y0: it.y - height / 2 + (ring ? dy - 9 : 0) },
+          { x0: it.x - w / 2, y0: it.y - dy - height },
+          { x0: it.x - w / 2, y0: it.y + dy },
+        );
+      }
+      const spot = spots
+        .map((s) => ({ x0: s.x0, x1: s.x0 + w, y0: s.y0, y1: s.y0 + height }))
+        .find((b) => b.x0 >= f.left + 2 && b.x1 <= f.right && b.y0 >= f.top && b.y1 <= f.bottom &&
+          boxes.every((o) => !overlaps(b, o)));
+      if (!spot) continue;
+      boxes.push(spot);
+      const cx = Math.max(spot.x0, Math.min(it.x, spot.x1));
+      const cy = Math.max(spot.y0, Math.min(it.y, spot.y1));
+      if (Math.hypot(cx - it.x, cy - it.y) > 14) {
+        svg("line", { class: "leader", x1: it.x, y1: it.y, x2: cx, y2: cy }, f.marks);
+      }
+      const text = svg("text", { ...it.attrs, x: spot.x0 + pad / 2, y: spot.y1 - 4 }, f.marks);
+      text.textContent = it.text;
+      drawn++;
+    }
+    return drawn;
+  }
+
   // axis, ticks and fmtTick stay private: frame is the way to a scaled plot
-  return Object.freeze({ isNum, svg, h, fmt, fmtSeconds, interval, frame, marker, errorbar });
+  return Object.freeze({
+    isNum, svg, h, fmt, fmtSeconds, interval, frame, marker, errorbar, placeLabels,
+  });
 })();

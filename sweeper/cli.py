@@ -161,7 +161,7 @@ def _fmt(value: float) -> str:
 
 
 def _fastfood_caveat(task, method) -> str | None:
-    """Why Fastfood itself may miss toy-sums' known answer, or None (README, 'The maths')."""
+    """Why Fastfood itself may miss toy-sums' known answer, or None (docs/design/projections.md)."""
     size = task.options.get("group_size", 100)
     if task.name != "toy-sums" or getattr(method, "projection", None) != "fastfood":
         return None
@@ -262,16 +262,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run dir {summary.run_dir}",
         soft_wrap=True,
     )
-    look = f"mlflow ui --backend-store-uri {summary.tracking_uri}"
-    if summary.tracking_uri.startswith(("http://", "https://")):
-        look = f"open {summary.tracking_uri} (the MLflow server's UI)"
-    console.print(f"look at it: {look}", soft_wrap=True)
+    console.print(f"look at it: {_where_to_look(spec.name, summary.tracking_uri)}", soft_wrap=True)
     for warning in dict.fromkeys(s.warning for s in summary.searches if s.warning):
         console.print(f"warning: {warning}", soft_wrap=True)
     errors = list(dict.fromkeys(s.error for s in summary.searches if s.error))
     for error in errors:
         console.print(f"error: {error}", soft_wrap=True)
     return 1 if errors else 0
+
+
+def _where_to_look(name: str, uri: str) -> str:
+    """How to open the job's runs table in MLflow's UI (its model-training view)."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeper.dashboard import DEFAULT_MLFLOW_UI
+    from sweeper.dashboard.views import experiment_url
+
+    server = uri.startswith(("http://", "https://"))
+    try:
+        experiment = MlflowClient(uri).get_experiment_by_name(name)
+    except Exception:  # the job's results are written; a hint must not fail it
+        experiment = None
+    if experiment is None:
+        return f"open {uri}" if server else f"mlflow ui --backend-store-uri {uri}"
+    url = experiment_url(uri if server else DEFAULT_MLFLOW_UI, experiment.experiment_id)
+    if server:
+        return f"open {url} (the MLflow server's UI)"
+    return f"mlflow ui --backend-store-uri {uri}, then open {url}"
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -378,17 +395,31 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run one trial (no Ray, no MLflow) and print its result")
     train.add_argument("--task", required=True, help="built-in task, e.g. toy-sums or digits")
     train.add_argument("--model", help="model for the task (default: the task's first)")
-    train.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--method", required=True, choices=list(methods.METHODS))
+    train.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option, as in a job spec's options (VALUE read as YAML: a number, string "
+        "or boolean)",
+    )
+    train.add_argument(
+        "--method", required=True, choices=list(methods.METHODS), help="the method to train"
+    )
     train.add_argument("--d", type=int, help="subspace dimension (did, said), λ scalars included")
     train.add_argument("--r", type=int, help="LoRA rank (lora)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="the trial's seed, in [0, 2^32)")
     train.add_argument("--steps", type=int, help="optimiser steps (default: the task's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the task's)")
     for name in ("projection", "layout", "said_groups"):  # as a job spec's methods.<name>
         field = SubspaceFields.model_fields[name]
         flag = "--" + name.replace("_", "-")
-        train.add_argument(flag, default=field.default, choices=get_args(field.annotation))
+        train.add_argument(
+            flag,
+            default=field.default,
+            choices=get_args(field.annotation),
+            help=f"as a job spec's methods.<method>.{name}",
+        )
     train.add_argument(
         "--head",
         default="budget",

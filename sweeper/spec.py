@@ -282,10 +282,10 @@ class JobSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     grid: Annotated[list[GridBlock], Field(min_length=1)]
     methods: Methods
-    # The classifier head, alike in every method so that d90 and r90 compare (DESIGN.md §3):
-    # 'budget' puts it inside each method's budget (projected for did/said, a LoRA adapter for
-    # lora; Li et al.), 'train' trains it directly in every method and counts it (PEFT's
-    # modules_to_save; Aghajanyan et al.).
+    # The classifier head, alike in every method so that d90 and r90 compare
+    # (docs/design/decision-rule.md): 'budget' puts it inside each method's budget (projected
+    # for did/said, a LoRA adapter for lora; Li et al.), 'train' trains it directly in every
+    # method and counts it (PEFT's modules_to_save; Aghajanyan et al.).
     head: Literal[HEAD_POLICIES] = "budget"
     threshold: ThresholdRule = ThresholdRule(fraction=0.9)
     # θ0: `fixed` (the task's init_seed for every trial, so an interval is conditional on that
@@ -364,8 +364,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 # YAML 1.1 (PyYAML) reads `1e-3` as a string: its floats need a dot (`1.0e-3`). YAML 1.2 and
-# every user read it as a number, as the README's own `lr_search: {low: 1e-3, …}` does; so here
-# an exponent without a dot is a float too. Quoted "1e-3" stays a string (strict fields refuse).
+# every user read it as a number, as docs/job-specs.md's own `lr_search: {low: 1e-3, …}` does;
+# so here an exponent without a dot is a float too. Quoted "1e-3" stays a string (strict
+# fields refuse).
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
@@ -469,9 +470,9 @@ def _lr_rule(train: TrainSpec) -> str:
 
 
 def _check_rule(spec: JobSpec) -> None:
-    """The baseline is chosen by the same rule as the probes (DESIGN.md §4): as many learning
-    rates tried, the same evaluation schedule. A baseline that gets fewer chances than the
-    probes tilts the bar toward passing."""
+    """The baseline is chosen by the same rule as the probes (docs/design/decision-rule.md): as
+    many learning rates tried, the same evaluation schedule. A baseline that gets fewer chances
+    than the probes tilts the bar toward passing."""
     full = spec.train_for("full")
     for name in spec.methods.searched():
         probe = spec.train_for(name)
@@ -505,7 +506,7 @@ def parse_spec(data: Any) -> JobSpec:
         first = next((x for x in e.errors() if x["type"] == "finite_number"), e.errors()[0])
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            message = "unknown field; check its spelling against the README's annotated example"
+            message = "unknown field; check its spelling against docs/reference/job-spec.md"
             if first["loc"][-1] == "train_head":
                 message = "moved: the head is one policy for every method, `head: train` at the top"
         if first["type"] in ("less_than_equal", "string_too_long"):

@@ -1,6 +1,6 @@
 """A real cluster-mode tracking server for tests: PostgreSQL + `mlflow server` (served artifacts)
 on free 127.0.0.1 ports, started by `cluster/mlflow-server.sh`, so the tests run the very
-command the README documents.
+command docs/cluster.md documents.
 
 Public names (fault tests import them; keep them stable):
 

@@ -42,7 +42,12 @@ sync_api = pytest.importorskip(
 )
 
 from helpers import toy_job  # noqa: E402
-from test_dashboard_data import add_probe, add_search, synthetic_experiment  # noqa: E402
+from test_dashboard_data import (  # noqa: E402
+    add_baseline,
+    add_probe,
+    add_search,
+    synthetic_experiment,
+)
 
 MODELS = {"bert-base": 110_000_000, "bert-large": 335_000_000, "roberta-large": 355_000_000}
 TASKS = ("mrpc", "sst2")
@@ -194,3 +199,69 @@ def test_live_dashboard_shows_running_searches_and_updates_as_probes_finish(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- d90 vs r90: point labels never overlap -------------------------------------------------
+
+# (model, {method: (answer, interval)}): crowded on purpose. mlp's did and said answers are
+# the quickstart's (196 and 208, both with r90 = 3), whose labels once printed over each
+# other; the other pairs sit on the same r90 within a few percent of d.
+CROWDED = {
+    "mlp": {"did": (196, (170, 250)), "said": (208, (185, 260)), "lora": (3, (3, 3))},
+    "mlp-wide": {"did": (200, (180, 240)), "said": (190, (170, 230)), "lora": (3, (2, 4))},
+    "mlp-deep": {"did": (205, (190, 260)), "said": (199, (170, 250)), "lora": (3, (3, 4))},
+    "vector": {"did": (10, (9, 12)), "said": (11, (10, 12)), "lora": (2, (2, 3))},
+}
+
+
+def crowded_report(tmp_path) -> Path:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("crowded")
+    for model, answers in CROWDED.items():
+        add_baseline(client, experiment, model=model, task="digits", perf_full=0.95)
+        for method, (answer, interval) in answers.items():
+            low = max(1, interval[0] - 1)
+            add_search(
+                client, experiment, model=model, task="digits", method=method, D=4810,
+                probes=[(low, 0, 0.5, "fail", 1.0), (answer, 1, 0.9, "pass", 1.0)],
+                answer=answer, interval=interval, perf_full=0.95, threshold=0.855,
+            )  # fmt: skip
+    report = tmp_path / "crowded.html"
+    argv = ["report", "crowded", "--tracking-uri", client.tracking_uri, "-o", str(report)]
+    assert main(argv) == 0
+    return report
+
+
+def boxes(page, selector):
+    """Each element's box in the chart's own units (getBBox), as [x0, y0, x1, y1]."""
+    return page.eval_on_selector_all(
+        selector,
+        "els => els.map(e => { const b = e.getBBox(); return [b.x, b.y, b.x + b.width,"
+        " b.y + b.height]; })",
+    )
+
+
+def test_d_vs_r_labels_name_every_point_and_never_overlap(browser, screens, tmp_path, capsys):
+    page, errors = open_page(browser, crowded_report(tmp_path).as_uri())
+    chart = "svg[data-chart=d-vs-r]"
+    pairs = 2 * len(CROWDED)  # did and said per model
+    assert page.locator(f"{chart} [data-point=pair]").count() == pairs
+    labels = boxes(page, f"{chart} text[data-label=pair]")
+    texts = page.eval_on_selector_all(
+        f"{chart} text[data-label=pair]", "els => els.map(e => e.textContent)"
+    )
+    assert sorted(texts) == sorted(
+        f"{m} · digits ({d})" for m in CROWDED for d in ("did", "said")
+    ), texts  # every point named: none had to be left out
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels[:i]):
+            clear = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+            assert clear, f"labels overlap: {texts[i]!r} {a} and {texts[j]!r} {b}"
+    markers = boxes(page, f"{chart} [data-point=pair]")
+    for text, a in zip(texts, labels, strict=True):
+        for b in markers:
+            clear = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+            assert clear, f"label {text!r} {a} covers a marker {b}"
+    assert errors == []
+    shoot(page, screens, "report-d-vs-r-crowded", "#d-vs-r", capsys=capsys)
+    page.close()

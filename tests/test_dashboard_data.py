@@ -1,6 +1,7 @@
 """The dashboards' data layer on a real MLflow SQLite store laid out as `sweeper.tracking` writes
-it (DESIGN.md §5): what every view gets, and the gaps (not bracketed, no baseline, an empty
-experiment, NaN metrics) said in words. No browser here; see test_dashboard_browser.py."""
+it (docs/design/mlflow-layout.md): what every view gets, and the gaps (not bracketed, no
+baseline, an empty experiment, NaN metrics) said in words. No browser here; see
+test_dashboard_browser.py."""
 
 from __future__ import annotations
 
@@ -263,7 +264,8 @@ def test_curve_has_a_point_per_probe_with_seed_threshold_and_answer(store):
     assert curve["threshold"] == 0.774 and curve["answer"] == 800
     assert curve["interval"] == [400, 800]
     glue = client.get_experiment_by_name("glue").experiment_id
-    assert curve["url"] == f"{UI}/#/experiments/{glue}/runs/{ids['bert-base', 'did']}"
+    run = ids["bert-base", "did"]
+    assert curve["url"] == f"{UI}/#/experiments/{glue}/runs/{run}?workflowType=machine_learning"
     assert {p["outcome"] for p in curve["probes"]} == {"pass", "fail", "stopped"}
 
 
@@ -292,7 +294,7 @@ def test_summary_sums_probe_seconds_and_links_the_parent_run(store):
     assert list(row) == list(SUMMARY_COLUMNS)
     assert row["compute_seconds"] == 85.0 and row["probes"] == 5
     assert (row["perf_full"], row["threshold"], row["status"]) == (0.86, 0.774, "found")
-    assert row["url"].endswith(f"/runs/{ids['bert-large', 'said']}")
+    assert row["url"].endswith(f"/runs/{ids['bert-large', 'said']}?workflowType=machine_learning")
     assert row["url"].startswith(f"{UI}/#/experiments/")
 
 

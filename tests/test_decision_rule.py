@@ -1,5 +1,5 @@
-"""The held-out decision rule (DESIGN.md §4): `select` chooses, `report` scores, the baseline
-is held to the same rule, and a bar that measures nothing is refused."""
+"""The held-out decision rule (docs/design/decision-rule.md): `select` chooses, `report` scores,
+the baseline is held to the same rule, and a bar that measures nothing is refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Specification of the threshold searcher (DESIGN.md §4) against synthetic oracles."""
+"""Specification of the threshold searcher (docs/design/search.md) against synthetic oracles."""
 
 import dataclasses
 import json

@@ -308,7 +308,7 @@ def test_a_methods_lr_search_replaces_a_global_fixed_lr():
     assert lora.lr is None and lora.lr_search.tries == 1 and lora.optimizer == "sgd"
 
 
-# --- the baseline is decided by the probes' rule (DESIGN.md §4) ------------------------------
+# --- the baseline is decided by the probes' rule (docs/design/decision-rule.md) ---------------
 
 
 def test_a_baseline_with_fewer_learning_rates_than_the_probes_is_refused():

@@ -21,8 +21,18 @@ if TYPE_CHECKING:  # annotations only: the views run on plain rows
 OUTCOMES = ("pass", "fail", "diverged", "stopped", "error")
 
 
+# MLflow 3's UI shows an experiment as GenAI or model training by a view it remembers per
+# browser (GenAI at first), not by the experiment's kind tag; this query opens training's view.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_url(ui_base: str, experiment_id: str) -> str:
+    """The experiment's runs table: search parents and baselines, each probe nested below."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}"
+
+
 def run_url(ui_base: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def view_data(snapshot: Snapshot, ui_base: str = DEFAULT_MLFLOW_UI) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A probe is one (search, point, seed): train at d (or r) — with the job's fixed learning rate or
 the best of a small Optuna search over it, chosen on the `select` set — and score the one chosen
-checkpoint on `report`, which alone says whether it reached the threshold (DESIGN.md §4).
+checkpoint on `report`, which alone says whether it reached the threshold
+(docs/design/decision-rule.md).
 Everything here is plain data so that the same config runs in-process, in a Ray worker, or
 again after a crash with the same result.
 """

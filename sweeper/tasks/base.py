@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 Role = Literal["select", "report"]
-"""The two held-out sets (DESIGN.md §4): `select` alone chooses the learning rate, the
-checkpoint and stop-on-pass; `report` alone scores the one chosen checkpoint."""
+"""The two held-out sets (docs/design/decision-rule.md): `select` alone chooses the learning
+rate, the checkpoint and stop-on-pass; `report` alone scores the one chosen checkpoint."""
 ROLES: tuple[Role, ...] = ("select", "report")
 
 SEED_MAX = 2**32 - 1  # task seeds (init_seed, data_seed), as for a trial's seed

@@ -2,7 +2,7 @@
 
 Data: the built-in asset `mnist` (`sweeper assets fetch mnist`): the 50,000 / 10,000 / 10,000
 split of the classic `mnist.pkl.gz`, 28×28 grey levels as floats in [0, 1). The data roles
-(README, "How sweeper decides"): `train` = the 50,000 training images, `select` = the 10,000
+(docs/design/decision-rule.md): `train` = the 50,000 training images, `select` = the 10,000
 validation images, `report` = the 10,000 test images, so the report score is the number Li et
 al. report (they evaluate on the test set).
 
@@ -286,7 +286,7 @@ def build(model: str, options: dict) -> Problem:
 
     batches, loss, evaluate = tensor_classification(data)
 
-    # One schedule for every method (README, "How sweeper decides"); Li et al.'s optimiser.
+    # One schedule for every method (docs/design/decision-rule.md); Li et al.'s optimiser.
     settings = TrainSettings(
         optimizer="adam", lr=LR, steps=STEPS, batch_size=BATCH, eval_every=EVAL_EVERY
     )

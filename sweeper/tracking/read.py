@@ -1,5 +1,5 @@
-"""Reading a job back from MLflow (DESIGN.md §5): the resume cache, and searches, probes and
-baselines as typed rows for the dashboards and `sweeper status`.
+"""Reading a job back from MLflow (docs/design/mlflow-layout.md): the resume cache, and
+searches, probes and baselines as typed rows for the dashboards and `sweeper status`.
 
 Names come from `tracking.schema`, as the writer (`tracking.write`) uses them. What a reader
 shows may be missing (no answer yet, a NaN metric): that reads as None, never as NaN.

@@ -1,4 +1,4 @@
-"""Every name sweeper gives things in MLflow (DESIGN.md §5), written once.
+"""Every name sweeper gives things in MLflow (docs/design/mlflow-layout.md), written once.
 
 The writer (`tracking.write`), the readers (`tracking.read`, the dashboards, `sweeper status`)
 and the tests' hand-made stores all import these, the way MLflow's own
@@ -54,6 +54,10 @@ def default_uris(spec: JobSpec) -> tuple[str, str | None]:
 # --- experiment tags ---------------------------------------------------------------------------
 
 TAG_SWEEPER_KIND = "sweeper.kind"  # on an experiment sweeper created: KIND_JOB
+# MLflow 3's UI opens an experiment by its kind; "custom_model_development" is its "Machine
+# learning" kind, whose home is the runs table (untagged, it may open the GenAI view).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 WRITER_LEASE_PREFIX = "sweeper.writer."  # + job id: who writes the job to a tracking server
 
 
@@ -112,7 +116,7 @@ PARAM_PROJECTION = "projection"
 PARAM_LAYOUT = "layout"
 PARAM_OPTIMIZER = "optimizer"
 PARAM_METRIC_NAME = "metric_name"
-PARAM_RULE = "rule"  # the decision rule's settings (DESIGN.md §4) ...
+PARAM_RULE = "rule"  # the decision rule's settings (docs/design/decision-rule.md) ...
 PARAM_HEAD = "head"
 PARAM_LR_RULE = "lr_rule"
 PARAM_STOP_ON_PASS = "stop_on_pass"

@@ -1,4 +1,4 @@
-"""The MLflow writer (DESIGN.md §5): the one module that writes a job to MLflow.
+"""The MLflow writer (docs/design/mlflow-layout.md): the one module that writes a job to MLflow.
 
 * one experiment per job name;
 * a parent run per (model, task, method) search (kind=search) and per baseline (kind=baseline);
@@ -95,7 +95,12 @@ class Tracker:
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
-                name, artifact_location=artifacts, tags={S.TAG_SWEEPER_KIND: S.KIND_JOB}
+                name,
+                artifact_location=artifacts,
+                tags={
+                    S.TAG_SWEEPER_KIND: S.KIND_JOB,
+                    S.TAG_EXPERIMENT_KIND: S.EXPERIMENT_KIND_TRAINING,
+                },
             )
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -250,7 +255,8 @@ class Tracker:
             S.PARAM_LAYOUT: config.get("layout", "-"),
             S.PARAM_OPTIMIZER: config["train"].get("optimizer", "task default"),
             S.PARAM_METRIC_NAME: result.get("metric_name"),
-            # the decision rule's settings (DESIGN.md §4), so every number says how it was made
+            # the decision rule's settings (docs/design/decision-rule.md), so every number says
+            # how it was made
             S.PARAM_RULE: config.get("rule"),
             S.PARAM_HEAD: config.get("head"),
             S.PARAM_LR_RULE: _lr_rule(config),

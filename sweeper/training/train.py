@@ -2,10 +2,11 @@
 
 A plain loop (nanoGPT-style): no trainer framework, so what a probe measured is readable here.
 
-The decision rule (DESIGN.md §4): every evaluation during training reads the `select` set
-only — it picks the checkpoint (the best `select` score) and stops on a pass — and the one
-chosen checkpoint is then scored once on `report`, which alone says pass or fail. Choosing and
-scoring on one set reads the best of many noisy evaluations as the truth and biases d90 low.
+The decision rule (docs/design/decision-rule.md): every evaluation during training reads the
+`select` set only — it picks the checkpoint (the best `select` score) and stops on a pass — and
+the one chosen checkpoint is then scored once on `report`, which alone says pass or fail.
+Choosing and scoring on one set reads the best of many noisy evaluations as the truth and biases
+d90 low.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ class TrialSpec:
     projection: str = _SUBSPACE.projection
     layout: str = _SUBSPACE.layout
     said_groups: str = _SUBSPACE.said_groups
-    # The classifier head, alike for every method (DESIGN.md §3): 'budget' puts it inside the
-    # method's budget (projected for did/said, a LoRA adapter for lora); 'train' trains it
-    # directly in every method (PEFT's modules_to_save) and counts it as trainable.
+    # The classifier head, alike for every method (docs/design/decision-rule.md, "The head
+    # policy"): 'budget' puts it inside the method's budget (projected for did/said, a LoRA
+    # adapter for lora); 'train' trains it directly in every method (PEFT's modules_to_save)
+    # and counts it as trainable.
     head: HeadPolicy = "budget"
     lora_alpha: float | None = _LORA.lora_alpha  # None: 2r (scale 2), or 2 with rslora (2/√r)
     lora_dropout: float = _LORA.lora_dropout

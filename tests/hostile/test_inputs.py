@@ -424,12 +424,14 @@ def test_train_json_never_holds_nan(work):
 
 
 def readme_job_specs() -> list[str]:
-    """Every ```yaml block of the README that is a job spec (has `name:` and `grid:`)."""
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    """Every ```yaml block of the README and the docs that is a job spec (`name:`, `grid:`)."""
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    text = "".join(page.read_text() for page in pages)
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     return [b for b in blocks if re.search(r"^name:", b, re.M) and re.search(r"^grid:", b, re.M)]
 
 
-def test_the_readme_has_a_job_spec_example():
+def test_the_docs_have_a_job_spec_example():
     assert readme_job_specs()
 
 

@@ -6,8 +6,8 @@ GLUE comes from the hub dataset `nyu-mll/glue`, ANLI from `facebook/anli`, or, w
 (`<data_dir>/<config>/<split>-00000-of-00001.parquet`); `file` reads a local CSV, Parquet or
 JSONL file through a column mapping; `rotten-tomatoes` reads its asset.
 
-Data roles (DESIGN.md §4): `train`; `select`, on which the learning rate, the checkpoint and
-stop-on-pass are chosen; `report`, on which the one chosen checkpoint is scored.
+Data roles (docs/design/decision-rule.md): `train`; `select`, on which the learning rate, the
+checkpoint and stop-on-pass are chosen; `report`, on which the one chosen checkpoint is scored.
   glue/*       select: a seeded, label-stratified `select_fraction` of the train split;
                report: the validation split (GLUE's test labels are not public)
   anli/rN      select: dev_rN; report: test_rN
