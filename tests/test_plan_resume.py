@@ -117,3 +117,38 @@ def test_a_probe_that_raises_ends_its_search_as_an_error_naming_it():
     others = [s for _, s in plan.searches() if s is not state]
     assert all(plan.result(s).outcome != "error" for s in others)  # the others go on
     assert all(r.search != broken.search for r in plan.propose())  # nothing more for it
+
+
+def test_one_task_under_two_option_sets_makes_two_pairs_that_both_finish():
+    """A grid may run a task twice with other options (θ0 from init_seed 1 and 2): each is its
+    own pair with its own baseline and searches, never one pair fed both."""
+    data = {
+        "name": "two-inits",
+        "grid": [
+            {
+                "models": ["vector"],
+                "tasks": [
+                    {"name": "toy-sums", "options": {"groups": 4, "init_seed": 1}},
+                    {"name": "toy-sums", "options": {"groups": 4, "init_seed": 2}},
+                ],
+            },
+        ],
+        "methods": {"did": {"search": {"lo": 2, "hi": 16}}},
+        "seeds": {"baseline": 1},
+        "budget": {"max_probes": 4},
+    }
+    plan = JobPlan(parse_spec(data), WORKERS)
+    assert [p.key for p in plan.pairs] == [
+        "vector/toy-sums[groups=4,init_seed=1]",
+        "vector/toy-sums[groups=4,init_seed=2]",
+    ]
+    while not plan.finished:
+        for request in plan.propose():
+            if request.kind == "baseline":
+                result = {"metric": 1.0, "select_metric": 1.0, "outcome": "completed"}
+            else:
+                passed = request.dim >= 4  # toy-sums' known answer: the number of groups
+                result = {"metric": float(passed), "passed": passed, "outcome": "?"}
+            plan.record(request, result)
+    assert all(p.done for p in plan.pairs)
+    assert all(state.search is not None for _, state in plan.searches())

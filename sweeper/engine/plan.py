@@ -210,10 +210,11 @@ class JobPlan:
         self.workers = max(1, workers)
         self.cache = cache or Cache()
         self.pairs: list[PairState] = []
-        for model, task in spec.pairs():
+        names = pair_names(spec.pairs())
+        for (model, task), name in zip(spec.pairs(), names, strict=True):
             config = probe_config(spec, model, task, "full")
             pair = PairState(
-                key=f"{model}/{task.name}",
+                key=name,
                 model=model,
                 task=task,
                 baseline_config=config,
@@ -224,7 +225,7 @@ class JobPlan:
                 if method in methods.supported(TASKS[task.name].unsupported):
                     pair.searches.append(
                         SearchState(
-                            key=f"{model}/{task.name}/{method}",
+                            key=f"{name}/{method}",
                             model=model,
                             task=task,
                             method=method,
@@ -384,11 +385,27 @@ class JobPlan:
         return [(pair, state) for pair in self.pairs for state in pair.searches]
 
     def pair_of(self, request: Request) -> PairState:
-        key = request.search.rpartition("/")[0] if request.kind == "baseline" else None
+        key = request.search.removesuffix("/full") if request.kind == "baseline" else None
         return next(p for p in self.pairs if p.key == key)
 
     def search_of(self, request: Request) -> SearchState:
         return next(s for p in self.pairs for s in p.searches if s.key == request.search)
+
+
+def pair_names(pairs: list[tuple[str, TaskRef]]) -> list[str]:
+    """Each (model, task) pair's name, `model/task`; a task that a model runs with several
+    option sets names its options too (`fc/mnist[init_seed=1]`), so no two pairs share one."""
+    counts: dict[tuple[str, str], int] = {}
+    for model, task in pairs:
+        counts[model, task.name] = counts.get((model, task.name), 0) + 1
+    names = []
+    for model, task in pairs:
+        name = f"{model}/{task.name}"
+        if counts[model, task.name] > 1:
+            options = ",".join(f"{k}={v}" for k, v in sorted(task.options.items()))
+            name += f"[{options}]"
+        names.append(name)
+    return names
 
 
 def baseline_score(outcome: str, metric: float) -> float:
