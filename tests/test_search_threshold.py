@@ -497,7 +497,7 @@ def test_a_state_of_another_format_is_refused():
         "results": [{"point": 63, "seed": 0, "metric": 1.0, "passed": True}],
         "pending": [[251, 0]],
     }
-    with pytest.raises(ValueError, match="format 2; this sweeper reads format 3"):
+    with pytest.raises(ValueError, match="format 2; this sweeper reads format 4"):
         ThresholdSearch.from_state_dict(old)
 
 
@@ -529,8 +529,66 @@ def test_result_before_the_search_finishes_is_an_error():
         ({"widen_factor": 1}, "widen_factor"),
         ({"hard_hi": 5}, "hard_hi"),
         ({"level": 1.0}, "level"),
+        ({"stop_rule": "strict"}, "stop_rule"),
     ],
 )
 def test_settings_reject_values_that_cannot_work(overrides, field):
     with pytest.raises(ValueError, match=field):
         SearchSettings(**{"lo": 1, "hi": 10, "threshold": 0.5, **overrides})
+
+
+def _step_search(rule: str, answer: int, tolerance: float, workers: int) -> ThresholdSearch:
+    settings = SearchSettings(
+        lo=2, hi=1000, threshold=0.5, tolerance=tolerance, max_probes=40, stop_rule=rule
+    )
+    search = ThresholdSearch(settings)
+    drive(search, step_oracle(answer), workers)
+    return search
+
+
+@pytest.mark.parametrize("tolerance", [0.15, 0.25, 0.5])
+@pytest.mark.parametrize("workers", [1, 2, 8])
+@pytest.mark.parametrize("answer", [37, 300, 2500])
+def test_the_robust_rule_finds_a_step_within_the_budget_jobs_use(tolerance, workers, answer):
+    """Noise-free data end as `found` with the step inside the interval, within the spec's
+    default budget of 40 probes, as they do under the plain rule.  (What the second opinion
+    costs in probes is bench/calibration.py's to measure: a few on one worker.)"""
+    plain = _step_search("plain", answer, tolerance, workers).result()
+    robust = _step_search("robust", answer, tolerance, workers).result()
+
+    assert plain.outcome == robust.outcome == "found"
+    lower, upper = robust.interval
+    assert lower <= answer <= upper
+    assert upper == lower or upper <= (lower - 1) * (1 + tolerance)
+
+
+def test_a_lucky_sharp_looking_run_does_not_end_as_found_at_a_tight_tolerance():
+    """A wide curve's probes can, by luck, come out just as a step's do.  At tolerance 0.15
+    the plain rule stops on the first such run whose interval is narrow enough; fed the same
+    results, the robust rule does not call them `found` and asks for more probes."""
+    lucky = _step_search("plain", 300, 0.15, 1)
+    assert lucky.result().outcome == "found"
+
+    settings = dataclasses.replace(lucky.settings, stop_rule="robust")
+    robust = ThresholdSearch(settings)
+    for result in all_results(lucky):
+        robust.record(result)
+
+    assert not robust.finished
+    assert robust.result(partial=True).outcome == "budget_exhausted"
+    assert robust.propose(1)  # it wants another probe
+
+
+def test_the_robust_interval_holds_the_plain_one():
+    """The robust interval is the hull of two priors' intervals: on the same results it never
+    leaves out what the plain one holds, and the answer stays inside it."""
+    settings = SearchSettings(lo=2, hi=1000, threshold=0.5, max_probes=12, stop_rule="plain")
+    plain = ThresholdSearch(settings)
+    drive(plain, logistic_oracle(120, steepness=4.0, noise_seed=7), workers=2)
+    robust = ThresholdSearch(dataclasses.replace(settings, stop_rule="robust"))
+    for result in all_results(plain):
+        robust.record(result)
+
+    p, r = plain.result(), robust.result()
+    assert r.interval[0] <= p.interval[0] and p.interval[1] <= r.interval[1]
+    assert r.answer == p.answer and r.interval[0] <= r.answer <= r.interval[1]

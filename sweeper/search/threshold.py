@@ -21,10 +21,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sweeper.search.estimate import LEVEL, CrossingModel, Posterior, monotone_p_value
+from sweeper.search.estimate import (
+    CAUTIOUS,
+    LEVEL,
+    CrossingModel,
+    Posterior,
+    monotone_p_value,
+)
 from sweeper.search.grid import is_converged, widened_down, widened_up
 
 Phase = Literal["bracketing", "sectioning", "done"]
+StopRule = Literal["robust", "plain"]
 Outcome = Literal[
     "found",
     "non_monotone",
@@ -34,7 +41,7 @@ Outcome = Literal[
     "error",  # set by the plan, never by the search: a probe raised, so there is no verdict
 ]
 
-_STATE_FORMAT = 3  # 3: results keyed by dim (2: by point; 1: the k-section searcher)
+_STATE_FORMAT = 4  # 4: settings name the stop rule (3: results keyed by dim; 2: by point)
 MONOTONE_ALPHA = 0.05
 """Evidence is called non-monotone when a monotone pass-rate curve explains it this badly
 (``estimate.monotone_p_value`` below this): a noisy but monotone metric is flagged in about
@@ -72,6 +79,11 @@ class SearchSettings:
     """Floor for widening lo (e.g. SAID's λ count + 1: below it there is no θ_d at all)."""
     level: float = LEVEL
     """Level of the reported interval (and of the not-bracketed verdicts)."""
+    stop_rule: StopRule = "robust"
+    """'robust': the interval is the hull of the shipped model's and a cautious one's
+    (``estimate.CAUTIOUS``: wide curves weigh more), and the search stops when that is within
+    the tolerance, so a run of probes that merely looks sharp does not end it as `found`;
+    'plain': the shipped model's interval alone (bench/calibration.py runs both side by side)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +97,10 @@ class SearchSettings:
             (self.widen_factor >= 2, f"widen_factor ({self.widen_factor}) must be ≥ 2"),
             (self.max_widen >= 0, f"max_widen ({self.max_widen}) must be ≥ 0"),
             (0.5 < self.level < 1, f"level ({self.level}) must lie in (0.5, 1), e.g. 0.9"),
+            (
+                self.stop_rule in ("robust", "plain"),
+                f"stop_rule ({self.stop_rule!r}) must be 'robust' or 'plain'",
+            ),
             (1 <= self.hard_lo <= self.lo, f"hard_lo ({self.hard_lo}) must be in [1, lo]"),
             (
                 self.hard_hi is None or self.hard_hi >= self.hi,
@@ -148,6 +164,7 @@ class _Assessment:
 
     phase: Phase  # never "done": finishing also needs every pending probe back
     posterior: Posterior
+    interval: tuple[int, int]  # the reported interval, before clipping to the widest ends
     bracket: tuple[int, int] | None
     outcome: Outcome | None  # set when no more probes are wanted
     out_of_budget: Outcome  # the honest outcome should the budget end now
@@ -187,6 +204,11 @@ class ThresholdSearch:
         self._floor = (widened_down(s.lo, s.widen_factor, s.max_widen, s.hard_lo) or [s.lo])[-1]
         self._ceiling = (widened_up(s.hi, s.widen_factor, s.max_widen, s.hard_hi) or [s.hi])[-1]
         self._model = CrossingModel(s.lo, s.hi, self._floor, self._ceiling, s.tolerance)
+        self._cautious = (
+            CrossingModel(s.lo, s.hi, self._floor, self._ceiling, s.tolerance, CAUTIOUS)
+            if s.stop_rule != "plain"
+            else None
+        )
         self._cache: tuple[int, _Assessment] | None = None
         self._monotone_cache: tuple[int, bool] | None = None
         self._version = 0
@@ -252,7 +274,7 @@ class ThresholdSearch:
         posterior = assessment.posterior
         beyond = outcome in ("not_bracketed_lo_passes", "not_bracketed_hi_fails")
         if not beyond and self._floor < posterior.answer <= self._ceiling:
-            a, b = posterior.interval(self.settings.level)
+            a, b = assessment.interval
             answer, interval = posterior.answer, (max(a, self._floor), min(b, self._ceiling))
         return SearchResult(
             outcome=outcome,
@@ -312,9 +334,13 @@ class ThresholdSearch:
             return self._cache[1]
         s = self.settings
         counts = self._counts()
-        posterior = self._model.posterior((p, n, k) for p, (n, k) in counts.items())
+        points = [(p, n, k) for p, (n, k) in counts.items()]
+        posterior = self._model.posterior(points)
         majority = {p: 2 * k >= n for p, (n, k) in counts.items()}  # ties pass
         a, b = posterior.interval(s.level)
+        if self._cautious is not None:
+            ca, cb = self._cautious.posterior(points).interval(s.level)
+            a, b = min(a, ca), max(b, cb)
         outcome: Outcome | None = None
         if b <= self._floor and majority.get(self._floor) is True:
             outcome = "not_bracketed_lo_passes"
@@ -330,6 +356,7 @@ class ThresholdSearch:
         assessment = _Assessment(
             phase="sectioning" if bracket else "bracketing",
             posterior=posterior,
+            interval=(a, b),
             bracket=bracket,
             outcome=outcome,
             out_of_budget=outcome or "budget_exhausted",
