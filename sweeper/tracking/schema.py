@@ -54,11 +54,9 @@ def default_uris(spec: JobSpec) -> tuple[str, str | None]:
 # --- experiment tags ---------------------------------------------------------------------------
 
 TAG_SWEEPER_KIND = "sweeper.kind"  # on an experiment sweeper created: KIND_JOB
-WRITER_LEASE_PREFIX = "sweeper.writer."  # + job id: who writes the job to a tracking server
-
-
-def writer_lease_tag(job_id: str) -> str:
-    return f"{WRITER_LEASE_PREFIX}{job_id}"
+# Who writes the experiment to a tracking server: one writer per experiment, whatever its spec
+# (two specs of one name differ in their job id but share the experiment and its parent runs).
+TAG_WRITER_LEASE = "sweeper.writer"
 
 
 # --- run tags ----------------------------------------------------------------------------------
