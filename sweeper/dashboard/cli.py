@@ -104,12 +104,16 @@ def _check_url(value: str) -> str:
     return value
 
 
-def _writable(flag: str, value: str | None, force: bool = False) -> Path | None:
+def _writable(
+    flag: str, value: str | None, force: bool = False, store: Path | None = None
+) -> Path | None:
     """An output path; an existing file is overwritten only if it is an earlier output of the
-    same kind (or with --force): `-o runs/EXP/mlflow.db` must not turn a store into HTML."""
+    same kind (or with --force). A tracking store, and anything in a run dir, never is."""
     if value is None:
         return None
     path = Path(value)
+    if why := _protected(path, store):
+        raise SpecError(flag, f"{path} {why}; sweeper never writes there, not even with --force")
     if not path.parent.resolve().is_dir():
         raise SpecError(flag, f"folder {path.parent} does not exist")
     if path.is_dir():
@@ -123,6 +127,33 @@ def _writable(flag: str, value: str | None, force: bool = False) -> Path | None:
             "it (pass --force to overwrite anyway)",
         )
     return path
+
+
+RUN_DIR_MARK = "mlflow.db"  # a run dir holds its store under this name (schema.default_store)
+
+
+def _protected(path: Path, store: Path | None) -> str | None:
+    """Why `path` (its links resolved) must not be written: it is the store being read, any
+    SQLite database, or a file inside a run dir (a folder holding an mlflow.db, or the
+    store's own folder); None if it may be."""
+    from sweeper.preflight import SQLITE_MAGIC
+
+    real = path.resolve()
+    if store is not None and real == store.resolve():
+        return "is the tracking store this report reads"
+    if real.is_file():
+        with open(real, "rb") as f:
+            if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                return f"is a SQLite database ({real}), maybe a tracking store"
+    folders = [*real.parents]
+    if store is not None:
+        run_dir = store.resolve().parent
+        if run_dir in folders:
+            return f"is inside the run dir {run_dir}"
+    for folder in folders:
+        if (folder / RUN_DIR_MARK).is_file():
+            return f"is inside the run dir {folder}"
+    return None
 
 
 OUTPUT_KINDS = {
@@ -153,6 +184,12 @@ def _own_output(flag: str, path: Path) -> bool:
         return tuple(pq.read_schema(path).names) == tuple(SUMMARY_COLUMNS)
     except Exception:  # a damaged file: not ours to overwrite
         return False
+
+
+def _store_file(uri: str) -> Path | None:
+    from sweeper.preflight import scheme_of, sqlite_path
+
+    return sqlite_path(uri) if scheme_of(uri) == "sqlite" else None
 
 
 def _loader(uri: str, experiments: Sequence[str], ui_base: str):
@@ -188,9 +225,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ui_base = _check_url(args.mlflow_ui)
     uri = tracking_uri(args.tracking_uri, args.experiments)
-    output = _writable("--output", args.output, args.force)
-    csv_path = _writable("--csv", args.csv, args.force)
-    parquet_path = _writable("--parquet", args.parquet, args.force)
+    store = _store_file(uri)
+    output = _writable("--output", args.output, args.force, store)
+    csv_path = _writable("--csv", args.csv, args.force, store)
+    parquet_path = _writable("--parquet", args.parquet, args.force, store)
     named = [p.resolve() for p in (output, csv_path, parquet_path) if p is not None]
     if len(set(named)) < len(named):
         raise SpecError("--output", "--output, --csv and --parquet must name different files")

@@ -275,8 +275,29 @@ def test_report_refuses_to_overwrite_its_own_store(store):
     db = store / "runs" / "toy" / "mlflow.db"
     before = snapshot(store)
     done = sweeper("report", "toy", "-o", "runs/toy/mlflow.db", cwd=store)
-    assert_refused(done, "--output", "--force")
+    assert_refused(done, "--output", "tracking store")
     assert snapshot(store) == before and db.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-o", "runs/toy/mlflow.db"],
+        ["--csv", "runs/toy/mlflow.db"],
+        ["--parquet", "runs/toy/mlflow.db"],
+        ["-o", "link.html"],  # a symlink to the store
+        ["-o", "runs/toy/report.html"],  # a new file inside the run dir
+        ["-o", "elsewhere.html", "--csv", "runs/toy/mlflow.db.toy.writer.lock"],
+    ],
+)
+def test_report_never_writes_onto_a_store_or_into_a_run_dir_even_forced(store, argv):
+    link = store / "link.html"
+    if not link.is_symlink():
+        link.symlink_to(store / "runs" / "toy" / "mlflow.db")
+    before = snapshot(store)
+    done = sweeper("report", "toy", *argv, "--force", cwd=store)
+    assert_refused(done, argv[-2], "not even with --force")
+    assert snapshot(store) == before
 
 
 def test_report_refuses_to_overwrite_a_file_it_did_not_write_unless_forced(store, tmp_path):
