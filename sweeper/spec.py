@@ -301,6 +301,53 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+def _yaml12_numbers(loader: type[yaml.SafeLoader]) -> None:
+    """Integers as YAML 1.2 reads them: `010` is ten (YAML 1.1: octal 8), `0o10` is eight,
+    `1:30` is the text "1:30" (YAML 1.1: sexagesimal 90), which a number field then refuses
+    by name. Hexadecimal `0x1F` and underscores (`10_000`) are read as before."""
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+        for first, resolvers in loader.yaml_implicit_resolvers.items()
+    }
+    # PyYAML's float rule, less its sexagesimal branch (`1:30.5`): YAML 1.2 has none
+    for resolvers in loader.yaml_implicit_resolvers.values():
+        resolvers[:] = [
+            (tag, regexp)
+            for tag, regexp in resolvers
+            if not (tag == "tag:yaml.org,2002:float" and regexp.match("1:30.5"))
+        ]
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:int",
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+        list("-+0123456789"),
+    )
+
+    def integer(constructor, node) -> int:
+        text = constructor.construct_scalar(node).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        text = text.lstrip("+-")
+        for prefix, base in (("0o", 8), ("0x", 16)):
+            if text.startswith(prefix):
+                return sign * int(text[2:], base)
+        return sign * int(text, 10)
+
+    loader.add_constructor("tag:yaml.org,2002:int", integer)
+
+
+_yaml12_numbers(_UniqueKeyLoader)
+
+
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
 
 

@@ -495,3 +495,25 @@ def test_train_refuses_save_for_lora_before_training(work):
     done = sweeper("train", *argv, cwd=work)
     assert_refused(done, "--save")
     assert done.stdout == ""
+
+
+# --- YAML 1.2 numbers, as the README promises ----------------------------------------------
+
+
+def _raw_job(search: str, train: str = "") -> str:
+    return (
+        "name: hostile\n"
+        "grid: [{models: [vector], tasks: [{name: toy-sums, options: {groups: 4}}]}]\n"
+        f"methods: {{did: {{search: {search}}}}}\n"
+        "seeds: {baseline: 1, probe: 1, boundary: 1}\n" + train
+    )
+
+
+def test_a_leading_zero_is_decimal_as_in_yaml_1_2(work):
+    done = sweeper("validate", str(write_job(work, _raw_job("{lo: 010, hi: 0o20}"))), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "d in [10, 16]" in done.stdout, done.stdout  # YAML 1.1 read 010 as 8
+
+
+def test_a_sexagesimal_number_is_text_and_refused_by_field(work):
+    validate_refuses(work, _raw_job("{lo: 2, hi: 16}", "train: {steps: 1:30}\n"), "train.steps")
