@@ -21,6 +21,7 @@ from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
 from sweeper.tracking import schema as S
+from sweeper.tracking.jobs import TAG_BESIDE
 from sweeper.tracking.schema import ProbeRow, as_finite
 
 if TYPE_CHECKING:  # the plan's types only: the dashboards import no torch
@@ -88,7 +89,7 @@ STATUS_WORDS = {
     "error": "error: a probe raised, so there is no verdict (its run's `error` tag says why)",
     "running": "running: probes finished so far only",
     "interrupted": "interrupted before its verdict (parent run {run_status}); "
-    "`sweeper resume` finishes it",
+    "`sweeper resume` with its own spec finishes it",
     "no_verdict": "no verdict recorded",
 }
 
@@ -113,6 +114,7 @@ class SearchRun:
     threshold: float | None
     threshold_fraction: float | None
     probes: tuple[ProbeRow, ...]
+    beside: str | None = None  # the job `resume --force` started this one's job beside
 
     @property
     def label(self) -> str:
@@ -135,7 +137,10 @@ class SearchRun:
     @property
     def status_text(self) -> str:
         words = STATUS_WORDS.get(self.status, self.status.replace("_", " "))
-        return words.format(dim=self.dim_name, run_status=self.run_status)
+        words = words.format(dim=self.dim_name, run_status=self.run_status)
+        if self.beside:
+            words += f" (a new job started beside job {self.beside} by `resume --force`)"
+        return words
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,7 @@ def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
         threshold=as_finite(metrics.get(S.METRIC_THRESHOLD)),
         threshold_fraction=as_finite(tags.get(S.TAG_THRESHOLD_FRACTION)),
         probes=tuple(probes),
+        beside=tags.get(TAG_BESIDE),
     )
 
 
