@@ -13,7 +13,7 @@ from typing import get_args
 
 import yaml
 
-from sweeper.errors import ClusterError, SpecError
+from sweeper.errors import ClusterError, SpecError, StoreError
 
 EXIT_USAGE = 2
 EXIT_CLUSTER = 1  # the cluster cannot run the job: unreachable, wrong Ray, a package missing
@@ -82,6 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_train_flags(args)
     dim_name = methods.dim_name(args.method)  # the flag: --d or --r
+    sized = methods.get(args.method).dim_name is not None
+    for flag in ("d", "r"):
+        if getattr(args, flag) is not None and not sized:
+            raise SpecError(f"--{flag}", f"{args.method} fine-tuning has no dimension; drop it")
     model = args.model
     if model is None:
         try:
@@ -149,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
     }
+    if not sized:  # full fine-tuning: no d or r to report
+        record.pop(dim_name)
     if args.json:
         print(json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False))
     else:
@@ -188,20 +194,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"`report`; head: {spec.head} (the same for every method)"
     )
     print("  writes: " + "; ".join(where.lines()))
-    for model, task, method in spec.searches():
+    searches = spec.searches()  # once: a grid of 10,000 pairs is listed in linear time
+    for model, task, method in searches:
         m = getattr(spec.methods, method).search
         dim = methods.dim_name(method)
         print(f"  search {model}/{task.name}/{method}: {dim} in [{m.lo}, {m.hi}]")
         if warning := _fastfood_caveat(task, getattr(spec.methods, method)):
             print(f"  warning: {model}/{task.name}/{method}: {warning}")
-    skipped = [
-        f"{model}/{task.name}/{method}"
-        for model, task in spec.pairs()
-        for method in spec.methods.searched()
-        if (model, task, method) not in spec.searches()
-    ]
+    run = {(model, task.model_dump_json(), method) for model, task, method in searches}
+    skipped: dict[str, int] = {}  # name → pairs (task options aside): one entry each
+    for model, task in spec.pairs():
+        for method in spec.methods.searched():
+            if (model, task.model_dump_json(), method) not in run:
+                name = f"{model}/{task.name}/{method}"
+                skipped[name] = skipped.get(name, 0) + 1
     if skipped:
-        print(f"  skipped (task does not support the method): {', '.join(skipped)}")
+        names = [f"{k} (×{n})" if n > 1 else k for k, n in skipped.items()]
+        print(f"  skipped (task does not support the method): {', '.join(names)}")
     return 0
 
 
@@ -212,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeper.engine import supervisor
 
     if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
-        return supervisor.run([args.command, args.job])
+        force = ["--force"] if getattr(args, "force", False) else []
+        return supervisor.run([args.command, args.job, *force])
     from sweeper.engine.driver import driver_environment, run_job
     from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
@@ -225,8 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.command == "resume":
         check_resumable(spec)  # a job that never ran: say so, creating no store
     install_signal_handlers()
-    console = Console(width=None if sys.stdout.isatty() else 140)  # logs: don't fold the table
-    summary = run_job(spec, resume=args.command == "resume", console=console)
+    out = _ClosableStdout(args.command)
+    console = Console(file=out, width=None if out.isatty() else 140)  # logs: don't fold the table
+    resume = args.command == "resume"
+    summary = run_job(spec, resume=resume, console=console, force=resume and args.force)
     table = Table(title=f"{spec.name}: answers (threshold = {spec.threshold_fraction} × perf_full)")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
         table.add_column(col)
@@ -253,14 +265,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run dir {summary.run_dir}",
         soft_wrap=True,
     )
-    look = f"mlflow ui --backend-store-uri {summary.tracking_uri}"
+    from sweeper.preflight import shown
+
+    look = f"mlflow ui --backend-store-uri {shown(summary.tracking_uri)}"
     if summary.tracking_uri.startswith(("http://", "https://")):
-        look = f"open {summary.tracking_uri} (the MLflow server's UI)"
+        look = f"open {shown(summary.tracking_uri)} (the MLflow server's UI)"
     console.print(f"look at it: {look}", soft_wrap=True)
     errors = list(dict.fromkeys(s.error for s in summary.searches if s.error))
     for error in errors:
         console.print(f"error: {error}", soft_wrap=True)
     return 1 if errors else 0
+
+
+class _ClosableStdout:
+    """stdout for the live view and the final table, where its reader may leave first
+    (`sweeper run … | head -1`): the job goes on, its results go to MLflow, and stderr says
+    once why nothing more is printed, instead of the job dying of a BrokenPipeError."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.closed_early = command, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_early:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_early:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+    def _closed(self) -> None:
+        self.closed_early = True
+        devnull = os.open(os.devnull, os.O_WRONLY)  # nor does Python's own exit flush fail
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        print(
+            f"sweeper {self.command}: stdout was closed by its reader; the job goes on, its "
+            "results go to MLflow (`sweeper report`)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -269,6 +325,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.address:
             raise SpecError("--address", "a job spec file resumes locally; pass a job id instead")
         return cmd_run(args)
+    if args.force:
+        raise SpecError("--force", "starts a job spec file beside its stored job; not a JOB_ID")
     if args.job.endswith((".yaml", ".yml")) or "/" in args.job:
         raise SpecError(args.job, "no such job spec file (or pass a cluster JOB_ID)")
     from sweeper.cluster.submit import default_address, resume
@@ -416,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
     resume.add_argument("job", help="the job spec YAML it was started with, or a cluster JOB_ID")
     resume.add_argument("--address", help="Ray dashboard URL, for a JOB_ID (default: as submit)")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="the spec was edited: start it as a new job beside the stored one (same experiment)",
+    )
     resume.set_defaults(func=cmd_resume)
 
     from sweeper.cluster.submit import default_address
@@ -451,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ClusterError as e:
+    except (ClusterError, StoreError) as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_CLUSTER
     except KeyboardInterrupt:

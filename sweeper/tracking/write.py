@@ -86,6 +86,7 @@ class Tracker:
             self.experiment_id = self._experiment(spec.name, artifacts)
         self._parents: dict[str, str] = {}
         self.patient = Patience(spec.tracking.retry_seconds)
+        self.beside: str | None = None  # the job a `resume --force` starts this one beside
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         """The job's experiment, created if new; of two drivers creating it at once (on a
@@ -118,6 +119,30 @@ class Tracker:
             return _FileClaim.take(self.store_file, self.spec.name, self.job_id, self.uri)
         return _Lease.take(self, ttl_s, heartbeat)
 
+    # --- which job this is -----------------------------------------------------------------
+
+    def check_start(self, resume: bool, force: bool) -> list[str]:
+        """Refuse a `resume` whose spec defines another job than the experiment's (`jobs`),
+        record this start's spec on the experiment, and return what to tell the user."""
+        from sweeper.preflight import shown
+        from sweeper.tracking import jobs
+
+        mine = jobs.record(self.spec, self.job_id)
+        tags = self.patient(
+            "reading the experiment", lambda: self.client.get_experiment(self.experiment_id).tags
+        )
+        self.beside, notes = jobs.check_start(
+            jobs.stored(tags), mine, resume=resume, force=force, uri=shown(self.uri)
+        )
+        value = json.dumps(mine)
+        self.patient(
+            "recording the job",
+            lambda: self.client.set_experiment_tag(
+                self.experiment_id, jobs.TAG_PREFIX + mine["key"], value
+            ),
+        )
+        return notes
+
     # --- reading back -----------------------------------------------------------------------
 
     def _runs(self, experiment_ids: list[str], filter_string: str) -> list:
@@ -149,6 +174,10 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
+        if self.beside:  # labelled in the report: a job started beside another
+            from sweeper.tracking.jobs import TAG_BESIDE
+
+            tags = {**tags, TAG_BESIDE: self.beside}
         return self.client.create_run(
             self.experiment_id,
             run_name=key,
@@ -451,6 +480,9 @@ def _gone(holder: dict[str, Any]) -> bool:
 def _busy(job_id: str, uri: str, holder: dict[str, Any], until: str = "") -> SpecError:
     """One line naming the job that holds the experiment (this spec's own job, or another spec
     of the same name) and the process to stop."""
+    from sweeper.preflight import shown
+
+    uri = shown(uri)
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since')}"
     running = holder.get("job") or job_id
     other = "" if running == job_id else f" (this spec is job {job_id}, its experiment the same)"
