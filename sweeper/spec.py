@@ -170,7 +170,9 @@ class Seeds(_Strict):
 
 class Resources(_Strict):
     # what the machine (or a cluster node) has is checked by `sweeper validate` and `run`
-    cpus_per_trial: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    # ≥ 0.1: a tenth of a core per trial is ten trials per core, already more processes than
+    # a core serves; 0.01 would start a hundred per core (and their memory)
+    cpus_per_trial: Annotated[float, Field(ge=0.1, le=1024)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
     max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None  # default: all that fit
     # Fastfood on GPUs: 'auto' trains with the fused Triton kernel once it passes its self-test
@@ -404,10 +406,17 @@ def _check_names(spec: JobSpec) -> None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
     for name in ("full", *named):
         try:  # the job's train merged with the method's: each valid alone, maybe not together
-            spec.train_for(name)
+            merged = spec.train_for(name)
         except ValidationError as e:
             message = e.errors()[0]["msg"].removeprefix("Value error, ")
             raise SpecError(f"methods.{name}.train", message) from None
+        if (merged.grad_accum or 1) > 1 and merged.batch_size is None:
+            raise SpecError(
+                f"methods.{name}.train.grad_accum",
+                f"{merged.grad_accum} micro-batches of the task's default batch, whose size is "
+                "known only once its model is built (every probe would fail if it does not "
+                "divide it); set train.batch_size too, a multiple of grad_accum",
+            )
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
     _check_rule(spec)

@@ -198,6 +198,7 @@ def _loader(uri: str, experiments: Sequence[str], ui_base: str):
 
     from sweeper.dashboard.read import read_snapshot
     from sweeper.dashboard.views import view_data
+    from sweeper.preflight import shown
 
     client = MlflowClient(tracking_uri=uri)
 
@@ -206,7 +207,7 @@ def _loader(uri: str, experiments: Sequence[str], ui_base: str):
             snapshot = read_snapshot(client, experiments)
         except MlflowException as e:
             first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
-            raise SpecError("--tracking-uri", f"cannot read {uri}: {first}") from None
+            raise SpecError("--tracking-uri", f"cannot read {shown(uri)}: {first}") from None
         return view_data(snapshot, ui_base)
 
     return load
@@ -248,6 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from sweeper.dashboard.server import DashboardServer
+    from sweeper.preflight import shown
 
     ui_base = _check_url(args.mlflow_ui)
     if not 0 <= args.port <= 65535:
@@ -269,7 +271,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise _listen_error(args.host, args.port, e) from None
     if not _loopback(args.host):
         print(f"warning: {args.host} is not loopback; anyone who reaches it sees the runs")
-    print(f"sweeper dashboard on {server.url} (reading {uri}); Ctrl-C stops it", flush=True)
+    print(f"sweeper dashboard on {server.url} (reading {shown(uri)}); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -157,3 +157,29 @@ def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path)
         lines = [line for line in done.output.splitlines() if line.strip()]
         assert len(lines) == 1 and "methods.lora.lora_targets" in lines[0] and "q_proj" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reader_that_leaves_early_does_not_stop_the_job(tmp_path):
+    """`sweeper run JOB | head -1`: the job died of a BrokenPipeError, exit 1, nothing on
+    stderr. Now it goes on to its verdict, and stderr says once why stdout fell silent."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, tiny_job(tmp_path / "run", name="piped"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "run", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        proc.stdout.readline()  # as `head -1`: one line, then the reader is gone
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, err[-3000:]
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "stdout was closed" in err, err[-3000:]
+    (search,) = runs(store(tmp_path), S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
+    assert search.info.status == "FINISHED" and search.data.tags[S.TAG_STATUS] != "error"

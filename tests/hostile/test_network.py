@@ -298,3 +298,20 @@ def test_the_dashboard_refuses_two_host_headers_and_hang_ups_print_nothing(tmp_p
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "Traceback" not in out and "BrokenPipe" not in out and "Reset" not in out, out[-3000:]
+
+
+def test_doctor_gives_up_on_a_mute_cluster_and_server_in_its_timeout(mute_server):
+    """The README's promise: each network check of `doctor` ends within 5 s. Here both the
+    cluster and the store accept connections and never answer."""
+    done = subprocess.run(
+        [*SWEEPER, "doctor", "--address", mute_server, "--tracking-uri", mute_server],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    failed = [line for line in done.stdout.splitlines() if mute_server in line]
+    assert len(failed) == 2 and all("5 s" in line or "timed out" in line for line in failed), (
+        done.stdout
+    )
+    assert "Traceback" not in done.stdout + done.stderr
