@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import math
 import os
+import signal
 import threading
 import time
 import traceback
@@ -144,7 +145,14 @@ def _init_ray() -> None:
         # without it ray.init() would join that cluster, which is not the embedded default.
         address = "local"
         kwargs["num_cpus"] = os.cpu_count() or 1
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=address, **kwargs)
+    for signum, handler in ours.items():
+        if handler == stops.handler:
+            # ray.init puts in its own SIGTERM handler (sys.exit mid-write, then tracebacks from
+            # its atexit shutdown) and a C one that prints a stack: SIGTERM stops the job as
+            # Ctrl-C does, between writes, with the resume hint
+            signal.signal(signum, handler)
     if address == "local" and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
         logging.getLogger("sweeper").warning(
             "the embedded Ray listens on %s, not only on loopback: %s=0 was not in the "
@@ -325,6 +333,8 @@ class JobRunner:
                 # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
                 raise KeyboardInterrupt("the job stopped before its searches finished")
         except BaseException as stopped:
+            if not self.console.is_terminal:
+                self.console.line()  # the live view's last frame, ended before the error line
             with stops.held():
                 try:
                     self.tracker.close_open_runs()  # not left RUNNING for the live view
