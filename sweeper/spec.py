@@ -273,10 +273,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
 
     def construct_mapping(self, node, deep=False):
+        merged = 0
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # YAML merge keys (<<) stay allowed
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            self.flatten_mapping(node)  # YAML merge keys (<<) stay allowed: their pairs first,
+            merged = len(node.value) - own  # and a key of the mapping's own overrides one
         keys = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value[merged:]:
             key = self.construct_object(key_node, deep=deep)
             mark = key_node.start_mark
             try:

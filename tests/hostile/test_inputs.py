@@ -604,3 +604,16 @@ def test_validate_refuses_grad_accum_without_a_batch_size_it_can_check(work):
 def test_train_refuses_a_dimension_for_full_fine_tuning(work):
     done = sweeper("train", "--task", "toy-sums", "--method", "full", "--d", "3", cwd=work)
     assert_refused(done, "--d", "no dimension")
+
+
+def test_a_merge_key_with_an_override_is_read_as_yaml_merges_it(work):
+    spec = (
+        "name: hostile\n"
+        "grid: [{models: [vector], tasks: [{name: toy-sums, options: {groups: 4}}]}]\n"
+        "methods:\n  did: {search: &range {lo: 2, hi: 8}}\n"
+        "  said: {search: {<<: *range, hi: 16}}\n"
+        "seeds: {baseline: 1, probe: 1, boundary: 1}\n"
+    )
+    done = sweeper("validate", str(write_job(work, spec)), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "said: d in [2, 16]" in done.stdout and "did: d in [2, 8]" in done.stdout, done.stdout
