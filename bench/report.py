@@ -56,7 +56,8 @@ def main() -> None:
         experiment = client.get_experiment_by_name("glue-sizes").experiment_id
         probes = sum(counts.values())
         runs = len(all_runs(client, [experiment]))
-        output = Path(tmp) / "report.html"
+        output = Path(tmp) / "out" / "report.html"  # never inside a run dir (beside a store)
+        output.parent.mkdir()
         argv = ["report", "glue-sizes", "-o", str(output), "--tracking-uri", uri]
 
         read = best_time(lambda: all_runs(client, [experiment]), args.repeats)

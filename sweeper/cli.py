@@ -13,7 +13,7 @@ from typing import get_args
 
 import yaml
 
-from sweeper.errors import ClusterError, SpecError
+from sweeper.errors import ClusterError, SpecError, StoreError
 
 EXIT_USAGE = 2
 EXIT_CLUSTER = 1  # the cluster cannot run the job: unreachable, wrong Ray, a package missing
@@ -82,6 +82,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_train_flags(args)
     dim_name = methods.dim_name(args.method)  # the flag: --d or --r
+    sized = methods.get(args.method).dim_name is not None
+    for flag in ("d", "r"):
+        if getattr(args, flag) is not None and not sized:
+            raise SpecError(f"--{flag}", f"{args.method} fine-tuning has no dimension; drop it")
     model = args.model
     if model is None:
         try:
@@ -149,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
     }
+    if not sized:  # full fine-tuning: no d or r to report
+        record.pop(dim_name)
     if args.json:
         print(json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False))
     else:
@@ -194,20 +200,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"on `select`; θ0: {spec.init}"
     )
     print("  writes: " + "; ".join(where.lines()))
-    for model, task, method in spec.searches():
+    searches = spec.searches()  # once: a grid of 10,000 pairs is listed in linear time
+    for model, task, method in searches:
         m = getattr(spec.methods, method).search
         dim = methods.dim_name(method)
         print(f"  search {model}/{task.name}/{method}: {dim} in [{m.lo}, {m.hi}]")
         if warning := _fastfood_caveat(task, getattr(spec.methods, method)):
             print(f"  warning: {model}/{task.name}/{method}: {warning}")
-    skipped = [
-        f"{model}/{task.name}/{method}"
-        for model, task in spec.pairs()
-        for method in spec.methods.searched()
-        if (model, task, method) not in spec.searches()
-    ]
+    run = {(model, task.model_dump_json(), method) for model, task, method in searches}
+    skipped: dict[str, int] = {}  # name → pairs (task options aside): one entry each
+    for model, task in spec.pairs():
+        for method in spec.methods.searched():
+            if (model, task.model_dump_json(), method) not in run:
+                name = f"{model}/{task.name}/{method}"
+                skipped[name] = skipped.get(name, 0) + 1
     if skipped:
-        print(f"  skipped (task does not support the method): {', '.join(skipped)}")
+        names = [f"{k} (×{n})" if n > 1 else k for k, n in skipped.items()]
+        print(f"  skipped (task does not support the method): {', '.join(names)}")
     return 0
 
 
@@ -218,7 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeper.engine import supervisor
 
     if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
-        return supervisor.run([args.command, args.job])
+        force = ["--force"] if getattr(args, "force", False) else []
+        return supervisor.run([args.command, args.job, *force])
     from sweeper.engine.driver import driver_environment, run_job
     from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
@@ -232,8 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.command == "resume":
         check_resumable(spec)  # a job that never ran: say so, creating no store
     install_signal_handlers()
-    console = Console(width=None if sys.stdout.isatty() else 140)  # logs: don't fold the table
-    summary = run_job(spec, resume=args.command == "resume", console=console)
+    out = _ClosableStdout(args.command)
+    console = Console(file=out, width=None if out.isatty() else 140)  # logs: don't fold the table
+    resume = args.command == "resume"
+    summary = run_job(spec, resume=resume, console=console, force=resume and args.force)
     table = Table(title=f"{spec.name}: answers (bar = {spec.threshold.describe()})")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
         table.add_column(col)
@@ -278,17 +290,61 @@ def _where_to_look(name: str, uri: str) -> str:
     from sweeper.dashboard import DEFAULT_MLFLOW_UI
     from sweeper.dashboard.views import experiment_url
 
+    from sweeper.preflight import shown
+
     server = uri.startswith(("http://", "https://"))
     try:
         experiment = MlflowClient(uri).get_experiment_by_name(name)
     except Exception:  # the job's results are written; a hint must not fail it
         experiment = None
     if experiment is None:
-        return f"open {uri}" if server else f"mlflow ui --backend-store-uri {uri}"
-    url = experiment_url(uri if server else DEFAULT_MLFLOW_UI, experiment.experiment_id)
+        return f"open {shown(uri)}" if server else f"mlflow ui --backend-store-uri {shown(uri)}"
+    url = experiment_url(shown(uri) if server else DEFAULT_MLFLOW_UI, experiment.experiment_id)
     if server:
         return f"open {url} (the MLflow server's UI)"
-    return f"mlflow ui --backend-store-uri {uri}, then open {url}"
+    return f"mlflow ui --backend-store-uri {shown(uri)}, then open {url}"
+
+
+class _ClosableStdout:
+    """stdout for the live view and the final table, where its reader may leave first
+    (`sweeper run … | head -1`): the job goes on, its results go to MLflow, and stderr says
+    once why nothing more is printed, instead of the job dying of a BrokenPipeError."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.closed_early = command, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_early:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_early:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+    def _closed(self) -> None:
+        self.closed_early = True
+        devnull = os.open(os.devnull, os.O_WRONLY)  # nor does Python's own exit flush fail
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        print(
+            f"sweeper {self.command}: stdout was closed by its reader; the job goes on, its "
+            "results go to MLflow (`sweeper report`)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -297,6 +353,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.address:
             raise SpecError("--address", "a job spec file resumes locally; pass a job id instead")
         return cmd_run(args)
+    if args.force:
+        raise SpecError("--force", "starts a job spec file beside its stored job; not a JOB_ID")
     if args.job.endswith((".yaml", ".yml")) or "/" in args.job:
         raise SpecError(args.job, "no such job spec file (or pass a cluster JOB_ID)")
     from sweeper.cluster.submit import default_address, resume
@@ -458,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
     resume.add_argument("job", help="the job spec YAML it was started with, or a cluster JOB_ID")
     resume.add_argument("--address", help="Ray dashboard URL, for a JOB_ID (default: as submit)")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="the spec was edited: start it as a new job beside the stored one (same experiment)",
+    )
     resume.set_defaults(func=cmd_resume)
 
     from sweeper.cluster.submit import default_address
@@ -493,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ClusterError as e:
+    except (ClusterError, StoreError) as e:
         print(f"sweeper {args.command}: error: {e}", file=sys.stderr)
         return EXIT_CLUSTER
     except KeyboardInterrupt:

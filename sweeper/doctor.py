@@ -132,6 +132,9 @@ def check_ray(address: str | None) -> Iterator[Check]:
     url = urlparse(address if "://" in address else f"http://{address}")
     try:
         socket.create_connection((url.hostname, url.port or 80), timeout=TIMEOUT).close()
+        if silent := _silent(url.geturl()):  # Ray's client waits far longer than TIMEOUT
+            yield Check("ray cluster", FAIL, f"{address}: {silent}")
+            return
         client = connect(address)
     except (ClusterError, SpecError, OSError, TypeError) as e:
         detail = str(e) if isinstance(e, ClusterError | SpecError) else _one_line(e)
@@ -139,6 +142,23 @@ def check_ray(address: str | None) -> Iterator[Check]:
         return
     theirs = getattr(client, "_server_ray_version", None) or "unknown"
     yield Check("ray cluster", OK, f"{address} answers, Ray {theirs} (this client's minor)")
+
+
+def _silent(url: str) -> str | None:
+    """Why an HTTP server that accepted the connection gives no answer within TIMEOUT (a
+    hung dashboard, a port that is not HTTP), else None; any answer, an error page too, is
+    one."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/version", timeout=TIMEOUT) as reply:
+            reply.read(1024)
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"no HTTP answer within {TIMEOUT:g} s ({_one_line(e)})"
+    return None
 
 
 def _scratch_file(folder: Path) -> str | None:

@@ -15,6 +15,12 @@ class ClusterError(RuntimeError):
     again and again): one line saying what and what to do; the CLI exits 1."""
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot take a write: its disk is full, a local I/O error, a server
+    that stayed down. One line saying what and what to do; the CLI exits 1, and `sweeper
+    resume` continues once the cause is gone (every finished write is whole)."""
+
+
 def one_line(error: BaseException) -> str:
     """`error`'s message on one line, at most 300 characters (a library's runs to pages, and a
     user needs the gist next to the field to fix); its type where it has none."""

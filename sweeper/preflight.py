@@ -66,7 +66,7 @@ class Destinations:
         artifacts = self.artifact_location or "kept by the tracking server"
         return [
             f"run dir {self.run_dir} (Ray Tune's results)",
-            f"tracking store {self.tracking_uri}",
+            f"tracking store {shown(self.tracking_uri)}",
             f"artifacts {artifacts}",
         ]
 
@@ -79,12 +79,52 @@ def check_run(spec: JobSpec, *, this_machine: bool = True) -> Destinations:
 
     check_folder(spec.run_dir, "tracking.run_dir")
     uri, artifacts = default_uris(spec)
+    if spec.tracking.uri is None and (odd := set("?#%") & set(str(spec.run_dir.resolve()))):
+        raise SpecError(
+            "tracking.run_dir",
+            f"holds {''.join(sorted(odd))!r}, which the store's sqlite:/// URI reads as its "
+            "options (the store would land elsewhere); name a folder without ?, # or %",
+        )
     check_tracking(uri, "tracking.uri" if spec.tracking.uri else "tracking.run_dir")
+    check_one_store(uri)
     if artifacts is not None:
         check_artifacts(artifacts, "tracking.artifact_location")
     if this_machine:
         check_resources(spec)
     return Destinations(spec.run_dir.resolve(), uri, artifacts)
+
+
+def check_one_store(uri: str) -> None:
+    """`run` writes where its spec says; `report` and `dashboard` read $MLFLOW_TRACKING_URI
+    when given no store. Set to another store, it would send them to where this job is not,
+    so it is refused here rather than silently ignored."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not env or _same_store(env, uri):
+        return
+    raise SpecError(
+        "MLFLOW_TRACKING_URI",
+        f"is {shown(env)}, but this job writes to {shown(uri)} (its tracking.uri, else its "
+        "run dir); put that URI in the spec's tracking.uri, or unset MLFLOW_TRACKING_URI",
+    )
+
+
+def _same_store(a: str, b: str) -> bool:
+    if scheme_of(a) == scheme_of(b) == "sqlite":
+        try:
+            pa, pb = sqlite_path(a), sqlite_path(b)
+        except ValueError:
+            return False
+        return pa is not None and pb is not None and pa.resolve() == pb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def shown(uri: str) -> str:
+    """`uri` fit to print: a password in it (`user:secret@host`) becomes `***`."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
 
 
 # --- folders and files ----------------------------------------------------------------------
@@ -177,7 +217,7 @@ def check_tracking(uri: str, field: str) -> None:
     scheme = scheme_of(uri)
     if scheme not in TRACKING_SCHEMES:
         what = f"unknown scheme {scheme!r}" if scheme else "no scheme"
-        raise SpecError(field, f"{uri!r}: {what}; {HOW_TRACKING}")
+        raise SpecError(field, f"{shown(uri)!r}: {what}; {HOW_TRACKING}")
     if scheme == "sqlite":
         try:
             path = sqlite_path(uri)
@@ -186,6 +226,12 @@ def check_tracking(uri: str, field: str) -> None:
         if path is None:
             raise SpecError(field, "an in-memory store loses every result; give a file")
         check_file(path, field, magic=SQLITE_MAGIC)
+        if path.is_file() and path.stat().st_size and (damage := sqlite_damage(path)):
+            raise SpecError(
+                field,
+                f"{path} is a damaged SQLite database ({damage}); restore it from a copy, or "
+                "move it aside to start a new store",
+            )
     elif scheme == "file":
         check_folder(file_path(uri), field)
     elif scheme in ("http", "https"):
@@ -196,12 +242,39 @@ def check_tracking(uri: str, field: str) -> None:
         _check_db_driver(uri, field)
 
 
-def server_problem(uri: str, timeout: float = SERVER_TIMEOUT_S) -> str | None:
-    """Why the MLflow server at `uri` cannot be used now (None: it answers /health)."""
-    if not urlparse(uri).hostname:
-        return f"{uri!r} names no host; expected http(s)://HOST:PORT"
+def sqlite_damage(path: Path) -> str | None:
+    """What SQLite's own check finds wrong with a database (truncated, overwritten pages),
+    read-only; None when it is whole."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as e:
+        return str(e)
+    with contextlib.closing(db):
+        try:
+            rows = db.execute("pragma quick_check(1)").fetchall()
+        except sqlite3.Error as e:
+            return str(e)
+    verdict = rows[0][0] if rows else "no answer"
+    return None if verdict == "ok" else " ".join(str(verdict).split())[:200]
+
+
+def server_problem(uri: str, timeout: float = SERVER_TIMEOUT_S) -> str | None:
+    """Why the MLflow server at `uri` cannot be used now (None: it answers /health).
+    Credentials in the URI (`user:secret@`) go as basic authentication, as MLflow sends
+    them, and are never printed."""
+    parsed = urlparse(uri)
+    if not parsed.hostname:
+        return f"{shown(uri)!r} names no host; expected http(s)://HOST:PORT"
+    plain = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+    request = urllib.request.Request(plain.rstrip("/") + "/health")
+    if parsed.username is not None:
+        import base64
+
+        pair = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    uri = shown(uri)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             answer.read(1024)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):

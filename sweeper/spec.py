@@ -190,7 +190,9 @@ class Seeds(_Strict):
 
 class Resources(_Strict):
     # what the machine (or a cluster node) has is checked by `sweeper validate` and `run`
-    cpus_per_trial: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    # ≥ 0.1: a tenth of a core per trial is ten trials per core, already more processes than
+    # a core serves; 0.01 would start a hundred per core (and their memory)
+    cpus_per_trial: Annotated[float, Field(ge=0.1, le=1024)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
     max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None  # default: all that fit
     # Fastfood on GPUs: 'auto' trains with the fused Triton kernel once it passes its self-test
@@ -343,10 +345,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
 
     def construct_mapping(self, node, deep=False):
+        merged = 0
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # YAML merge keys (<<) stay allowed
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            self.flatten_mapping(node)  # YAML merge keys (<<) stay allowed: their pairs first,
+            merged = len(node.value) - own  # and a key of the mapping's own overrides one
         keys = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value[merged:]:
             key = self.construct_object(key_node, deep=deep)
             mark = key_node.start_mark
             try:
@@ -372,6 +377,53 @@ _UniqueKeyLoader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def _yaml12_numbers(loader: type[yaml.SafeLoader]) -> None:
+    """Integers as YAML 1.2 reads them: `010` is ten (YAML 1.1: octal 8), `0o10` is eight,
+    `1:30` is the text "1:30" (YAML 1.1: sexagesimal 90), which a number field then refuses
+    by name. Hexadecimal `0x1F` and underscores (`10_000`) are read as before."""
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+        for first, resolvers in loader.yaml_implicit_resolvers.items()
+    }
+    # PyYAML's float rule, less its sexagesimal branch (`1:30.5`): YAML 1.2 has none
+    for resolvers in loader.yaml_implicit_resolvers.values():
+        resolvers[:] = [
+            (tag, regexp)
+            for tag, regexp in resolvers
+            if not (tag == "tag:yaml.org,2002:float" and regexp.match("1:30.5"))
+        ]
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:int",
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+        list("-+0123456789"),
+    )
+
+    def integer(constructor, node) -> int:
+        text = constructor.construct_scalar(node).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        text = text.lstrip("+-")
+        for prefix, base in (("0o", 8), ("0x", 16)):
+            if text.startswith(prefix):
+                return sign * int(text[2:], base)
+        return sign * int(text, 10)
+
+    loader.add_constructor("tag:yaml.org,2002:int", integer)
+
+
+_yaml12_numbers(_UniqueKeyLoader)
 
 
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
@@ -454,10 +506,17 @@ def _check_names(spec: JobSpec) -> None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
     for name in ("full", *named):
         try:  # the job's train merged with the method's: each valid alone, maybe not together
-            spec.train_for(name)
+            merged = spec.train_for(name)
         except ValidationError as e:
             message = e.errors()[0]["msg"].removeprefix("Value error, ")
             raise SpecError(f"methods.{name}.train", message) from None
+        if (merged.grad_accum or 1) > 1 and merged.batch_size is None:
+            raise SpecError(
+                f"methods.{name}.train.grad_accum",
+                f"{merged.grad_accum} micro-batches of the task's default batch, whose size is "
+                "known only once its model is built (every probe would fail if it does not "
+                "divide it); set train.batch_size too, a multiple of grad_accum",
+            )
     if not spec.searches():
         raise SpecError("methods", "no task in the grid supports any of the methods named")
     _check_rule(spec)

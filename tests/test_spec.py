@@ -162,7 +162,7 @@ OUT_OF_RANGE = {
     ("seeds", "boundary"): below(1) | st.integers(min_value=21),
     ("budget", "max_probes"): below(2),
     ("budget", "max_wall_seconds"): not_positive(),
-    ("resources", "cpus_per_trial"): not_positive(),
+    ("resources", "cpus_per_trial"): st.floats(max_value=0.1, exclude_max=True),
     ("resources", "gpus_per_trial"): st.floats(max_value=0.0, exclude_max=True),
     ("resources", "max_concurrent"): below(1),
     ("methods", "did", "search", "lo"): below(1),

@@ -104,12 +104,16 @@ def _check_url(value: str) -> str:
     return value
 
 
-def _writable(flag: str, value: str | None, force: bool = False) -> Path | None:
+def _writable(
+    flag: str, value: str | None, force: bool = False, store: Path | None = None
+) -> Path | None:
     """An output path; an existing file is overwritten only if it is an earlier output of the
-    same kind (or with --force): `-o runs/EXP/mlflow.db` must not turn a store into HTML."""
+    same kind (or with --force). A tracking store, and anything in a run dir, never is."""
     if value is None:
         return None
     path = Path(value)
+    if why := _protected(path, store):
+        raise SpecError(flag, f"{path} {why}; sweeper never writes there, not even with --force")
     if not path.parent.resolve().is_dir():
         raise SpecError(flag, f"folder {path.parent} does not exist")
     if path.is_dir():
@@ -123,6 +127,33 @@ def _writable(flag: str, value: str | None, force: bool = False) -> Path | None:
             "it (pass --force to overwrite anyway)",
         )
     return path
+
+
+RUN_DIR_MARK = "mlflow.db"  # a run dir holds its store under this name (schema.default_store)
+
+
+def _protected(path: Path, store: Path | None) -> str | None:
+    """Why `path` (its links resolved) must not be written: it is the store being read, any
+    SQLite database, or a file inside a run dir (a folder holding an mlflow.db, or the
+    store's own folder); None if it may be."""
+    from sweeper.preflight import SQLITE_MAGIC
+
+    real = path.resolve()
+    if store is not None and real == store.resolve():
+        return "is the tracking store this report reads"
+    if real.is_file():
+        with open(real, "rb") as f:
+            if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                return f"is a SQLite database ({real}), maybe a tracking store"
+    folders = [*real.parents]
+    if store is not None:
+        run_dir = store.resolve().parent
+        if run_dir in folders:
+            return f"is inside the run dir {run_dir}"
+    for folder in folders:
+        if (folder / RUN_DIR_MARK).is_file():
+            return f"is inside the run dir {folder}"
+    return None
 
 
 OUTPUT_KINDS = {
@@ -155,12 +186,19 @@ def _own_output(flag: str, path: Path) -> bool:
         return False
 
 
+def _store_file(uri: str) -> Path | None:
+    from sweeper.preflight import scheme_of, sqlite_path
+
+    return sqlite_path(uri) if scheme_of(uri) == "sqlite" else None
+
+
 def _loader(uri: str, experiments: Sequence[str], ui_base: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from sweeper.dashboard.read import read_snapshot
     from sweeper.dashboard.views import view_data
+    from sweeper.preflight import shown
 
     client = MlflowClient(tracking_uri=uri)
 
@@ -169,7 +207,7 @@ def _loader(uri: str, experiments: Sequence[str], ui_base: str):
             snapshot = read_snapshot(client, experiments)
         except MlflowException as e:
             first = str(e.message if hasattr(e, "message") else e).splitlines()[0]
-            raise SpecError("--tracking-uri", f"cannot read {uri}: {first}") from None
+            raise SpecError("--tracking-uri", f"cannot read {shown(uri)}: {first}") from None
         return view_data(snapshot, ui_base)
 
     return load
@@ -188,9 +226,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ui_base = _check_url(args.mlflow_ui)
     uri = tracking_uri(args.tracking_uri, args.experiments)
-    output = _writable("--output", args.output, args.force)
-    csv_path = _writable("--csv", args.csv, args.force)
-    parquet_path = _writable("--parquet", args.parquet, args.force)
+    store = _store_file(uri)
+    output = _writable("--output", args.output, args.force, store)
+    csv_path = _writable("--csv", args.csv, args.force, store)
+    parquet_path = _writable("--parquet", args.parquet, args.force, store)
     named = [p.resolve() for p in (output, csv_path, parquet_path) if p is not None]
     if len(set(named)) < len(named):
         raise SpecError("--output", "--output, --csv and --parquet must name different files")
@@ -210,6 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from sweeper.dashboard.server import DashboardServer
+    from sweeper.preflight import shown
 
     ui_base = _check_url(args.mlflow_ui)
     if not 0 <= args.port <= 65535:
@@ -231,7 +271,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise _listen_error(args.host, args.port, e) from None
     if not _loopback(args.host):
         print(f"warning: {args.host} is not loopback; anyone who reaches it sees the runs")
-    print(f"sweeper dashboard on {server.url} (reading {uri}); Ctrl-C stops it", flush=True)
+    print(f"sweeper dashboard on {server.url} (reading {shown(uri)}); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

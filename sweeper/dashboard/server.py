@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,9 @@ def host_allowed(header: str | None, allowed: Iterable[str] = ()) -> bool:
 
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
+    # http.server's default backlog of 5 makes a burst of 200 requests wait seconds for SYN
+    # retries; the kernel caps this at its somaxconn anyway
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -81,6 +85,12 @@ class DashboardServer(ThreadingHTTPServer):
                 self._cached = (now, self.load())
             return self._cached[1]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer is no error of ours: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset, …
+            return
+        super().handle_error(request, client_address)
+
     def page(self) -> str:
         live = {"endpoint": ENDPOINT, "refresh_ms": int(self.refresh_s * 1000)}
         return render_page(self.data(), title=self.title, live=live)
@@ -96,6 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         host = self.headers.get("Host")
+        if len(self.headers.get_all("Host") or []) > 1:  # which one names us is ambiguous
+            message = "a request must carry one Host header\n"
+            self._send(HTTPStatus.BAD_REQUEST, "text/plain; charset=utf-8", message)
+            return
         if not host_allowed(host, self.server.allowed_hosts):
             name = (host or "").rsplit(":", 1)[0] or "NAME"
             message = (

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import math
 import os
+import signal
 import threading
 import time
 import traceback
@@ -27,6 +28,7 @@ from sweeper.digest import digest
 from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.stops import stops
+from sweeper.errors import StoreError
 from sweeper.spec import JobSpec
 from sweeper.tracking.write import Tracker
 
@@ -113,11 +115,20 @@ def probe_trainable(config: dict[str, Any]) -> None:
     tune.report(result)
 
 
-def _workers(spec: JobSpec, cpus: float, gpus: float) -> int:
+# The least memory a trial's worker takes (a Python process with torch imported: ~250 MB
+# measured, a model and its data on top): never more trials at once than memory hosts.
+TRIAL_MEMORY = 512 << 20
+
+
+def _workers(spec: JobSpec, cpus: float, gpus: float, memory: float | None = None) -> int:
+    """Concurrent trials: what the CPUs, GPUs and memory (Ray's `memory` resource, bytes)
+    host, at most `max_concurrent`."""
     r = spec.resources
     fit = math.floor(cpus / r.cpus_per_trial)
     if r.gpus_per_trial > 0:
         fit = min(fit, math.floor(gpus / r.gpus_per_trial))
+    if memory:
+        fit = min(fit, math.floor(memory / TRIAL_MEMORY))
     return max(1, min(fit, r.max_concurrent or fit))
 
 
@@ -137,7 +148,14 @@ def _init_ray() -> None:
         # without it ray.init() would join that cluster, which is not the embedded default.
         address = "local"
         kwargs["num_cpus"] = os.cpu_count() or 1
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=address, **kwargs)
+    for signum, handler in ours.items():
+        if handler == stops.handler:
+            # ray.init puts in its own SIGTERM handler (sys.exit mid-write, then tracebacks from
+            # its atexit shutdown) and a C one that prints a stack: SIGTERM stops the job as
+            # Ctrl-C does, between writes, with the resume hint
+            signal.signal(signum, handler)
     if address == "local" and not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
         logging.getLogger("sweeper").warning(
             "the embedded Ray listens on %s, not only on loopback: %s=0 was not in the "
@@ -147,19 +165,31 @@ def _init_ray() -> None:
         )
 
 
-def run_job(spec: JobSpec, *, resume: bool = False, console: Console | None = None) -> JobSummary:
+def run_job(
+    spec: JobSpec, *, resume: bool = False, console: Console | None = None, force: bool = False
+) -> JobSummary:
     """Run (or resume) a job to the end and return its summary; everything is in MLflow.
 
-    Only one driver at a time writes a job to a store (`Tracker.claim`): a second one exits
-    before it touches anything, naming the running one. The process environment is the
-    caller's to set first (`driver_environment`; `sweeper run` does).
+    Only one driver at a time writes an experiment to a store (`Tracker.claim`): a second one
+    exits before it touches anything, naming the running one. A resume whose spec defines
+    another job than the stored one is refused, unless `force` starts it beside that one. The
+    process environment is the caller's to set first (`driver_environment`; `sweeper run` does).
     """
     started = time.monotonic()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow logs each SQLite error with its traceback before raising it; the error that
+    # reaches the user (one line, `StoreError`) says the same
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # Tune saves its experiment state for `Tuner.restore`, which sweeper never calls (a job
+    # resumes from MLflow): a save that fails (a full disk) logs a traceback and matters not
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     tracker = Tracker(spec, job_id(spec))
     claim = tracker.claim()
     try:
-        runner = JobRunner.start(spec, tracker, resume, console or Console(stderr=True), started)
+        console = console or Console(stderr=True)
+        for note in tracker.check_start(resume, force):
+            console.print(f"note: {note}", soft_wrap=True, highlight=False, markup=False)
+        runner = JobRunner.start(spec, tracker, resume, console, started)
         return runner.run()
     finally:
         claim.release()
@@ -216,7 +246,8 @@ class JobRunner:
         import ray
 
         resources = ray.cluster_resources()
-        workers = _workers(spec, resources.get("CPU", 1), resources.get("GPU", 0))
+        memory = resources.get("memory")
+        workers = _workers(spec, resources.get("CPU", 1), resources.get("GPU", 0), memory)
         plan = JobPlan(spec, workers=workers, cache=cache)
         return cls(spec, tracker, plan, workers, console, started)
 
@@ -304,9 +335,16 @@ class JobRunner:
             if not self.plan.finished and not out_of_time:
                 # Tune stopped early (Ctrl-C, a signal): leave the verdicts to `sweeper resume`.
                 raise KeyboardInterrupt("the job stopped before its searches finished")
-        except BaseException:
+        except BaseException as stopped:
+            if not self.console.is_terminal:
+                self.console.line()  # the live view's last frame, ended before the error line
             with stops.held():
-                self.tracker.close_open_runs()  # not left RUNNING for the live view
+                try:
+                    self.tracker.close_open_runs()  # not left RUNNING for the live view
+                except StoreError:
+                    if not isinstance(stopped, StoreError):
+                        raise
+                    # the store takes no write (a full disk): the next start closes them
             raise
 
     # --- the terminal -------------------------------------------------------------------
@@ -330,6 +368,18 @@ class JobRunner:
             markup=False,
         )
 
+    def _no_time(self) -> str | None:
+        """Why a search has no baseline when the job ended without a stop: its wall-time
+        budget ran out first. (How long a baseline takes is not known before it runs, so
+        `validate` cannot refuse the budget; the run says so instead of exiting 0.)"""
+        budget = self.spec.budget.max_wall_seconds
+        if budget is None:
+            return None
+        return (
+            f"budget.max_wall_seconds ({budget:g} s) ran out before the baseline finished, so "
+            "nothing was searched; raise it (a baseline alone takes longer here)"
+        )
+
     def _summary(self) -> JobSummary:
         summaries = []
         for pair, state in self.plan.searches():
@@ -348,7 +398,7 @@ class JobRunner:
                     reused=sum(1 for r in state.records if r.get("reused")),
                     perf_full=pair.perf_full,
                     threshold=state.search.settings.threshold if state.search else math.nan,
-                    error=state.error or pair.error,
+                    error=state.error or pair.error or (None if result else self._no_time()),
                     warning=pair.warning,
                     note=methods.get(state.method).describe(state.base_config),
                 )

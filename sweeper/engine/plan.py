@@ -345,11 +345,15 @@ class JobPlan:
         A round cut short (a stop in the middle of it) keeps its unfinished probes as the
         backlog, run next: the search then continues exactly as if never interrupted, where
         handing it the finished ones at once would let it plan a different round. Stored
-        probes the search never proposes (another path, another worker count) are not used."""
+        probes a finished search never proposed (a budget lowered since) are counted too;
+        those of another path (another worker count) are not used."""
         known = {(r["dim"], r["seed"]): r for r in records}
         while known:
             probes = state.search.propose(self.workers)
-            if not probes:
+            if not probes:  # finished: its verdict still counts every stored probe of it
+                for (dim, seed), record in sorted(known.items()):  # (a lowered max_probes)
+                    state.search.record(ProbeResult(dim, seed, record["metric"], record["passed"]))
+                    state.records.append({**record, "reused": True})
                 return
             state.backlog = [p for p in probes if (p.dim, p.seed) not in known]
             for probe in probes:

@@ -23,12 +23,20 @@ class Stops:
     def __init__(self) -> None:
         self.depth = 0
         self.pending: int | None = None
+        self.stopping = False  # a stop is under way: more signals would only cut it short
 
     def handler(self, signum: int, frame: Any) -> None:
+        if self.stopping:  # a second Ctrl-C or SIGTERM: the first is already being obeyed
+            return
         if self.depth:
             self.pending = signum
             return
+        self.stopping = True
         raise KeyboardInterrupt(f"signal {signum}")
+
+    def reset(self) -> None:
+        """A new job in this process: no stop under way."""
+        self.pending, self.stopping = None, False
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -39,6 +47,7 @@ class Stops:
             self.depth -= 1
         if not self.depth and self.pending is not None:
             signum, self.pending = self.pending, None
+            self.stopping = True
             raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -48,6 +57,7 @@ stops = Stops()
 def install_signal_handlers() -> None:
     """Route SIGINT and SIGTERM through `stops`; Tune's own SIGINT handler stays out when the
     driver's environment has TUNE_DISABLE_SIGINT_HANDLER=1 (`driver.driver_environment`)."""
+    stops.reset()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stops.handler)
 

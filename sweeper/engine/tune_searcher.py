@@ -96,7 +96,7 @@ class PlanSearcher(Searcher):
             self.on_result(request, result)
             self.on_change()
         except Exception as e:  # Tune would log and carry on; a lost result must stop the job
-            self.failure = e
+            self.failure = self.failure or e  # the first says why; later ones follow from it
 
     def _lost(self, request: Request) -> None:
         lost = self.lost[request.key] = self.lost.get(request.key, 0) + 1

@@ -21,6 +21,7 @@ from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
 from sweeper.tracking import schema as S
+from sweeper.tracking.jobs import TAG_BESIDE
 from sweeper.tracking.schema import ProbeRow, as_finite
 
 if TYPE_CHECKING:  # the plan's types only: the dashboards import no torch
@@ -90,7 +91,7 @@ STATUS_WORDS = {
     "error": "error: a probe raised, so there is no verdict (its run's `error` tag says why)",
     "running": "running: probes finished so far only",
     "interrupted": "interrupted before its verdict (parent run {run_status}); "
-    "`sweeper resume` finishes it",
+    "`sweeper resume` with its own spec finishes it",
     "no_verdict": "no verdict recorded",
 }
 
@@ -117,6 +118,7 @@ class SearchRun:
     threshold_rule: str | None  # "0.9 × perf_full" or "absolute 0.9"
     method_note: str | None  # what to read beside the answer (LoRA: α and scale)
     probes: tuple[ProbeRow, ...]
+    beside: str | None = None  # the job `resume --force` started this one's job beside
 
     @property
     def label(self) -> str:
@@ -139,7 +141,10 @@ class SearchRun:
     @property
     def status_text(self) -> str:
         words = STATUS_WORDS.get(self.status, self.status.replace("_", " "))
-        return words.format(dim=self.dim_name, run_status=self.run_status)
+        words = words.format(dim=self.dim_name, run_status=self.run_status)
+        if self.beside:
+            words += f" (a new job started beside job {self.beside} by `resume --force`)"
+        return words
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,7 @@ def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
         threshold_rule=_threshold_rule(tags),
         method_note=tags.get(S.TAG_METHOD_NOTE),
         probes=tuple(probes),
+        beside=tags.get(TAG_BESIDE),
     )
 
 

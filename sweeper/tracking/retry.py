@@ -15,8 +15,10 @@ stop a request MLflow is retrying. This layer adds what that lacks:
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -25,14 +27,46 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from sweeper.engine.stops import stop_requested
+from sweeper.errors import StoreError
 
 log = logging.getLogger("sweeper.tracking")
 T = TypeVar("T")
 PAUSE = 2.0  # seconds between whole-write attempts; MLflow's own retries do the backing off
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(StoreError):
     """The tracking server stayed unreachable for longer than `tracking.retry_seconds`."""
+
+
+# What SQLite says when the file system, not the database's contention, refuses a write: no
+# retry helps until someone frees space or fixes the disk. ("database is locked" is contention:
+# waited out like an outage.)
+LOCAL_IO_MESSAGES = (
+    "database or disk is full",
+    "disk i/o error",
+    "attempt to write a readonly database",
+    "unable to open database file",
+)
+LOCAL_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+def local_failure(exc: BaseException) -> str | None:
+    """What the local disk said when it refused a write (a full disk, an I/O error), else None.
+
+    MLflow reports SQLite's "database or disk is full" as TEMPORARILY_UNAVAILABLE (HTTP 503),
+    which would otherwise read as an unreachable server and be retried for minutes."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in LOCAL_IO_ERRNOS:
+            return f"{exc.strerror or errno.errorcode.get(exc.errno, exc.errno)}"
+        if isinstance(exc, sqlite3.Error) or type(exc).__name__ == "OperationalError":
+            text = str(exc).lower()
+            for message in LOCAL_IO_MESSAGES:
+                if message in text:
+                    return message
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -54,6 +88,13 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
+def _local_error(why: str, what: str) -> StoreError:
+    return StoreError(
+        f"the tracking store refused a write ({why}) while {what}; the job stopped with every "
+        "finished probe whole: free space (or fix the store) and run `sweeper resume`"
+    )
+
+
 class Patience:
     """Runs a write until it succeeds, retrying while the server is unreachable, for at most
     `seconds` after the first failure (plus the one MLflow retry cycle in flight).
@@ -69,7 +110,12 @@ class Patience:
 
     def __call__(self, what: str, write: Callable[[], T]) -> T:
         if self.depth or self.exhausted:
-            return write()
+            try:
+                return write()
+            except Exception as exc:
+                if why := local_failure(exc):
+                    raise _local_error(why, what) from exc
+                raise
         self.depth += 1
         try:
             return self._retry(what, write)
@@ -82,6 +128,9 @@ class Patience:
             try:
                 return write()
             except Exception as exc:
+                if why := local_failure(exc):
+                    self.exhausted = True  # the clean-up's writes get one try each
+                    raise _local_error(why, what) from exc
                 if not unreachable(exc):
                     raise
                 now = time.monotonic()

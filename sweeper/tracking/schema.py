@@ -58,11 +58,9 @@ TAG_SWEEPER_KIND = "sweeper.kind"  # on an experiment sweeper created: KIND_JOB
 # learning" kind, whose home is the runs table (untagged, it may open the GenAI view).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
-WRITER_LEASE_PREFIX = "sweeper.writer."  # + job id: who writes the job to a tracking server
-
-
-def writer_lease_tag(job_id: str) -> str:
-    return f"{WRITER_LEASE_PREFIX}{job_id}"
+# Who writes the experiment to a tracking server: one writer per experiment, whatever its spec
+# (two specs of one name differ in their job id but share the experiment and its parent runs).
+TAG_WRITER_LEASE = "sweeper.writer"
 
 
 # --- run tags ----------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ class Tracker:
             self.experiment_id = self._experiment(spec.name, artifacts)
         self._parents: dict[str, str] = {}
         self.patient = Patience(spec.tracking.retry_seconds)
+        self.beside: str | None = None  # the job a `resume --force` starts this one beside
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         """The job's experiment, created if new; of two drivers creating it at once (on a
@@ -110,8 +111,9 @@ class Tracker:
     # --- one writer per store and job -------------------------------------------------------
 
     def claim(self, ttl_s: float = LEASE_TTL_S, heartbeat: bool = True) -> Claim:
-        """Make this process the job's only writer in this store, or raise `SpecError` naming
-        the driver that is.
+        """Make this process the only writer of the job's experiment in this store, or raise
+        `SpecError` naming the job and driver that is. Per experiment, not per spec: a second
+        spec of the same name (its job id differs) would write the same parent runs.
 
         A SQLite store: an exclusive `flock` on a file beside it, which the kernel releases
         when the process ends however it ends, so a killed driver leaves no stale lock. A
@@ -119,8 +121,32 @@ class Tracker:
         a driver that died without releasing it blocks the job for at most `ttl_s`.
         """
         if self.store_file is not None:
-            return _FileClaim.take(self.store_file, self.job_id, self.uri)
+            return _FileClaim.take(self.store_file, self.spec.name, self.job_id, self.uri)
         return _Lease.take(self, ttl_s, heartbeat)
+
+    # --- which job this is -----------------------------------------------------------------
+
+    def check_start(self, resume: bool, force: bool) -> list[str]:
+        """Refuse a `resume` whose spec defines another job than the experiment's (`jobs`),
+        record this start's spec on the experiment, and return what to tell the user."""
+        from sweeper.preflight import shown
+        from sweeper.tracking import jobs
+
+        mine = jobs.record(self.spec, self.job_id)
+        tags = self.patient(
+            "reading the experiment", lambda: self.client.get_experiment(self.experiment_id).tags
+        )
+        self.beside, notes = jobs.check_start(
+            jobs.stored(tags), mine, resume=resume, force=force, uri=shown(self.uri)
+        )
+        value = json.dumps(mine)
+        self.patient(
+            "recording the job",
+            lambda: self.client.set_experiment_tag(
+                self.experiment_id, jobs.TAG_PREFIX + mine["key"], value
+            ),
+        )
+        return notes
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -153,6 +179,10 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
+        if self.beside:  # labelled in the report: a job started beside another
+            from sweeper.tracking.jobs import TAG_BESIDE
+
+            tags = {**tags, TAG_BESIDE: self.beside}
         return self.client.create_run(
             self.experiment_id,
             run_name=key,
@@ -445,8 +475,9 @@ class Claim:
         raise NotImplementedError
 
 
-def _holder() -> dict[str, Any]:
+def _holder(job_id: str) -> dict[str, Any]:
     return {
+        "job": job_id,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -468,11 +499,19 @@ def _gone(holder: dict[str, Any]) -> bool:
 
 
 def _busy(job_id: str, uri: str, holder: dict[str, Any], until: str = "") -> SpecError:
+    """One line naming the job that holds the experiment (this spec's own job, or another spec
+    of the same name) and the process to stop."""
+    from sweeper.preflight import shown
+
+    uri = shown(uri)
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since')}"
+    running = holder.get("job") or job_id
+    other = "" if running == job_id else f" (this spec is job {job_id}, its experiment the same)"
     return SpecError(
         "JOB",
-        f"job {job_id} is already running on {uri} ({who}); wait for it to end, or stop it "
-        f"(Ctrl-C there, or `kill -INT {holder.get('pid', 'PID')}`), then `sweeper resume`" + until,
+        f"job {running} is already running on {uri} ({who}){other}; wait for it to end, or stop "
+        f"it (Ctrl-C there, or `kill -INT {holder.get('pid', 'PID')}`), then `sweeper resume`"
+        + until,
     )
 
 
@@ -491,15 +530,16 @@ def _store_lock(store_file: Path | None) -> Iterator[None]:
 
 
 class _FileClaim(Claim):
-    """An exclusive flock on `<store>.<job_id>.lock`, holding who took it (for the refusal)."""
+    """An exclusive flock on `<store>.<experiment>.writer.lock`, holding who took it (for the
+    refusal). Experiment names are `[A-Za-z0-9._-]` (the spec's pattern): safe in a file name."""
 
     def __init__(self, fd: int) -> None:
         self.fd: int | None = fd
 
     @classmethod
-    def take(cls, store_file: Path, job_id: str, uri: str) -> _FileClaim:
+    def take(cls, store_file: Path, experiment: str, job_id: str, uri: str) -> _FileClaim:
         # O_CLOEXEC (Python's default): processes this driver starts do not inherit the lock.
-        fd = os.open(f"{store_file}.{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(f"{store_file}.{experiment}.writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -510,7 +550,7 @@ class _FileClaim(Claim):
             os.close(fd)
             raise _busy(job_id, uri, holder) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        os.pwrite(fd, json.dumps(_holder(job_id)).encode(), 0)
         return cls(fd)
 
     def release(self) -> None:
@@ -521,7 +561,7 @@ class _FileClaim(Claim):
 
 
 class _Lease(Claim):
-    """An experiment tag `sweeper.writer.<job_id>` = who holds the job and until when.
+    """An experiment tag `sweeper.writer` = which job and driver hold it, and until when.
 
     MLflow has no compare-and-set, so a driver writes its lease, waits `LEASE_SETTLE_S` and
     reads it back: of two drivers starting together the last write stays, and the other one
@@ -537,9 +577,10 @@ class _Lease(Claim):
 
     @classmethod
     def take(cls, tracker: Tracker, ttl_s: float, heartbeat: bool) -> _Lease:
-        key = S.writer_lease_tag(tracker.job_id)
+        key = S.TAG_WRITER_LEASE
         owner = uuid.uuid4().hex
-        lease = cls(tracker, key, {**_holder(), "owner": owner, "ttl_s": ttl_s}, ttl_s)
+        holder = {**_holder(tracker.job_id), "owner": owner, "ttl_s": ttl_s}
+        lease = cls(tracker, key, holder, ttl_s)
         held = lease.current()
         live = held and held.get("expires", 0) > time.time() and not _gone(held)
         if live and held.get("owner") != owner:

@@ -75,6 +75,33 @@ def test_a_second_start_of_a_running_job_exits_2_naming_it(tmp_path, second):
 
 
 @pytest.mark.slow
+def test_a_second_spec_of_a_running_experiment_exits_2_naming_the_running_job(tmp_path):
+    """The issue's case: two specs of one name that differ only in an unused field (their job
+    ids differ) started 0.3 s apart in one folder: one runs, the other names it and leaves."""
+    specs = {}
+    for file, boundary in (("a.yaml", 1), ("b.yaml", 2)):
+        seeds = {"baseline": 1, "probe": 1, "boundary": boundary}
+        specs[file] = tiny_job(tmp_path / "run", seeds=seeds)
+        (tmp_path / file).write_text(yaml.safe_dump(specs[file]))
+    first = Sweeper(tmp_path, "run", str(tmp_path / "a.yaml"))
+    try:
+        time.sleep(0.3)
+        other = Sweeper(tmp_path, "run", str(tmp_path / "b.yaml"))
+        codes = {other.wait(timeout=300), first.wait(timeout=300)}
+        assert codes == {0, 2}, first.output[-2000:] + other.output[-2000:]
+        refused, ran = (other, "a.yaml") if other.proc.returncode == 2 else (first, "b.yaml")
+        _refused(refused, job_id(parse_spec(specs[ran])))
+        _assert_each_probe_once(_store(tmp_path))
+        seeds = MlflowClient(_store(tmp_path)).search_runs(
+            [_probe_runs(_store(tmp_path), None)[0].info.experiment_id],
+            S.tag_is(S.TAG_KIND, S.KIND_BASELINE_SEED),
+        )
+        assert len(seeds) == 1, f"{len(seeds)} baseline seed runs for one seed"
+    finally:
+        first.kill_all()
+
+
+@pytest.mark.slow
 def test_a_sigkilled_driver_leaves_no_lock_behind(tmp_path):
     job_file = write_job(tmp_path)
     first = Sweeper(tmp_path, "run", str(job_file))

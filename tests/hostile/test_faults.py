@@ -157,3 +157,70 @@ def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path)
         lines = [line for line in done.output.splitlines() if line.strip()]
         assert len(lines) == 1 and "methods.lora.lora_targets" in lines[0] and "q_proj" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reader_that_leaves_early_does_not_stop_the_job(tmp_path):
+    """`sweeper run JOB | head -1`: the job died of a BrokenPipeError, exit 1, nothing on
+    stderr. Now it goes on to its verdict, and stderr says once why stdout fell silent."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, tiny_job(tmp_path / "run", name="piped"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "run", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        proc.stdout.readline()  # as `head -1`: one line, then the reader is gone
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, err[-3000:]
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "stdout was closed" in err, err[-3000:]
+    (search,) = runs(store(tmp_path), S.tag_is(S.TAG_KIND, S.KIND_SEARCH))
+    assert search.info.status == "FINISHED" and search.data.tags[S.TAG_STATUS] != "error"
+
+
+@pytest.mark.parametrize("signum, times", [(signal.SIGTERM, 2), (signal.SIGINT, 3)])
+def test_repeated_signals_stop_the_job_in_one_line_with_the_resume_hint(tmp_path, signum, times):
+    """Two quick SIGTERMs, or three quick Ctrl-Cs to the whole process group (as a terminal
+    sends them), printed 13-45 lines of Ray tracebacks, and SIGTERM no resume hint: ray.init
+    had replaced the driver's SIGTERM handler with one that calls sys.exit."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = write(tmp_path, tiny_job(tmp_path / "run", name="signals"))
+    with open(tmp_path / "out.txt", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper.cli", "run", str(path)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "probe " not in (tmp_path / "out.txt").read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "out.txt").read_text()[-3000:]
+            time.sleep(0.3)
+        for _ in range(times):
+            if signum == signal.SIGINT:  # the terminal's Ctrl-C reaches the whole group
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+            time.sleep(0.2)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "out.txt").read_text()
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output and "received" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == "sweeper run: interrupted; `sweeper resume` continues"

@@ -125,6 +125,82 @@ def test_validate_refuses_a_tracking_store_that_is_not_sqlite(work):
     validate_refuses(work, job(tracking={"uri": f"sqlite:///{work}/notes.txt"}), "tracking.uri")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_validate_refuses_a_damaged_store_and_run_writes_nothing(work, damage):
+    from mlflow.tracking import MlflowClient
+
+    db = work / "runs" / "hostile" / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{db}")
+    for i in range(20):  # a store of some pages
+        client.create_experiment(f"e{i}", tags={"t": "x" * 2000})
+    data = db.read_bytes()
+    if damage == "truncated":
+        db.write_bytes(data[: len(data) // 2])
+    else:
+        db.write_bytes(data[:8192] + os.urandom(8192) + data[16384:])
+    validate_refuses(work, job(), "tracking.run_dir", "damaged")
+    before = snapshot(work)
+    assert_refused(sweeper("run", str(work / "job.yaml"), cwd=work), "damaged")
+    assert snapshot(work) == before
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(work):
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+    message = validate_refuses(work, job(tracking={"uri": uri}), "tracking.uri", "alice:***@")
+    assert "s3cret" not in message and "Connection refused" in message, message
+
+
+def test_run_and_validate_refuse_another_store_in_mlflow_tracking_uri(work):
+    spec = write_job(work, job())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/elsewhere.db"}
+    env["PYTHONPATH"] = str(ROOT)
+    for command in ("validate", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeper.cli", command, str(spec)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert_refused(done, "MLFLOW_TRACKING_URI", "tracking.uri")
+    assert sorted(snapshot(work)) == ["job.yaml"]
+
+
+def test_validate_refuses_a_run_dir_whose_name_would_cut_the_store_uri(work):
+    validate_refuses(work, job(tracking={"run_dir": "runs/a?b"}), "tracking.run_dir", "?")
+    assert not (work / "runs").exists()
+
+
+def test_validate_refuses_a_hundredth_of_a_cpu_per_trial(work):
+    validate_refuses(work, job(resources={"cpus_per_trial": 0.01}), "resources.cpus_per_trial")
+
+
+def test_concurrent_trials_never_exceed_what_memory_hosts():
+    from sweeper.engine.driver import TRIAL_MEMORY, _workers
+    from sweeper.spec import parse_spec
+
+    spec = parse_spec(job(resources={"cpus_per_trial": 0.1}))
+    assert _workers(spec, cpus=64, gpus=0) == 640
+    assert _workers(spec, cpus=64, gpus=0, memory=8 * TRIAL_MEMORY) == 8
+
+
+@pytest.mark.slow
+def test_validate_is_linear_in_grid_pairs(work):
+    """10,000 distinct pairs (a 1 MB spec): the quadratic list of skipped searches took
+    hours; a hang guard, not a timing."""
+    blocks = [
+        {"models": ["vector"], "tasks": [{"name": "toy-sums", "options": options}]}
+        for options in ({"groups": 2 + k % 100, "group_size": 2 + k // 100} for k in range(10_000))
+    ]
+    methods = {"did": {"search": {"lo": 2, "hi": 16}}, "lora": {"search": {"lo": 1, "hi": 4}}}
+    text = yaml.safe_dump(job(grid=blocks, methods=methods), default_flow_style=True, width=10**6)
+    done = sweeper("validate", str(write_job(work, text)), cwd=work, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "vector/toy-sums/lora (×10000)" in done.stdout
+
+
 def test_validate_refuses_a_tracking_store_whose_parent_is_missing_and_unwritable(work):
     validate_refuses(work, job(tracking={"uri": "sqlite:////sys/nope/mlflow.db"}), "tracking.uri")
 
@@ -275,8 +351,29 @@ def test_report_refuses_to_overwrite_its_own_store(store):
     db = store / "runs" / "toy" / "mlflow.db"
     before = snapshot(store)
     done = sweeper("report", "toy", "-o", "runs/toy/mlflow.db", cwd=store)
-    assert_refused(done, "--output", "--force")
+    assert_refused(done, "--output", "tracking store")
     assert snapshot(store) == before and db.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-o", "runs/toy/mlflow.db"],
+        ["--csv", "runs/toy/mlflow.db"],
+        ["--parquet", "runs/toy/mlflow.db"],
+        ["-o", "link.html"],  # a symlink to the store
+        ["-o", "runs/toy/report.html"],  # a new file inside the run dir
+        ["-o", "elsewhere.html", "--csv", "runs/toy/mlflow.db.toy.writer.lock"],
+    ],
+)
+def test_report_never_writes_onto_a_store_or_into_a_run_dir_even_forced(store, argv):
+    link = store / "link.html"
+    if not link.is_symlink():
+        link.symlink_to(store / "runs" / "toy" / "mlflow.db")
+    before = snapshot(store)
+    done = sweeper("report", "toy", *argv, "--force", cwd=store)
+    assert_refused(done, argv[-2], "not even with --force")
+    assert snapshot(store) == before
 
 
 def test_report_refuses_to_overwrite_a_file_it_did_not_write_unless_forced(store, tmp_path):
@@ -476,3 +573,49 @@ def test_train_refuses_save_for_lora_before_training(work):
     done = sweeper("train", *argv, cwd=work)
     assert_refused(done, "--save")
     assert done.stdout == ""
+
+
+# --- YAML 1.2 numbers, as the README promises ----------------------------------------------
+
+
+def _raw_job(search: str, train: str = "") -> str:
+    return (
+        "name: hostile\n"
+        "grid: [{models: [vector], tasks: [{name: toy-sums, options: {groups: 4}}]}]\n"
+        f"methods: {{did: {{search: {search}}}}}\n"
+        "seeds: {baseline: 1, probe: 1, boundary: 1}\n" + train
+    )
+
+
+def test_a_leading_zero_is_decimal_as_in_yaml_1_2(work):
+    done = sweeper("validate", str(write_job(work, _raw_job("{lo: 010, hi: 0o20}"))), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "d in [10, 16]" in done.stdout, done.stdout  # YAML 1.1 read 010 as 8
+
+
+def test_a_sexagesimal_number_is_text_and_refused_by_field(work):
+    validate_refuses(work, _raw_job("{lo: 2, hi: 16}", "train: {steps: 1:30}\n"), "train.steps")
+
+
+def test_validate_refuses_grad_accum_without_a_batch_size_it_can_check(work):
+    """The task's default batch is known only once its model is built; a grad_accum that did
+    not divide it validated, and then every probe raised."""
+    validate_refuses(work, job(train={"grad_accum": 3}), "train.grad_accum", "batch_size")
+
+
+def test_train_refuses_a_dimension_for_full_fine_tuning(work):
+    done = sweeper("train", "--task", "toy-sums", "--method", "full", "--d", "3", cwd=work)
+    assert_refused(done, "--d", "no dimension")
+
+
+def test_a_merge_key_with_an_override_is_read_as_yaml_merges_it(work):
+    spec = (
+        "name: hostile\n"
+        "grid: [{models: [vector], tasks: [{name: toy-sums, options: {groups: 4}}]}]\n"
+        "methods:\n  did: {search: &range {lo: 2, hi: 8}}\n"
+        "  said: {search: {<<: *range, hi: 16}}\n"
+        "seeds: {baseline: 1, probe: 1, boundary: 1}\n"
+    )
+    done = sweeper("validate", str(write_job(work, spec)), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "said: d in [2, 16]" in done.stdout and "did: d in [2, 8]" in done.stdout, done.stdout

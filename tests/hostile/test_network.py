@@ -265,3 +265,53 @@ def test_status_progress_against_a_mute_mlflow_server_gives_up(mute_server, monk
     lines = progress(mute_server, "tiny")
     assert len(lines) == 1 and lines[0].startswith("results unreadable now"), lines
     assert time.monotonic() - started < 120
+
+
+def test_the_dashboard_refuses_two_host_headers_and_hang_ups_print_nothing(tmp_path):
+    """Two Host headers: which names the server is ambiguous, so 400. Clients that hang up
+    mid-answer (a reset connection) are not errors: no BrokenPipe traceback per client."""
+    import struct
+
+    store = tmp_path / "mlflow.db"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{store}").create_experiment("tiny")
+    proc = subprocess.Popen(
+        [*SWEEPER, "dashboard", "tiny", "--port", "0", "--tracking-uri", f"sqlite:///{store}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        url = next(w for w in line.split() if w.startswith("http://"))
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as two:
+            two.sendall(b"GET /api/data HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n")
+            assert two.recv(100).split(b"\r\n")[0].endswith(b"400 Bad Request")
+        for _ in range(30):  # ask for the page, then reset the connection before reading it
+            with socket.create_connection((host, int(port)), timeout=30) as rude:
+                rude.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(2)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "Traceback" not in out and "BrokenPipe" not in out and "Reset" not in out, out[-3000:]
+
+
+def test_doctor_gives_up_on_a_mute_cluster_and_server_in_its_timeout(mute_server):
+    """The README's promise: each network check of `doctor` ends within 5 s. Here both the
+    cluster and the store accept connections and never answer."""
+    done = subprocess.run(
+        [*SWEEPER, "doctor", "--address", mute_server, "--tracking-uri", mute_server],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    failed = [line for line in done.stdout.splitlines() if mute_server in line]
+    assert len(failed) == 2 and all("5 s" in line or "timed out" in line for line in failed), (
+        done.stdout
+    )
+    assert "Traceback" not in done.stdout + done.stderr
