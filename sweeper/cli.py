@@ -289,7 +289,6 @@ def _where_to_look(name: str, uri: str) -> str:
 
     from sweeper.dashboard import DEFAULT_MLFLOW_UI
     from sweeper.dashboard.views import experiment_url
-
     from sweeper.preflight import shown
 
     server = uri.startswith(("http://", "https://"))
