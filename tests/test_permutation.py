@@ -24,7 +24,7 @@ from sweeper.projection.fastfood import fastfood_reference
 SEEDS = range(12)
 
 
-@pytest.mark.parametrize("k", range(16))
+@pytest.mark.parametrize("k", range(21))  # every block size up to MAX_BLOCK = 2^20
 def test_permutation_is_a_bijection_whose_closed_form_inverse_is_its_argsort(k):
     n = 2**k
     blocks = np.arange(3)

@@ -5,6 +5,8 @@ about 2·log2(n) + 6 times; this kernel keeps each n-sized block in L1 from load
 Per block: the random state is drawn in vectorisable passes (hashes, then table gathers), the
 Walsh–Hadamard transform runs its six innermost stages in registers (`_wht_in_registers`:
 LLVM shufflevector, which numba cannot express in Python) and the rest as radix-4 passes.
+Blocks past SMALL_MAX (up to 2^20) do not fit L2 with their state: they run as a matrix of
+ROW-value rows, H = H_{n/ROW} ⊗ H_ROW (`_large_forward`, `_large_adjoint`).
 
 The blocks are split into a fixed number of slices (not threads), so the adjoint's partial sums
 are reduced in the same order on every machine: results do not depend on the thread count.
@@ -40,9 +42,17 @@ W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
 # G's 16-bit slots are the two halves of each 32-bit hash word (`gen.gauss_index`: G[2p] is the
 # low half): a little-endian uint16 view of the words is exactly that sequence.
 assert sys.byteorder == "little", "fastfood_cpu reads hash words as uint16 pairs"
-assert MAX_BLOCK <= 2**16, "π is kept as uint16"
 # Entries per round of π's Feistel table: 2^⌈log2(MAX_BLOCK) / 2⌉, the largest half-index range.
 ROUND_TABLE = 1 << -(-(MAX_BLOCK.bit_length() - 1) // 2)
+assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
+# Blocks up to SMALL_MAX keep their whole state (G, π as uint16, two n-value buffers) within L2.
+# Larger blocks are an (n / ROW) × ROW matrix, H_n = H_{n/ROW} ⊗ H_ROW: ROW-point transforms of
+# the rows in L1, then the row-to-row stages on PANEL columns at a time (`_columns`); G and π
+# are regenerated a row at a time, and π's gather is fused with the row transform after it.
+SMALL_MAX = 2**15
+ROW = 2**12
+PANEL = 16
+assert SMALL_MAX <= 2**16 and ROW <= SMALL_MAX
 
 
 def _pointer(context, builder, arrty, arr, index):
@@ -135,6 +145,13 @@ def _fwht_from(src, lo, x):
     elif src is not x or lo != 0:
         for k in range(n):
             x[k] = src[lo + k]
+    _stages(x, h)
+
+
+@njit(cache=True)
+def _stages(x, h):
+    """The WHT stages h, 2h, … < len(x) of x in place (radix 4: two stages per pass)."""
+    n = x.shape[0]
     while 4 * h <= n:  # radix 4: stages h and 2h in one pass over x
         for i in range(0, n, 4 * h):
             a = x[i : i + h]
@@ -197,8 +214,202 @@ def _block_state(key, n, log2n, table, g, perm, rounds):
 
 
 @njit(cache=True)
+def _perm_tables(key, log2n, rounds):
+    """π's Feistel round functions tabulated into `rounds` (PERM_ROUNDS × ROUND_TABLE): even
+    rounds are indexed by lo and write hi, odd rounds the reverse. Returns (lo_bits, lo_mask)."""
+    pkey, lo_bits, lo_mask, hi_mask = gen.perm_params(key, log2n)
+    for r in range(0, gen.PERM_ROUNDS, 2):
+        for v in range(lo_mask + 1):
+            rounds[r, v] = gen.feistel(pkey, r, v) & hi_mask
+        for v in range(hi_mask + 1):
+            rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
+    return lo_bits, lo_mask
+
+
+@njit(cache=True)
+def _columns(x, panel, scale):
+    """x = scale · (H_{n/ROW} ⊗ I_ROW) x: the WHT stages from ROW up, i.e. transforms down the
+    columns of x as an (n / ROW) × ROW matrix, PANEL columns at a time through `panel`, a
+    contiguous copy that stays in L1 (the columns themselves are ROW values apart)."""
+    A = x.shape[0] // ROW
+    p = panel[: A * PANEL]
+    for c in range(0, ROW, PANEL):
+        for a in range(A):
+            for j in range(PANEL):
+                p[a * PANEL + j] = x[a * ROW + c + j]
+        _stages(p, PANEL)
+        for a in range(A):
+            for j in range(PANEL):
+                x[a * ROW + c + j] = scale * p[a * PANEL + j]
+
+
+@njit(cache=True)
+def _large_gauss(gkey, base, table, words, g):
+    """G[base : base + ROW] into g, from ROW / 2 hash words (`words`, uint32)."""
+    for p in range(ROW // 2):
+        words[p] = gen.bits(gkey, (base >> 1) + p)
+    slots = words.view(np.uint16)
+    for j in range(ROW):
+        g[j] = table[slots[j] >> gen.GAUSS_DROP]
+
+
+@njit(cache=True)
+def _large_gauss_norm(key, n, table, words, g):
+    """‖G‖ of a block of n > SMALL_MAX values, one row at a time."""
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    total = 0.0
+    for base in range(0, n, ROW):
+        _large_gauss(gkey, base, table, words, g)
+        total += _sum_squares(g)
+    return math.sqrt(total)
+
+
+@njit(cache=True)
+def _large_forward(th, key, n, log2n, table, scale, u, dst, panel, g, idx, words, rounds):
+    """dst = scale / ‖G‖ · H G Π H B th for one block of n > SMALL_MAX values (th: the chunk
+    of θ_d, zero-padded to n); u is scratch of n values."""
+    width = th.shape[0]
+    skey = gen.stream_key(key, gen.STREAM_SIGN)
+    for base in range(0, n, ROW):  # u = H B x: rows, then columns
+        row = u[base : base + ROW]
+        for w in range(ROW // 32):
+            k0 = base + 32 * w
+            live = max(0, min(32, width - k0))
+            word = gen.bits(skey, k0 >> 5)
+            for t in range(live):
+                row[32 * w + t] = th[k0 + t] * (1.0 - 2.0 * ((word >> t) & 1))
+            for t in range(live, 32):
+                row[32 * w + t] = 0
+        _fwht(row)
+    _columns(u, panel, 1.0)
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    total = 0.0
+    for base in range(0, n, ROW):  # dst = H G Π u: the gather fused with the row transform
+        _large_gauss(gkey, base, table, words, g)
+        total += _sum_squares(g)
+        for j in range(ROW):
+            k = base + j
+            hi = k >> lo_bits
+            lo = k & lo_mask
+            for r in range(0, gen.PERM_ROUNDS, 2):
+                hi ^= rounds[r, lo]
+                lo ^= rounds[r + 1, hi]
+            idx[j] = (hi << lo_bits) | lo
+        row = dst[base : base + ROW]
+        for j in range(ROW):
+            row[j] = g[j] * u[idx[j]]
+        _fwht(row)
+    _columns(dst, panel, scale / math.sqrt(total))
+
+
+@njit(cache=True)
+def _large_adjoint(hw, key, n, log2n, table, scale, z, part, panel, g, idx, slot, words, rounds):
+    """part += Bᵀ H Πᵀ (scale / ‖G‖) G hw for one block of n > SMALL_MAX values, hw = H w the
+    transformed output rows; part is the chunk's slice of θ_d, z scratch of n values.
+    Πᵀ as a gather: z[j] = g[π⁻¹(j)] hw[π⁻¹(j)], G hashed at the permuted index."""
+    norm = _large_gauss_norm(key, n, table, words, g)
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    for base in range(0, n, ROW):
+        for j in range(ROW):
+            k = base + j
+            hi = k >> lo_bits
+            lo = k & lo_mask
+            for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                lo ^= rounds[r + 1, hi]
+                hi ^= rounds[r, lo]
+            idx[j] = (hi << lo_bits) | lo
+        for j in range(ROW):  # G's table slots at π⁻¹(j), hashed there (one word each)
+            slot[j] = gen.gauss_index(gkey, idx[j])
+        row = z[base : base + ROW]
+        for j in range(ROW):
+            row[j] = table[slot[j]] * hw[idx[j]]
+        _fwht(row)
+    _columns(z, panel, scale / norm)
+    skey = gen.stream_key(key, gen.STREAM_SIGN)
+    width = part.shape[0]
+    for q in range((width + 31) // 32):  # Bᵀ, 32 signs per hash word
+        word = gen.bits(skey, q)
+        for t in range(min(32, width - 32 * q)):
+            part[32 * q + t] += (1.0 - 2.0 * ((word >> t) & 1)) * z[32 * q + t]
+
+
+@njit(cache=True)
+def _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last):
+    """`_forward_blocks` for n > SMALL_MAX."""
+    d = theta.shape[0]
+    D = out.shape[0]
+    chunks = (d + n - 1) // n
+    log2n = round(math.log2(n))
+    norm = column_norm / math.sqrt(D)
+    u = np.empty(n, theta.dtype)
+    tmp = np.empty(n, theta.dtype)
+    panel = np.empty(n // ROW * PANEL, theta.dtype)
+    g = np.empty(ROW, theta.dtype)
+    idx = np.empty(ROW, np.int64)
+    words = np.empty(ROW // 2, np.uint32)
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
+    for i in range(first, last):
+        lo = i * n
+        rows = min(D, lo + n) - lo
+        for c in range(chunks):
+            key = gen.block_key(seed, c, i)
+            th = theta[c * n : min(d, (c + 1) * n)]
+            direct = rows == n and c == 0  # the block's own rows of `out` are the output
+            dst = out[lo : lo + n] if direct else tmp
+            _large_forward(th, key, n, log2n, table, norm, u, dst, panel, g, idx, words, rounds)
+            if not direct:
+                block = out[lo : lo + rows]
+                if c == 0:
+                    for k in range(rows):
+                        block[k] = tmp[k]
+                else:
+                    for k in range(rows):
+                        block[k] += tmp[k]
+
+
+@njit(cache=True)
+def _adjoint_large_blocks(y, partial, d, seed, column_norm, n, table, first, last):
+    """`_adjoint_blocks` for n > SMALL_MAX."""
+    D = y.shape[0]
+    chunks = (d + n - 1) // n
+    log2n = round(math.log2(n))
+    norm = column_norm / math.sqrt(D)
+    hw = np.empty(n, y.dtype)
+    z = np.empty(n, y.dtype)
+    panel = np.empty(n // ROW * PANEL, y.dtype)
+    g = np.empty(ROW, y.dtype)
+    idx = np.empty(ROW, np.int64)
+    slot = np.empty(ROW, np.int64)
+    words = np.empty(ROW // 2, np.uint32)
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
+    for i in range(first, last):
+        lo = i * n
+        rows = min(D, lo + n) - lo
+        for base in range(0, n, ROW):  # hw = H y_i (Hᵀ = H), shared by every chunk
+            row = hw[base : base + ROW]
+            if base + ROW <= rows:
+                _fwht_from(y, lo + base, row)
+            else:
+                for k in range(ROW):
+                    row[k] = y[lo + base + k] if base + k < rows else 0
+                _fwht(row)
+        _columns(hw, panel, 1.0)
+        for c in range(chunks):
+            key = gen.block_key(seed, c, i)
+            part = partial[c * n : min(d, (c + 1) * n)]
+            _large_adjoint(
+                hw, key, n, log2n, table, norm, z, part, panel, g, idx, slot, words, rounds
+            )
+
+
+@njit(cache=True)
 def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
     """Row blocks [first, last) of P θ into out."""
+    if n > SMALL_MAX:
+        _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last)
+        return
     d = theta.shape[0]
     D = out.shape[0]
     chunks = (d + n - 1) // n
@@ -243,6 +454,9 @@ def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
 @njit(cache=True)
 def _adjoint_blocks(y, partial, d, seed, column_norm, n, table, first, last):
     """Row blocks [first, last) of Pᵀ y, added into partial (one row per chunk-padded θ_d)."""
+    if n > SMALL_MAX:
+        _adjoint_large_blocks(y, partial, d, seed, column_norm, n, table, first, last)
+        return
     D = y.shape[0]
     chunks = (d + n - 1) // n
     log2n = round(math.log2(n))
