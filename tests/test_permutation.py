@@ -35,7 +35,7 @@ def test_permutation_is_a_bijection_whose_closed_form_inverse_is_its_argsort(k):
         assert np.array_equal(q, np.argsort(p))
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 512, 2**15])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 512, 2**12, 2**13, 2**15])  # vector π: 32 … 2^12
 def test_cpu_kernel_regenerates_the_numpy_permutation_and_gaussians_bit_for_bit(n):
     log2n = n.bit_length() - 1
     g = np.empty(n, np.float64)

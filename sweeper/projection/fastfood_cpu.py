@@ -27,6 +27,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -56,6 +57,7 @@ assert SMALL_MAX <= 2**16 and ROW <= SMALL_MAX
 
 
 def _pointer(context, builder, arrty, arr, index):
+    """Pointer to arr[index] (index: one value, or a list of one per dimension)."""
     ary = context.make_array(arrty)(context, builder, arr)
     return cgutils.get_item_pointer2(
         context,
@@ -64,7 +66,7 @@ def _pointer(context, builder, arrty, arr, index):
         shape=cgutils.unpack_tuple(builder, ary.shape),
         strides=cgutils.unpack_tuple(builder, ary.strides),
         layout=arrty.layout,
-        inds=[index],
+        inds=index if isinstance(index, list) else [index],
         wraparound=False,
     )
 
@@ -121,6 +123,163 @@ def _wht_in_registers(vectors: int):
 
 _wht16 = _wht_in_registers(1)
 _wht64 = _wht_in_registers(4)
+
+# π of 32 indices at once (AVX-512 BW): vpermi2w is a 64-entry uint16 table lookup for 32 lanes
+# in one instruction, where the scalar loop costs six dependent loads per index. A round table
+# of 2^b > 64 entries is 2^b / 64 such lookups, each kept where the index's top bits pick it.
+PERM_LANES = 32
+VECTOR_PERM = bool(llvm.get_host_cpu_features().get("avx512bw", False))
+
+
+def _permuter(lo_chunks: int, hi_chunks: int, inverse: bool = False):
+    """An intrinsic f(rounds, lo_bits, out, at, base): out[at : at + 32] = π(base … base + 31)
+    (π⁻¹ if inverse), π's rounds tabulated in `rounds` (`_perm_tables`); even rounds read tables
+    of lo_chunks × 64 entries (indexed by lo), odd rounds hi_chunks × 64 (indexed by hi). out is
+    uint16 or int32."""
+
+    @intrinsic
+    def permute(typingctx, rounds, lo_bits, out, at, base):
+        sig = types.void(rounds, lo_bits, out, at, base)
+
+        def codegen(context, builder, signature, args):
+            rty, _, oty, _, _ = signature.args
+            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            v16, v32 = ir.VectorType(i16, PERM_LANES), ir.VectorType(i32, PERM_LANES)
+            lookup = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(v16, [v16, v16, v16]),
+                "llvm.x86.avx512.vpermi2var.hi.512",
+            )
+            zeros = ir.Constant(ir.VectorType(i32, PERM_LANES), [0] * PERM_LANES)
+
+            def splat(value, vty):
+                vec = builder.insert_element(ir.Constant(vty, None), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(vec, vec, zeros)
+
+            def look(r, index, chunks):
+                """rounds[r, index] for 32 indices below chunks · 64."""
+                row = builder.bitcast(
+                    _pointer(
+                        context, builder, rty, args[0], [ir.Constant(i64, r), ir.Constant(i64, 0)]
+                    ),
+                    v16.as_pointer(),
+                )
+                found = None
+                for c in range(chunks):
+                    a = builder.load(builder.gep(row, [ir.Constant(i64, 2 * c)]), align=2)
+                    b = builder.load(builder.gep(row, [ir.Constant(i64, 2 * c + 1)]), align=2)
+                    part = builder.call(lookup, [a, index, b])
+                    if found is None:
+                        found = part
+                    else:
+                        mine = builder.icmp_unsigned(
+                            "==",
+                            builder.lshr(index, splat(ir.Constant(i16, 6), v16)),
+                            splat(ir.Constant(i16, c), v16),
+                        )
+                        found = builder.select(mine, part, found)
+                return found
+
+            shift32 = splat(builder.trunc(args[1], i32), v32)
+            one = splat(ir.Constant(i32, 1), v32)
+            mask = builder.sub(builder.shl(one, shift32), one)
+            k = builder.add(
+                splat(builder.trunc(args[4], i32), v32), ir.Constant(v32, list(range(PERM_LANES)))
+            )
+            hi = builder.trunc(builder.lshr(k, shift32), v16)
+            lo = builder.trunc(builder.and_(k, mask), v16)
+            if inverse:
+                for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                    lo = builder.xor(lo, look(r + 1, hi, hi_chunks))
+                    hi = builder.xor(hi, look(r, lo, lo_chunks))
+            else:
+                for r in range(0, gen.PERM_ROUNDS, 2):
+                    hi = builder.xor(hi, look(r, lo, lo_chunks))
+                    lo = builder.xor(lo, look(r + 1, hi, hi_chunks))
+            result = builder.or_(builder.shl(builder.zext(hi, v32), shift32), builder.zext(lo, v32))
+            ety = context.get_data_type(oty.dtype)
+            vty = ir.VectorType(ety, PERM_LANES)
+            if ety.width < 32:
+                result = builder.trunc(result, vty)
+            ptr = builder.bitcast(
+                _pointer(context, builder, oty, args[2], [args[3]]), vty.as_pointer()
+            )
+            builder.store(result, ptr, align=ety.width // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return permute
+
+
+# One intrinsic per table size (log2 n ≥ 13: one per n; below, 64-entry tables serve every n).
+_permute_1_1 = _permuter(1, 1)
+_permute_1_2 = _permuter(1, 2)
+_permute_2_2 = _permuter(2, 2)
+_permute_2_4 = _permuter(2, 4)
+_permute_4_4 = _permuter(4, 4)
+_permute_4_8 = _permuter(4, 8)
+_permute_8_8 = _permuter(8, 8)
+_permute_8_16 = _permuter(8, 16)
+_permute_16_16 = _permuter(16, 16)
+_unpermute_1_1 = _permuter(1, 1, inverse=True)
+_unpermute_1_2 = _permuter(1, 2, inverse=True)
+_unpermute_2_2 = _permuter(2, 2, inverse=True)
+_unpermute_2_4 = _permuter(2, 4, inverse=True)
+_unpermute_4_4 = _permuter(4, 4, inverse=True)
+_unpermute_4_8 = _permuter(4, 8, inverse=True)
+_unpermute_8_8 = _permuter(8, 8, inverse=True)
+_unpermute_8_16 = _permuter(8, 16, inverse=True)
+_unpermute_16_16 = _permuter(16, 16, inverse=True)
+
+
+@njit(cache=True)
+def _permute_row(rounds, log2n, lo_bits, out, at, base, count):
+    """out[at : at + count] = π(base … base + count − 1), count a multiple of 32, on the
+    vector permuter of π's table sizes (VECTOR_PERM only; 2^5 ≤ n ≤ 2^20)."""
+    for j in range(0, count, PERM_LANES):
+        if log2n <= 12:
+            _permute_1_1(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 13:
+            _permute_1_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 14:
+            _permute_2_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 15:
+            _permute_2_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 16:
+            _permute_4_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 17:
+            _permute_4_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 18:
+            _permute_8_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 19:
+            _permute_8_16(rounds, lo_bits, out, at + j, base + j)
+        else:
+            _permute_16_16(rounds, lo_bits, out, at + j, base + j)
+
+
+@njit(cache=True)
+def _unpermute_row(rounds, log2n, lo_bits, out, at, base, count):
+    """`_permute_row` for π⁻¹."""
+    for j in range(0, count, PERM_LANES):
+        if log2n <= 12:
+            _unpermute_1_1(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 13:
+            _unpermute_1_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 14:
+            _unpermute_2_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 15:
+            _unpermute_2_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 16:
+            _unpermute_4_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 17:
+            _unpermute_4_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 18:
+            _unpermute_8_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 19:
+            _unpermute_8_16(rounds, lo_bits, out, at + j, base + j)
+        else:
+            _unpermute_16_16(rounds, lo_bits, out, at + j, base + j)
 
 
 @njit(cache=True)
@@ -183,37 +342,6 @@ def _sum_squares(g):
 
 
 @njit(cache=True)
-def _block_state(key, n, log2n, table, g, perm, rounds):
-    """G (unscaled) and π of one block into g and perm; returns G's scale factor 1 / ‖G‖.
-
-    perm (uint16, n ≤ 2^15) first holds G's hash words: read as uint16 it is G's table slots,
-    and then it is overwritten by π. One buffer instead of two keeps a block's state in L1.
-    π's Feistel round functions are tabulated first in `rounds` (PERM_ROUNDS × ROUND_TABLE): a
-    half-index has at most 8 bits, so each round costs a lookup instead of a hash per index.
-    """
-    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
-    words = perm.view(np.uint32)
-    for p in range(words.shape[0]):
-        words[p] = gen.bits(gkey, p)
-    for k in range(n):
-        g[k] = table[perm[k] >> gen.GAUSS_DROP]
-    pkey, lo_bits, lo_mask, hi_mask = gen.perm_params(key, log2n)
-    for r in range(0, gen.PERM_ROUNDS, 2):  # even rounds read lo and write hi, odd the reverse
-        for v in range(lo_mask + 1):
-            rounds[r, v] = gen.feistel(pkey, r, v) & hi_mask
-        for v in range(hi_mask + 1):
-            rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
-    for k in range(n):
-        hi = k >> lo_bits
-        lo = k & lo_mask
-        for r in range(0, gen.PERM_ROUNDS, 2):
-            hi ^= rounds[r, lo]
-            lo ^= rounds[r + 1, hi]
-        perm[k] = (hi << lo_bits) | lo
-    return 1.0 / math.sqrt(_sum_squares(g))
-
-
-@njit(cache=True)
 def _perm_tables(key, log2n, rounds):
     """π's Feistel round functions tabulated into `rounds` (PERM_ROUNDS × ROUND_TABLE): even
     rounds are indexed by lo and write hi, odd rounds the reverse. Returns (lo_bits, lo_mask)."""
@@ -224,6 +352,36 @@ def _perm_tables(key, log2n, rounds):
         for v in range(hi_mask + 1):
             rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
     return lo_bits, lo_mask
+
+
+@njit(cache=True)
+def _block_state(key, n, log2n, table, g, perm, rounds):
+    """G (unscaled) and π of one block into g and perm; returns G's scale factor 1 / ‖G‖.
+
+    perm (uint16, n ≤ 2^15) first holds G's hash words: read as uint16 it is G's table slots,
+    and then it is overwritten by π. One buffer instead of two keeps a block's state in L1.
+    π's Feistel round functions are tabulated first in `rounds` (PERM_ROUNDS × ROUND_TABLE): a
+    half-index has at most 8 bits, so each round costs a lookup instead of a hash per index
+    (with AVX-512 BW, vector permutes for 32 indices at a time: `_permute_row`).
+    """
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    words = perm.view(np.uint32)
+    for p in range(words.shape[0]):
+        words[p] = gen.bits(gkey, p)
+    for k in range(n):
+        g[k] = table[perm[k] >> gen.GAUSS_DROP]
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    if VECTOR_PERM and n >= PERM_LANES:
+        _permute_row(rounds, log2n, lo_bits, perm, 0, 0, n)
+        return 1.0 / math.sqrt(_sum_squares(g))
+    for k in range(n):
+        hi = k >> lo_bits
+        lo = k & lo_mask
+        for r in range(0, gen.PERM_ROUNDS, 2):
+            hi ^= rounds[r, lo]
+            lo ^= rounds[r + 1, hi]
+        perm[k] = (hi << lo_bits) | lo
+    return 1.0 / math.sqrt(_sum_squares(g))
 
 
 @njit(cache=True)
@@ -254,17 +412,6 @@ def _large_gauss(gkey, base, table, words, g):
 
 
 @njit(cache=True)
-def _large_gauss_norm(key, n, table, words, g):
-    """‖G‖ of a block of n > SMALL_MAX values, one row at a time."""
-    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
-    total = 0.0
-    for base in range(0, n, ROW):
-        _large_gauss(gkey, base, table, words, g)
-        total += _sum_squares(g)
-    return math.sqrt(total)
-
-
-@njit(cache=True)
 def _large_forward(th, key, n, log2n, table, scale, u, dst, panel, g, idx, words, rounds):
     """dst = scale / ‖G‖ · H G Π H B th for one block of n > SMALL_MAX values (th: the chunk
     of θ_d, zero-padded to n); u is scratch of n values."""
@@ -288,14 +435,17 @@ def _large_forward(th, key, n, log2n, table, scale, u, dst, panel, g, idx, words
     for base in range(0, n, ROW):  # dst = H G Π u: the gather fused with the row transform
         _large_gauss(gkey, base, table, words, g)
         total += _sum_squares(g)
-        for j in range(ROW):
-            k = base + j
-            hi = k >> lo_bits
-            lo = k & lo_mask
-            for r in range(0, gen.PERM_ROUNDS, 2):
-                hi ^= rounds[r, lo]
-                lo ^= rounds[r + 1, hi]
-            idx[j] = (hi << lo_bits) | lo
+        if VECTOR_PERM:
+            _permute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
+        else:
+            for j in range(ROW):
+                k = base + j
+                hi = k >> lo_bits
+                lo = k & lo_mask
+                for r in range(0, gen.PERM_ROUNDS, 2):
+                    hi ^= rounds[r, lo]
+                    lo ^= rounds[r + 1, hi]
+                idx[j] = (hi << lo_bits) | lo
         row = dst[base : base + ROW]
         for j in range(ROW):
             row[j] = g[j] * u[idx[j]]
@@ -307,26 +457,33 @@ def _large_forward(th, key, n, log2n, table, scale, u, dst, panel, g, idx, words
 def _large_adjoint(hw, key, n, log2n, table, scale, z, part, panel, g, idx, slot, words, rounds):
     """part += Bᵀ H Πᵀ (scale / ‖G‖) G hw for one block of n > SMALL_MAX values, hw = H w the
     transformed output rows; part is the chunk's slice of θ_d, z scratch of n values.
-    Πᵀ as a gather: z[j] = g[π⁻¹(j)] hw[π⁻¹(j)], G hashed at the permuted index."""
-    norm = _large_gauss_norm(key, n, table, words, g)
+    Πᵀ as a gather: z[j] = g[π⁻¹(j)] hw[π⁻¹(j)], G hashed at the permuted index; those G values
+    are all of G once each, so ‖G‖ comes from them too."""
     lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    total = 0.0
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     for base in range(0, n, ROW):
-        for j in range(ROW):
-            k = base + j
-            hi = k >> lo_bits
-            lo = k & lo_mask
-            for r in range(gen.PERM_ROUNDS - 2, -1, -2):
-                lo ^= rounds[r + 1, hi]
-                hi ^= rounds[r, lo]
-            idx[j] = (hi << lo_bits) | lo
+        if VECTOR_PERM:
+            _unpermute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
+        else:
+            for j in range(ROW):
+                k = base + j
+                hi = k >> lo_bits
+                lo = k & lo_mask
+                for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                    lo ^= rounds[r + 1, hi]
+                    hi ^= rounds[r, lo]
+                idx[j] = (hi << lo_bits) | lo
         for j in range(ROW):  # G's table slots at π⁻¹(j), hashed there (one word each)
             slot[j] = gen.gauss_index(gkey, idx[j])
+        for j in range(ROW):
+            g[j] = table[slot[j]]
+        total += _sum_squares(g)
         row = z[base : base + ROW]
         for j in range(ROW):
-            row[j] = table[slot[j]] * hw[idx[j]]
+            row[j] = g[j] * hw[idx[j]]
         _fwht(row)
-    _columns(z, panel, scale / norm)
+    _columns(z, panel, scale / math.sqrt(total))
     skey = gen.stream_key(key, gen.STREAM_SIGN)
     width = part.shape[0]
     for q in range((width + 31) // 32):  # Bᵀ, 32 signs per hash word
@@ -347,7 +504,7 @@ def _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last):
     tmp = np.empty(n, theta.dtype)
     panel = np.empty(n // ROW * PANEL, theta.dtype)
     g = np.empty(ROW, theta.dtype)
-    idx = np.empty(ROW, np.int64)
+    idx = np.empty(ROW, np.int32)
     words = np.empty(ROW // 2, np.uint32)
     rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
     for i in range(first, last):
@@ -380,8 +537,8 @@ def _adjoint_large_blocks(y, partial, d, seed, column_norm, n, table, first, las
     z = np.empty(n, y.dtype)
     panel = np.empty(n // ROW * PANEL, y.dtype)
     g = np.empty(ROW, y.dtype)
-    idx = np.empty(ROW, np.int64)
-    slot = np.empty(ROW, np.int64)
+    idx = np.empty(ROW, np.int32)
+    slot = np.empty(ROW, np.int32)
     words = np.empty(ROW // 2, np.uint32)
     rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
     for i in range(first, last):
