@@ -127,7 +127,17 @@ _wht64 = _wht_in_registers(4)
 # in one instruction, where the scalar loop costs six dependent loads per index. A round table
 # of 2^b > 64 entries is 2^b / 64 such lookups, each kept where the index's top bits pick it.
 PERM_LANES = 32
-VECTOR_PERM = bool(llvm.get_host_cpu_features().get("avx512bw", False))
+
+
+def _vector_perm() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 BW: the host's features, unless
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another target (portable caches)."""
+    if numba.config.CPU_NAME is None:
+        return bool(llvm.get_host_cpu_features().get("avx512bw", False))
+    return "+avx512bw" in (numba.config.CPU_FEATURES or "")
+
+
+VECTOR_PERM = _vector_perm()
 
 
 def _permuter(lo_chunks: int, hi_chunks: int, inverse: bool = False):
