@@ -11,7 +11,7 @@
 #   doctor    `sweeper doctor`: versions, GPUs, the kernel self-test on each GPU
 #   selftest  the self-test's cost in a fresh process: cold (empty Triton cache) and warm
 #   tests     the kernel tests compiled on the GPU (no interpreter): numerics, fallback, compile
-#   kernel    bench/kernel.py at D = 1.25e8: kernel time ÷ device copy, forward and backward
+#   kernel    bench/kernel.py at D = 1.25e8, d = 1e3 … 1e6: kernel time ÷ device copy
 #   step      bench/kernel.py: subspace step ÷ full step, random-init RoBERTa-base (no network)
 #   e2e       a 2-probe DID job on the GPU (MiniLM on Rotten Tomatoes, assets from PyPI),
 #             checking that its probes ran the fused kernel (the MLflow `kernel` tag)
@@ -100,14 +100,14 @@ EOF
 
 # Limits are caps; DEADLINE bounds the sum. Expected on an H100 with torch to download:
 # env ~150 s, doctor ~20, selftest ~45, tests ~120 (Triton compiles each specialisation the
-# tests use), kernel ~40, step ~45, e2e ~90. The compile check is CPU-only: CI runs it.
+# tests use), kernel ~40 (more with d = 1e6: its n = 2^20 kernels compile), step ~45, e2e ~90. The compile check is CPU-only: CI runs it.
 stage env 240 make_env
 stage doctor 60 "$VENV/bin/sweeper" doctor
 stage selftest 75 "$PY" bench/gpu_check.py selftest "$OUT/selftest.json"
 stage tests 180 "$PY" -m pytest -q -p no:cacheprovider --timeout 120 \
   tests/test_fastfood_triton.py tests/test_kernel_selftest.py
-stage kernel 75 "$PY" bench/kernel.py --D 1.25e8 --d 1e3 1e5 --skip-step --out "$OUT/kernel"
-stage step 90 "$PY" bench/kernel.py --d 1e3 1e5 --steps 6 --skip-kernels --out "$OUT/step"
+stage kernel 120 "$PY" bench/kernel.py --D 1.25e8 --d 1e3 1e5 1e6 --skip-step --out "$OUT/kernel"
+stage step 120 "$PY" bench/kernel.py --d 1e3 1e5 1e6 --steps 6 --skip-kernels --out "$OUT/step"
 stage e2e 150 e2e_job
 "$PY" bench/gpu_check.py summary "$OUT" || python3 bench/gpu_check.py summary "$OUT" || true
 echo "total $((SECONDS - STARTED))s; table in $OUT/summary.md"

@@ -1,7 +1,7 @@
 """Triton Fastfood kernels as ratios to a device-to-device copy, and a RoBERTa-base training step
 of subspace fine-tuning as a ratio to one of full fine-tuning.
 
-    python bench/kernel.py [--D 1e7 1.25e8 3.55e8] [--d 1e3 1e4 1e5] [--steps 10] [--skip-step]
+    python bench/kernel.py [--D 1e7 1.25e8 3.55e8] [--d 1e3 1e4 1e5 1e6] [--steps 10] [--skip-step]
     python bench/kernel.py --compile-only      # no GPU needed: sm_80 + sm_90 builds, spills
     python bench/kernel.py --out DIR           # JSON into DIR (default bench/results)
 
@@ -246,7 +246,7 @@ def write(name: str, payload: dict, folder: Path = RESULTS) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--D", type=float, nargs="+", default=[1e7, 1.25e8, 3.55e8])
-    parser.add_argument("--d", type=float, nargs="+", default=[1e3, 1e4, 1e5])
+    parser.add_argument("--d", type=float, nargs="+", default=[1e3, 1e4, 1e5, 1e6])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-step", action="store_true", help="kernels only")
     parser.add_argument("--skip-kernels", action="store_true", help="the step bench only")
@@ -254,7 +254,7 @@ def main() -> None:
         "--compile-only", action="store_true", help="no GPU: sm_80/sm_90 build report"
     )
     parser.add_argument(
-        "--n", type=int, nargs="+", default=[1 << k for k in range(16)], help="compile-only"
+        "--n", type=int, nargs="+", default=[1 << k for k in range(21)], help="compile-only"
     )
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compile-only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")

@@ -1,6 +1,7 @@
 """One training step of DID, SAID and LoRA on MiniLM, as ratios to one step of full fine-tuning.
 
-    python bench/step.py [--threads 1] [--steps 5] [--d 1000 100000] [--r 8]
+    python bench/step.py [--threads 1] [--steps 5] [--d 1e3 1e4 1e5 1e6] [--r 8]
+    python bench/step.py --baseline DIR [--repeats 2]   # this checkout and DIR's, alternating
 
 The real all-MiniLM-L6-v2 (`sweeper assets fetch minilm`), a sequence-classification head, one
 fixed batch of 32 rotten-tomatoes reviews padded to 64 tokens, CPU; every method measured in
@@ -8,14 +9,21 @@ this same process, each the median of `--steps` steps after one warm-up step, th
 round-robin across the methods. A step is what `train.run_trial` does: forward, loss, backward,
 optimiser step (for DID and SAID the forward includes P θ_d and the backward Pᵀ). Prints a
 table and writes bench/results/step.json.
+
+`--baseline DIR` runs the whole measurement in fresh processes, alternately with this
+checkout's `sweeper` and with DIR's (another checkout) on PYTHONPATH, `--repeats` times each;
+every ratio is to the full step of its own process, and the table shows the medians side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,13 +84,54 @@ def measure(cases: list[tuple[str, int | None]], steps: int) -> list[dict]:
     ]
 
 
+def side_by_side(args) -> None:
+    """This checkout and `--baseline`, each measured in fresh processes, alternating."""
+    roots = {"this": os.environ.get("PYTHONPATH", ""), "baseline": os.path.abspath(args.baseline)}
+    runs: dict[str, list[list[dict]]] = {code: [] for code in roots}
+    cmd = [sys.executable, __file__, "--json", "--threads", str(args.threads)]
+    cmd += ["--steps", str(args.steps), "--d", *map(str, args.d), "--r", *map(str, args.r)]
+    for _ in range(args.repeats):
+        for code, root in roots.items():
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root}
+            )
+            if done.returncode:
+                sys.exit(f"{code} failed: {done.stderr.strip()[-1000:]}")
+            runs[code].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{code}: one run done", flush=True)
+    table = []
+    for i, row in enumerate(runs["this"][0]):
+        out = {"method": row["method"], "dim": row["dim"]}
+        for code in roots:
+            out[f"ratio_{code}"] = statistics.median(r[i]["ratio_to_full"] for r in runs[code])
+            out[f"seconds_{code}"] = statistics.median(r[i]["seconds"] for r in runs[code])
+        table.append(out)
+    print(f"MiniLM step ÷ full step, CPU, {args.threads} threads, medians of {args.repeats} runs")
+    print(f"{'method':<8}{'d or r':>9}{'this':>9}{'baseline':>10}")
+    for row in table:
+        dim = "-" if row["dim"] is None else str(row["dim"])
+        print(f"{row['method']:<8}{dim:>9}{row['ratio_this']:>9.2f}{row['ratio_baseline']:>10.2f}")
+    out = Path(__file__).parent / "results" / "step_compare.json"
+    out.parent.mkdir(exist_ok=True)
+    meta = {"threads": args.threads, "steps": args.steps, "repeats": args.repeats}
+    meta["baseline"] = args.baseline
+    out.write_text(json.dumps({"meta": meta, "rows": table, "runs": runs}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--d", type=int, nargs="+", default=[1000, 100_000])
+    parser.add_argument("--d", type=lambda v: int(float(v)), nargs="+", default=[1000, 100_000])
     parser.add_argument("--r", type=int, nargs="+", default=[8])
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout, measured alongside")
+    parser.add_argument("--repeats", type=int, default=2, help="with --baseline: runs of each")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline:
+        side_by_side(args)
+        return
     torch.set_num_threads(args.threads)
 
     cases = [("full", None)]
@@ -92,7 +141,9 @@ def main() -> None:
     full = rows[0]["seconds"]
     for row in rows:
         row["ratio_to_full"] = row["seconds"] / full
-
+    if args.json:
+        print(json.dumps(rows))
+        return
     print(f"MiniLM step, batch {BATCH}×{TOKENS} tokens, CPU, {args.threads} threads")
     print(f"{'method':<8}{'d or r':>8}{'trainable':>12}{'s/step':>10}{'÷ full':>9}")
     for row in rows:

@@ -37,7 +37,7 @@ def compiled_triton(request):
 # Builds of the current kernels, committed: a clean clone's run reads them instead of compiling
 # (keys hash the Triton version and the kernel source, line numbers included; refresh after
 # moving or changing a kernel with `python bench/kernel.py --compile-only --n 1 1024 2048 32768
-# --record`).
+# 1048576 --record`).
 RECORD = Path(__file__).with_name("kernel_builds.json")
 
 # Shared memory a block may use (with Triton's opt-in): A100 163 KiB, H100/H200 227 KiB.

@@ -24,7 +24,7 @@ from sweeper.projection.fastfood import fastfood_reference
 SEEDS = range(12)
 
 
-@pytest.mark.parametrize("k", range(16))
+@pytest.mark.parametrize("k", range(21))  # every block size up to MAX_BLOCK = 2^20
 def test_permutation_is_a_bijection_whose_closed_form_inverse_is_its_argsort(k):
     n = 2**k
     blocks = np.arange(3)
@@ -35,7 +35,7 @@ def test_permutation_is_a_bijection_whose_closed_form_inverse_is_its_argsort(k):
         assert np.array_equal(q, np.argsort(p))
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 512, 2**15])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 512, 2**12, 2**13, 2**15])  # vector π: 32 … 2^12
 def test_cpu_kernel_regenerates_the_numpy_permutation_and_gaussians_bit_for_bit(n):
     log2n = n.bit_length() - 1
     g = np.empty(n, np.float64)
@@ -135,3 +135,32 @@ def test_validate_warns_about_toy_sums_layouts_fastfood_cannot_solve_at_d_groups
         warnings = [ln for ln in capsys.readouterr().out.splitlines() if "warning:" in ln]
         assert len(warnings) == warned
         assert all("group_size 2 " in ln for ln in warnings)
+
+
+@pytest.mark.slow  # compiles every CPU kernel again, for a generic x86-64 target
+def test_cpu_kernels_without_avx512_match_the_reference(tmp_path):
+    """The scalar π (CPUs without AVX-512 BW) on both block paths, in a process whose numba
+    compiles for a generic target; its cache goes to a folder of its own."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, torch
+from sweeper.projection import fastfood_cpu as cpu
+from sweeper.projection.fastfood import fastfood_reference
+assert not cpu.VECTOR_PERM
+for D, d in [(300, 50), (5000, 5000), (3000, 40000)]:
+    n = 1 << (d - 1).bit_length()
+    x, y = torch.randn(d, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    want = fastfood_reference(x, D, 2)
+    assert ((cpu.forward(x, D, 2, 1.0, n) - want).abs().max() / want.abs().max()) < 1e-12
+    x.requires_grad_(True)
+    adj = torch.autograd.grad(fastfood_reference(x, D, 2), x, y)[0]
+    got = cpu.adjoint(y, d, 2, 1.0, n)
+    assert ((got - adj).abs().max() / adj.abs().max()) < 1e-12
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

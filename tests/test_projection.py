@@ -174,7 +174,55 @@ def test_fwht_is_hadamard_matrix():
 
 def test_block_size_is_next_power_of_two_capped():
     assert [block_size(d) for d in (1, 2, 3, 1000, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
-    assert block_size(100_000) == 2**15 and block_size(100, max_block=16) == 16
+    assert block_size(100_000) == 2**17 and block_size(10**6) == 2**20
+    assert block_size(2**20 + 1) == 2**20 and block_size(100, max_block=16) == 16
+    assert block_size(100_000, max_block=2**15) == 2**15  # generator 3's chunks
+
+
+def test_generator_versions_map_to_their_block_caps():
+    """The current generator makes blocks up to MAX_BLOCK; 3 chunked at 2^15; 1, 2 are gone."""
+    from sweeper.projection import blocks, generator
+
+    assert blocks.max_block_of(generator.VERSION) == blocks.MAX_BLOCK == 2**20
+    assert blocks.max_block_of(3) == 2**15
+    for gone in (1, 2, generator.VERSION + 1):
+        with pytest.raises(ValueError, match=f"generator {gone} cannot be rebuilt"):
+            blocks.max_block_of(gone)
+
+
+# Blocks past 2^15 take the CPU kernel's (rows × ROW) path: one block each (D < n) or a few.
+LARGE = [
+    (1000, 2**15 + 1, 2**20),  # n = 2^16, the first large block
+    (3000, 100_000, 2**20),  # n = 2^17: d = 10^5 as one block, where generator 3 made 4
+    (2**18 + 777, 2**18, 2**20),  # two blocks, the second partial
+    (700, 2**16 + 100, 2**16),  # chunked large blocks: 2 chunks of 2^16
+    (500, 10**6, 2**20),  # n = 2^20
+]
+
+
+@pytest.mark.parametrize(("D", "d", "max_block"), LARGE)
+def test_large_blocks_match_reference_and_their_adjoint(D, d, max_block):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(d, dtype=torch.float64, generator=gen)
+    y = torch.randn(D, dtype=torch.float64, generator=gen)
+    proj = make_projection("fastfood", D, d, seed=8, dtype=torch.float64, max_block=max_block)
+    assert proj.n == block_size(d, max_block) > 2**15
+    px = proj.matvec(x)
+    want = fastfood_reference(x, D, seed=8, max_block=max_block)
+    assert ((px - want).abs().max() / want.abs().max()).item() < 1e-12
+    lhs, rhs = torch.dot(px, y).item(), torch.dot(x, proj.adjoint(y)).item()
+    assert abs(lhs - rhs) <= 1e-12 * px.norm().item() * y.norm().item()
+
+
+@pytest.mark.parametrize("log2n", [16, 18, 20])
+def test_large_block_columns_have_unit_norm(log2n):
+    """With D = n every column's norm is exactly column_norm: √n ‖G‖ · 1 / (‖G‖ √D)."""
+    n = 2**log2n
+    proj = make_projection("fastfood", n, n, seed=4, dtype=torch.float64, column_norm=0.5)
+    for j in (0, 1, n // 3, n - 1):
+        e = torch.zeros(n, dtype=torch.float64)
+        e[j] = 1
+        assert abs(proj.matvec(e).norm().item() - 0.5) < 1e-9
 
 
 def test_fastfood_stores_no_random_state():

@@ -187,7 +187,57 @@ def test_a_fastfood_model_from_generator_1_is_refused_not_silently_rebuilt(tmp_p
             with pytest.raises(ValueError, match="generator 1"):
                 load_compressed(old)
             _rewrite_as_format_1(path, old, fmt=2)  # generator 2: another Π
-            with pytest.raises(ValueError, match=r"generator 2, .* generator 3"):
+            with pytest.raises(ValueError, match=r"generator 2, .* generators \[3, 4\]"):
                 load_compressed(old)
         else:  # dense and sparse P never changed
             assert load_compressed(old).config.projection == "sparse"
+
+
+def test_a_fastfood_model_from_generator_3_restores_with_its_chunked_p(tmp_path):
+    """Generator 3 cut d > 2^15 into chunks of 2^15; generator 4 makes one block up to 2^20.
+    A format-3 file (no generator in its config) rebuilds generator 3's P, not today's."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sweeper.projection.fastfood import fastfood_reference
+    from sweeper.projection.generator import VERSION
+    from sweeper.training.compressed import save_compressed
+    from sweeper.training.subspace import SubspaceConfig, SubspaceModel
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Linear(200, 200)  # D = 40 200 > d > 2^15
+
+    d, seed = 40_000, 3
+    old = SubspaceModel(model(), SubspaceConfig(d=d, seed=seed, generator=3))
+    new = SubspaceModel(model(), SubspaceConfig(d=d, seed=seed))
+    assert new.config.generator == VERSION == 4
+    theta = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for m, max_block in ((old, 2**15), (new, 2**20)):
+        want = fastfood_reference(theta, m.D, seed, max_block=max_block)
+        got = m.projection.matvec(theta.float()).double()
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert not torch.allclose(
+        old.projection.matvec(theta.float()), new.projection.matvec(theta.float())
+    )
+
+    with torch.no_grad():
+        old.theta_d.copy_(theta.float())
+    path, as_3 = tmp_path / "new.safetensors", tmp_path / "format-3.safetensors"
+    save_compressed(path, old, {"task": "none", "model": "linear"})
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    assert json.loads(meta["config"])["generator"] == 3  # format 4 says which generator
+    config = json.loads(meta["config"])
+    del config["generator"]  # as a format-3 file holds it
+    meta |= {"format": "sweeper-subspace/3", "config": json.dumps(config)}
+    save_file(load_file(str(path)), str(as_3), metadata=meta)
+    for file in (path, as_3):
+        loaded = load_compressed(file)
+        assert loaded.config.generator == 3
+        rebuilt = SubspaceModel(model(), loaded.config)
+        with torch.no_grad():
+            rebuilt.theta_d.copy_(loaded.tensors["theta_d"])
+        for name, value in old.effective_parameters().items():
+            torch.testing.assert_close(rebuilt.effective_parameters()[name], value)

@@ -8,9 +8,24 @@ from __future__ import annotations
 
 import torch
 
-# Largest block n: larger d is cut into chunks of this size. Part of P's definition (it sets the
-# chunking), hence of every Fastfood probe's config; the CPU kernel keeps π as uint16 (n ≤ 2^16).
-MAX_BLOCK = 2**15
+# Largest block n: larger d is cut into chunks of this size, each chunk a pass over all D
+# outputs. Part of P's definition (it sets the chunking), hence of the generator version.
+MAX_BLOCK = 2**20
+
+# Generator version → its largest block. Generator 3 chunked d above 2^15; its B, G and Π are
+# generator 4's (the same hashes of (seed, chunk, block, index)), so a θ_d trained with it
+# restores by rebuilding P with max_block = 2^15. Versions 1 and 2 drew other numbers.
+MAX_BLOCK_OF_GENERATOR = {3: 2**15, 4: MAX_BLOCK}
+
+
+def max_block_of(generator: int) -> int:
+    """The block-size cap of Fastfood generator `generator`; ValueError if it cannot be rebuilt."""
+    if generator not in MAX_BLOCK_OF_GENERATOR:
+        raise ValueError(
+            f"Fastfood generator {generator} cannot be rebuilt by this sweeper (it rebuilds "
+            f"generators {sorted(MAX_BLOCK_OF_GENERATOR)})"
+        )
+    return MAX_BLOCK_OF_GENERATOR[generator]
 
 
 def block_size(d: int, max_block: int = MAX_BLOCK) -> int:

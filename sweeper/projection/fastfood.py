@@ -1,6 +1,7 @@
 """Fastfood projection (Le et al. 2013; Li et al. 2018): P θ_d in O(D log d), no D-sized state.
 
-θ_d is cut into chunks of n = min(2^⌈log2 d⌉, max_block) values (one chunk unless d > max_block).
+θ_d is cut into chunks of n = min(2^⌈log2 d⌉, max_block) values (one chunk unless d > max_block;
+max_block is 2^20 for generator 4, and was 2^15 for generator 3: `blocks.max_block_of`).
 For each chunk c and each of m = ⌈D/n⌉ row blocks i, block (c, i) maps the zero-padded chunk x to
 
     scale_ci · H G_ci Π_ci H B_ci x,        scale_ci = column_norm / (‖G_ci‖ √D)

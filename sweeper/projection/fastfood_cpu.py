@@ -5,6 +5,8 @@ about 2·log2(n) + 6 times; this kernel keeps each n-sized block in L1 from load
 Per block: the random state is drawn in vectorisable passes (hashes, then table gathers), the
 Walsh–Hadamard transform runs its six innermost stages in registers (`_wht_in_registers`:
 LLVM shufflevector, which numba cannot express in Python) and the rest as radix-4 passes.
+Blocks past SMALL_MAX (up to 2^20) do not fit L2 with their state: they run as a matrix of
+ROW-value rows, H = H_{n/ROW} ⊗ H_ROW (`_large_forward`, `_large_adjoint`).
 
 The blocks are split into a fixed number of slices (not threads), so the adjoint's partial sums
 are reduced in the same order on every machine: results do not depend on the thread count.
@@ -25,6 +27,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -40,12 +43,20 @@ W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
 # G's 16-bit slots are the two halves of each 32-bit hash word (`gen.gauss_index`: G[2p] is the
 # low half): a little-endian uint16 view of the words is exactly that sequence.
 assert sys.byteorder == "little", "fastfood_cpu reads hash words as uint16 pairs"
-assert MAX_BLOCK <= 2**16, "π is kept as uint16"
 # Entries per round of π's Feistel table: 2^⌈log2(MAX_BLOCK) / 2⌉, the largest half-index range.
 ROUND_TABLE = 1 << -(-(MAX_BLOCK.bit_length() - 1) // 2)
+assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
+# Blocks up to SMALL_MAX keep their whole state (G, π as uint16, two n-value buffers) within L2.
+# Larger blocks are an (n / ROW) × ROW matrix, H_n = H_{n/ROW} ⊗ H_ROW: ROW-point transforms of
+# the rows in L1, then the row-to-row stages as passes over whole rows (`_columns`); G and π
+# are regenerated a row at a time, and π's gather is fused with the row transform after it.
+SMALL_MAX = 2**15
+ROW = 2**12
+assert SMALL_MAX <= 2**16 and ROW <= SMALL_MAX
 
 
 def _pointer(context, builder, arrty, arr, index):
+    """Pointer to arr[index] (index: one value, or a list of one per dimension)."""
     ary = context.make_array(arrty)(context, builder, arr)
     return cgutils.get_item_pointer2(
         context,
@@ -54,7 +65,7 @@ def _pointer(context, builder, arrty, arr, index):
         shape=cgutils.unpack_tuple(builder, ary.shape),
         strides=cgutils.unpack_tuple(builder, ary.strides),
         layout=arrty.layout,
-        inds=[index],
+        inds=index if isinstance(index, list) else [index],
         wraparound=False,
     )
 
@@ -112,6 +123,173 @@ def _wht_in_registers(vectors: int):
 _wht16 = _wht_in_registers(1)
 _wht64 = _wht_in_registers(4)
 
+# π of 32 indices at once (AVX-512 BW): vpermi2w is a 64-entry uint16 table lookup for 32 lanes
+# in one instruction, where the scalar loop costs six dependent loads per index. A round table
+# of 2^b > 64 entries is 2^b / 64 such lookups, each kept where the index's top bits pick it.
+PERM_LANES = 32
+
+
+def _vector_perm() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 BW: the host's features, unless
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another target (portable caches)."""
+    if numba.config.CPU_NAME is None:
+        return bool(llvm.get_host_cpu_features().get("avx512bw", False))
+    return "+avx512bw" in (numba.config.CPU_FEATURES or "")
+
+
+VECTOR_PERM = _vector_perm()
+
+
+def _permuter(lo_chunks: int, hi_chunks: int, inverse: bool = False):
+    """An intrinsic f(rounds, lo_bits, out, at, base): out[at : at + 32] = π(base … base + 31)
+    (π⁻¹ if inverse), π's rounds tabulated in `rounds` (`_perm_tables`); even rounds read tables
+    of lo_chunks × 64 entries (indexed by lo), odd rounds hi_chunks × 64 (indexed by hi). out is
+    uint16 or int32."""
+
+    @intrinsic
+    def permute(typingctx, rounds, lo_bits, out, at, base):
+        sig = types.void(rounds, lo_bits, out, at, base)
+
+        def codegen(context, builder, signature, args):
+            rty, _, oty, _, _ = signature.args
+            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            v16, v32 = ir.VectorType(i16, PERM_LANES), ir.VectorType(i32, PERM_LANES)
+            lookup = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(v16, [v16, v16, v16]),
+                "llvm.x86.avx512.vpermi2var.hi.512",
+            )
+            zeros = ir.Constant(ir.VectorType(i32, PERM_LANES), [0] * PERM_LANES)
+
+            def splat(value, vty):
+                vec = builder.insert_element(ir.Constant(vty, None), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(vec, vec, zeros)
+
+            def look(r, index, chunks):
+                """rounds[r, index] for 32 indices below chunks · 64."""
+                row = builder.bitcast(
+                    _pointer(
+                        context, builder, rty, args[0], [ir.Constant(i64, r), ir.Constant(i64, 0)]
+                    ),
+                    v16.as_pointer(),
+                )
+                found = None
+                for c in range(chunks):
+                    a = builder.load(builder.gep(row, [ir.Constant(i64, 2 * c)]), align=2)
+                    b = builder.load(builder.gep(row, [ir.Constant(i64, 2 * c + 1)]), align=2)
+                    part = builder.call(lookup, [a, index, b])
+                    if found is None:
+                        found = part
+                    else:
+                        mine = builder.icmp_unsigned(
+                            "==",
+                            builder.lshr(index, splat(ir.Constant(i16, 6), v16)),
+                            splat(ir.Constant(i16, c), v16),
+                        )
+                        found = builder.select(mine, part, found)
+                return found
+
+            shift32 = splat(builder.trunc(args[1], i32), v32)
+            one = splat(ir.Constant(i32, 1), v32)
+            mask = builder.sub(builder.shl(one, shift32), one)
+            k = builder.add(
+                splat(builder.trunc(args[4], i32), v32), ir.Constant(v32, list(range(PERM_LANES)))
+            )
+            hi = builder.trunc(builder.lshr(k, shift32), v16)
+            lo = builder.trunc(builder.and_(k, mask), v16)
+            if inverse:
+                for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                    lo = builder.xor(lo, look(r + 1, hi, hi_chunks))
+                    hi = builder.xor(hi, look(r, lo, lo_chunks))
+            else:
+                for r in range(0, gen.PERM_ROUNDS, 2):
+                    hi = builder.xor(hi, look(r, lo, lo_chunks))
+                    lo = builder.xor(lo, look(r + 1, hi, hi_chunks))
+            result = builder.or_(builder.shl(builder.zext(hi, v32), shift32), builder.zext(lo, v32))
+            ety = context.get_data_type(oty.dtype)
+            vty = ir.VectorType(ety, PERM_LANES)
+            if ety.width < 32:
+                result = builder.trunc(result, vty)
+            ptr = builder.bitcast(
+                _pointer(context, builder, oty, args[2], [args[3]]), vty.as_pointer()
+            )
+            builder.store(result, ptr, align=ety.width // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return permute
+
+
+# One intrinsic per table size (log2 n ≥ 13: one per n; below, 64-entry tables serve every n).
+_permute_1_1 = _permuter(1, 1)
+_permute_1_2 = _permuter(1, 2)
+_permute_2_2 = _permuter(2, 2)
+_permute_2_4 = _permuter(2, 4)
+_permute_4_4 = _permuter(4, 4)
+_permute_4_8 = _permuter(4, 8)
+_permute_8_8 = _permuter(8, 8)
+_permute_8_16 = _permuter(8, 16)
+_permute_16_16 = _permuter(16, 16)
+_unpermute_1_1 = _permuter(1, 1, inverse=True)
+_unpermute_1_2 = _permuter(1, 2, inverse=True)
+_unpermute_2_2 = _permuter(2, 2, inverse=True)
+_unpermute_2_4 = _permuter(2, 4, inverse=True)
+_unpermute_4_4 = _permuter(4, 4, inverse=True)
+_unpermute_4_8 = _permuter(4, 8, inverse=True)
+_unpermute_8_8 = _permuter(8, 8, inverse=True)
+_unpermute_8_16 = _permuter(8, 16, inverse=True)
+_unpermute_16_16 = _permuter(16, 16, inverse=True)
+
+
+@njit(cache=True)
+def _permute_row(rounds, log2n, lo_bits, out, at, base, count):
+    """out[at : at + count] = π(base … base + count − 1), count a multiple of 32, on the
+    vector permuter of π's table sizes (VECTOR_PERM only; 2^5 ≤ n ≤ 2^20)."""
+    for j in range(0, count, PERM_LANES):
+        if log2n <= 12:
+            _permute_1_1(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 13:
+            _permute_1_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 14:
+            _permute_2_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 15:
+            _permute_2_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 16:
+            _permute_4_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 17:
+            _permute_4_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 18:
+            _permute_8_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 19:
+            _permute_8_16(rounds, lo_bits, out, at + j, base + j)
+        else:
+            _permute_16_16(rounds, lo_bits, out, at + j, base + j)
+
+
+@njit(cache=True)
+def _unpermute_row(rounds, log2n, lo_bits, out, at, base, count):
+    """`_permute_row` for π⁻¹."""
+    for j in range(0, count, PERM_LANES):
+        if log2n <= 12:
+            _unpermute_1_1(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 13:
+            _unpermute_1_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 14:
+            _unpermute_2_2(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 15:
+            _unpermute_2_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 16:
+            _unpermute_4_4(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 17:
+            _unpermute_4_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 18:
+            _unpermute_8_8(rounds, lo_bits, out, at + j, base + j)
+        elif log2n == 19:
+            _unpermute_8_16(rounds, lo_bits, out, at + j, base + j)
+        else:
+            _unpermute_16_16(rounds, lo_bits, out, at + j, base + j)
+
 
 @njit(cache=True)
 def _fwht(x):
@@ -135,6 +313,13 @@ def _fwht_from(src, lo, x):
     elif src is not x or lo != 0:
         for k in range(n):
             x[k] = src[lo + k]
+    _stages(x, h)
+
+
+@njit(cache=True)
+def _stages(x, h):
+    """The WHT stages h, 2h, … < len(x) of x in place (radix 4: two stages per pass)."""
+    n = x.shape[0]
     while 4 * h <= n:  # radix 4: stages h and 2h in one pass over x
         for i in range(0, n, 4 * h):
             a = x[i : i + h]
@@ -166,13 +351,27 @@ def _sum_squares(g):
 
 
 @njit(cache=True)
+def _perm_tables(key, log2n, rounds):
+    """π's Feistel round functions tabulated into `rounds` (PERM_ROUNDS × ROUND_TABLE): even
+    rounds are indexed by lo and write hi, odd rounds the reverse. Returns (lo_bits, lo_mask)."""
+    pkey, lo_bits, lo_mask, hi_mask = gen.perm_params(key, log2n)
+    for r in range(0, gen.PERM_ROUNDS, 2):
+        for v in range(lo_mask + 1):
+            rounds[r, v] = gen.feistel(pkey, r, v) & hi_mask
+        for v in range(hi_mask + 1):
+            rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
+    return lo_bits, lo_mask
+
+
+@njit(cache=True)
 def _block_state(key, n, log2n, table, g, perm, rounds):
     """G (unscaled) and π of one block into g and perm; returns G's scale factor 1 / ‖G‖.
 
     perm (uint16, n ≤ 2^15) first holds G's hash words: read as uint16 it is G's table slots,
     and then it is overwritten by π. One buffer instead of two keeps a block's state in L1.
     π's Feistel round functions are tabulated first in `rounds` (PERM_ROUNDS × ROUND_TABLE): a
-    half-index has at most 8 bits, so each round costs a lookup instead of a hash per index.
+    half-index has at most 8 bits, so each round costs a lookup instead of a hash per index
+    (with AVX-512 BW, vector permutes for 32 indices at a time: `_permute_row`).
     """
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     words = perm.view(np.uint32)
@@ -180,12 +379,10 @@ def _block_state(key, n, log2n, table, g, perm, rounds):
         words[p] = gen.bits(gkey, p)
     for k in range(n):
         g[k] = table[perm[k] >> gen.GAUSS_DROP]
-    pkey, lo_bits, lo_mask, hi_mask = gen.perm_params(key, log2n)
-    for r in range(0, gen.PERM_ROUNDS, 2):  # even rounds read lo and write hi, odd the reverse
-        for v in range(lo_mask + 1):
-            rounds[r, v] = gen.feistel(pkey, r, v) & hi_mask
-        for v in range(hi_mask + 1):
-            rounds[r + 1, v] = gen.feistel(pkey, r + 1, v) & lo_mask
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    if VECTOR_PERM and n >= PERM_LANES:
+        _permute_row(rounds, log2n, lo_bits, perm, 0, 0, n)
+        return 1.0 / math.sqrt(_sum_squares(g))
     for k in range(n):
         hi = k >> lo_bits
         lo = k & lo_mask
@@ -197,8 +394,228 @@ def _block_state(key, n, log2n, table, g, perm, rounds):
 
 
 @njit(cache=True)
+def _columns(x, scale):
+    """x = scale · (H_{n/ROW} ⊗ I_ROW) x: the WHT stages from ROW up, i.e. transforms down the
+    columns of x as an (n / ROW) × ROW matrix, run as radix-8 (then 4, 2) passes over whole
+    rows: 8 contiguous streams, which prefetch well, and 3 stages per pass over memory (a column
+    panel gathered at stride ROW measured 4-15× slower at n = 2^20). The last pass scales."""
+    n = x.shape[0]
+    h = ROW
+    while 8 * h <= n:
+        s = scale if 8 * h == n else 1.0
+        for i in range(0, n, 8 * h):
+            a0, a1 = x[i : i + h], x[i + h : i + 2 * h]
+            a2, a3 = x[i + 2 * h : i + 3 * h], x[i + 3 * h : i + 4 * h]
+            a4, a5 = x[i + 4 * h : i + 5 * h], x[i + 5 * h : i + 6 * h]
+            a6, a7 = x[i + 6 * h : i + 7 * h], x[i + 7 * h : i + 8 * h]
+            for j in range(h):
+                q0, q1 = a0[j] + a1[j], a0[j] - a1[j]
+                q2, q3 = a2[j] + a3[j], a2[j] - a3[j]
+                q4, q5 = a4[j] + a5[j], a4[j] - a5[j]
+                q6, q7 = a6[j] + a7[j], a6[j] - a7[j]
+                r0, r1, r2, r3 = q0 + q2, q1 + q3, q0 - q2, q1 - q3
+                r4, r5, r6, r7 = q4 + q6, q5 + q7, q4 - q6, q5 - q7
+                a0[j], a1[j], a2[j], a3[j] = (
+                    s * (r0 + r4),
+                    s * (r1 + r5),
+                    s * (r2 + r6),
+                    s * (r3 + r7),
+                )
+                a4[j], a5[j], a6[j], a7[j] = (
+                    s * (r0 - r4),
+                    s * (r1 - r5),
+                    s * (r2 - r6),
+                    s * (r3 - r7),
+                )
+        h *= 8
+    if 4 * h <= n:
+        s = scale if 4 * h == n else 1.0
+        for i in range(0, n, 4 * h):
+            a = x[i : i + h]
+            b = x[i + h : i + 2 * h]
+            c = x[i + 2 * h : i + 3 * h]
+            d = x[i + 3 * h : i + 4 * h]
+            for j in range(h):
+                p, q, r, t = a[j], b[j], c[j], d[j]
+                t0, t1, t2, t3 = p + q, p - q, r + t, r - t
+                a[j], b[j], c[j], d[j] = s * (t0 + t2), s * (t1 + t3), s * (t0 - t2), s * (t1 - t3)
+        h *= 4
+    if 2 * h <= n:
+        for i in range(0, n, 2 * h):
+            lo = x[i : i + h]
+            hi = x[i + h : i + 2 * h]
+            for j in range(h):
+                p, q = lo[j], hi[j]
+                lo[j], hi[j] = scale * (p + q), scale * (p - q)
+
+
+@njit(cache=True)
+def _large_gauss(gkey, base, table, words, g):
+    """G[base : base + ROW] into g, from ROW / 2 hash words (`words`, uint32)."""
+    for p in range(ROW // 2):
+        words[p] = gen.bits(gkey, (base >> 1) + p)
+    slots = words.view(np.uint16)
+    for j in range(ROW):
+        g[j] = table[slots[j] >> gen.GAUSS_DROP]
+
+
+@njit(cache=True)
+def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, rounds):
+    """dst = scale / ‖G‖ · H G Π H B th for one block of n > SMALL_MAX values (th: the chunk
+    of θ_d, zero-padded to n); u is scratch of n values."""
+    width = th.shape[0]
+    skey = gen.stream_key(key, gen.STREAM_SIGN)
+    for base in range(0, n, ROW):  # u = H B x: rows, then columns
+        row = u[base : base + ROW]
+        for w in range(ROW // 32):
+            k0 = base + 32 * w
+            live = max(0, min(32, width - k0))
+            word = gen.bits(skey, k0 >> 5)
+            for t in range(live):
+                row[32 * w + t] = th[k0 + t] * (1.0 - 2.0 * ((word >> t) & 1))
+            for t in range(live, 32):
+                row[32 * w + t] = 0
+        _fwht(row)
+    _columns(u, 1.0)
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    total = 0.0
+    for base in range(0, n, ROW):  # dst = H G Π u: the gather fused with the row transform
+        _large_gauss(gkey, base, table, words, g)
+        total += _sum_squares(g)
+        if VECTOR_PERM:
+            _permute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
+        else:
+            for j in range(ROW):
+                k = base + j
+                hi = k >> lo_bits
+                lo = k & lo_mask
+                for r in range(0, gen.PERM_ROUNDS, 2):
+                    hi ^= rounds[r, lo]
+                    lo ^= rounds[r + 1, hi]
+                idx[j] = (hi << lo_bits) | lo
+        row = dst[base : base + ROW]
+        for j in range(ROW):
+            row[j] = g[j] * u[idx[j]]
+        _fwht(row)
+    _columns(dst, scale / math.sqrt(total))
+
+
+@njit(cache=True)
+def _large_adjoint(gh, key, n, log2n, table, scale, z, part, g, idx, words, rounds):
+    """part += Bᵀ H Πᵀ (scale / ‖G‖) G hw for one block of n > SMALL_MAX values, given gh =
+    hw = H w, the transformed output rows (overwritten by G hw); part is the chunk's slice of
+    θ_d, z scratch of n values. Πᵀ as a gather: z[j] = (G hw)[π⁻¹(j)], fused with the rows'
+    transforms like the forward's Π."""
+    gkey = gen.stream_key(key, gen.STREAM_GAUSS)
+    total = 0.0
+    for base in range(0, n, ROW):  # G in order, hashed two values per word as the forward does
+        _large_gauss(gkey, base, table, words, g)
+        total += _sum_squares(g)
+        row = gh[base : base + ROW]
+        for j in range(ROW):
+            row[j] *= g[j]
+    lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
+    for base in range(0, n, ROW):
+        if VECTOR_PERM:
+            _unpermute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
+        else:
+            for j in range(ROW):
+                k = base + j
+                hi = k >> lo_bits
+                lo = k & lo_mask
+                for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                    lo ^= rounds[r + 1, hi]
+                    hi ^= rounds[r, lo]
+                idx[j] = (hi << lo_bits) | lo
+        row = z[base : base + ROW]
+        for j in range(ROW):
+            row[j] = gh[idx[j]]
+        _fwht(row)
+    _columns(z, scale / math.sqrt(total))
+    skey = gen.stream_key(key, gen.STREAM_SIGN)
+    width = part.shape[0]
+    for q in range((width + 31) // 32):  # Bᵀ, 32 signs per hash word
+        word = gen.bits(skey, q)
+        for t in range(min(32, width - 32 * q)):
+            part[32 * q + t] += (1.0 - 2.0 * ((word >> t) & 1)) * z[32 * q + t]
+
+
+@njit(cache=True)
+def _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last):
+    """`_forward_blocks` for n > SMALL_MAX."""
+    d = theta.shape[0]
+    D = out.shape[0]
+    chunks = (d + n - 1) // n
+    log2n = round(math.log2(n))
+    norm = column_norm / math.sqrt(D)
+    u = np.empty(n, theta.dtype)
+    tmp = np.empty(n, theta.dtype)
+    g = np.empty(ROW, theta.dtype)
+    idx = np.empty(ROW, np.int32)
+    words = np.empty(ROW // 2, np.uint32)
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
+    for i in range(first, last):
+        lo = i * n
+        rows = min(D, lo + n) - lo
+        for c in range(chunks):
+            key = gen.block_key(seed, c, i)
+            th = theta[c * n : min(d, (c + 1) * n)]
+            direct = rows == n and c == 0  # the block's own rows of `out` are the output
+            dst = out[lo : lo + n] if direct else tmp
+            _large_forward(th, key, n, log2n, table, norm, u, dst, g, idx, words, rounds)
+            if not direct:
+                block = out[lo : lo + rows]
+                if c == 0:
+                    for k in range(rows):
+                        block[k] = tmp[k]
+                else:
+                    for k in range(rows):
+                        block[k] += tmp[k]
+
+
+@njit(cache=True)
+def _adjoint_large_blocks(y, partial, d, seed, column_norm, n, table, first, last):
+    """`_adjoint_blocks` for n > SMALL_MAX."""
+    D = y.shape[0]
+    chunks = (d + n - 1) // n
+    log2n = round(math.log2(n))
+    norm = column_norm / math.sqrt(D)
+    hw = np.empty(n, y.dtype)
+    z = np.empty(n, y.dtype)
+    g = np.empty(ROW, y.dtype)
+    gh_copy = np.empty(n if chunks > 1 else 0, y.dtype)
+    idx = np.empty(ROW, np.int32)
+    words = np.empty(ROW // 2, np.uint32)
+    rounds = np.empty((gen.PERM_ROUNDS, ROUND_TABLE), np.uint16)
+    for i in range(first, last):
+        lo = i * n
+        rows = min(D, lo + n) - lo
+        for base in range(0, n, ROW):  # hw = H y_i (Hᵀ = H), shared by every chunk
+            row = hw[base : base + ROW]
+            if base + ROW <= rows:
+                _fwht_from(y, lo + base, row)
+            else:
+                for k in range(ROW):
+                    row[k] = y[lo + base + k] if base + k < rows else 0
+                _fwht(row)
+        _columns(hw, 1.0)
+        for c in range(chunks):
+            key = gen.block_key(seed, c, i)
+            part = partial[c * n : min(d, (c + 1) * n)]
+            gh = hw
+            if c + 1 < chunks:  # G hw overwrites its input: the last chunk may have it
+                gh = gh_copy
+                gh[:] = hw
+            _large_adjoint(gh, key, n, log2n, table, norm, z, part, g, idx, words, rounds)
+
+
+@njit(cache=True)
 def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
     """Row blocks [first, last) of P θ into out."""
+    if n > SMALL_MAX:
+        _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last)
+        return
     d = theta.shape[0]
     D = out.shape[0]
     chunks = (d + n - 1) // n
@@ -243,6 +660,9 @@ def _forward_blocks(theta, out, seed, column_norm, n, table, first, last):
 @njit(cache=True)
 def _adjoint_blocks(y, partial, d, seed, column_norm, n, table, first, last):
     """Row blocks [first, last) of Pᵀ y, added into partial (one row per chunk-padded θ_d)."""
+    if n > SMALL_MAX:
+        _adjoint_large_blocks(y, partial, d, seed, column_norm, n, table, first, last)
+        return
     D = y.shape[0]
     chunks = (d + n - 1) // n
     log2n = round(math.log2(n))

@@ -40,8 +40,13 @@ TILE = 1024
 PARTIAL_BUDGET = 2**23
 MAX_PROGRAMS = 4096
 # Programs of the staged kernels (n > TILE): each holds 2-3 scratch rows of n values, so 256 of
-# them at n = 2^15 is ~100 MB; 256 is about two programs per SM of an H100 (132 SMs).
+# them at n = 2^15 is ~100 MB; 256 is about two programs per SM of an H100 (132 SMs). Larger
+# blocks get fewer programs, so that scratch stays within SCRATCH_BUDGET values (1 GiB in fp32:
+# 85 programs at n = 2^20).
 STAGED_PROGRAMS = 256
+SCRATCH_BUDGET = 2**28
+# The staged path holds a block as at most TILE rows of TILE values.
+assert MAX_BLOCK <= TILE * TILE, "blocks past TILE² need a third transform pass"
 
 
 @dataclass(frozen=True)
@@ -90,13 +95,16 @@ class _Shape:
 
     @property
     def forward_programs(self) -> int:
-        return min(self.m, STAGED_PROGRAMS) if self.staged else self.tiles
+        if self.staged:
+            return max(1, min(self.m, STAGED_PROGRAMS, SCRATCH_BUDGET // (3 * self.n)))
+        return self.tiles
 
     @property
     def backward_programs(self) -> int:
         """Backward programs per chunk: bounded so partial sums and scratch stay small."""
         if self.staged:
-            return max(1, min(self.m, STAGED_PROGRAMS // self.chunks))
+            budget = SCRATCH_BUDGET // (3 * self.n * self.chunks)  # scratch 2n, partial n
+            return max(1, min(self.m, STAGED_PROGRAMS // self.chunks, budget))
         budget = max(1, PARTIAL_BUDGET // (self.chunks * self.n))
         return max(1, min(self.tiles, budget, MAX_PROGRAMS))
 

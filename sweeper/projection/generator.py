@@ -27,7 +27,10 @@ on Triton uint32 tensors.
   with ideal round functions four are a strong pseudo-random permutation only for far fewer
   queries than √n (Luby–Rackoff, Patarin), and our read-outs use all n values; measured, four
   and six rounds both match a random Π on tests/test_permutation.py. The CPU kernel tabulates
-  F_r over the at most 2^⌈k/2⌉ ≤ 256 half-values, so a round costs one lookup per index.
+  F_r over the at most 2^⌈k/2⌉ ≤ 1024 half-values, so a round costs one lookup per index.
+
+Every function here takes the block size n as a parameter: the numbers of a block do not depend
+on the largest block allowed (`blocks.MAX_BLOCK_OF_GENERATOR`), only on (seed, chunk, block, n).
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ STREAM_SIGN = 1
 STREAM_GAUSS = 2
 STREAM_PERM = 3
 
-# Version of the numbers below: part of every Fastfood probe's config hash and of compressed
-# model files, so nothing made with other numbers is ever reused as if it were the same P.
-VERSION = 3
+# Version of P: part of every Fastfood probe's config hash and of compressed model files, so
+# nothing made with another P is ever reused as if it were the same. 4: one block up to 2^20
+# (3: chunks of 2^15, with the same hashes below; `blocks.MAX_BLOCK_OF_GENERATOR`).
+VERSION = 4
 
 PERM_ROUNDS = 6  # Feistel rounds of Π (even: the last round updates lo, as the first hi)
 PERM_ROUND_BITS = 16  # F_r(v) hashes word r · 2^16 + v; half-indices stay below 2^16

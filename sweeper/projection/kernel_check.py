@@ -11,9 +11,9 @@ Results are cached in `cache_dir()` under a key of the Triton version, the targe
 tl.constexpr globals they read, and the launch's signature and constexprs. Module names are not
 in it, but line numbers are: moving a kernel, or editing lines above it, is a new key. A warm run
 takes seconds. A record committed beside the tests (`write_record`, `build_all(record=…)`;
-refreshed by `python bench/kernel.py --compile-only --n 1 1024 2048 32768 --record`) seeds the
-cache of a clean clone; an entry whose key no longer matches is never read, so a stale record
-only costs time (a cold CI run compiles everything).
+refreshed by `python bench/kernel.py --compile-only --n 1 1024 2048 32768 1048576 --record`)
+seeds the cache of a clean clone; an entry whose key no longer matches is never read, so a stale
+record only costs time (a cold CI run compiles everything).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from sweeper.projection.fastfood_triton import INTERPRETED, Launch, trainer_laun
 ARCHS = (80, 90)  # A100; H100 and H200
 # The block sizes CI compiles: each path's smallest and largest n (n = 1 has no WHT stage at
 # all; n = 1024 holds the most values per register transform; n = 2048 is the first staged
-# size; n = 2^15 the most staged passes). `bench/kernel.py --compile-only` does all sixteen.
-CI_BLOCKS = (1, 1024, 2048, 32768)
+# size; n = 2^15 the largest block of generator 3; n = 2^20 the most staged passes).
+# `bench/kernel.py --compile-only` does all twenty-one.
+CI_BLOCKS = (1, 1024, 2048, 32768, 2**20)
 
 
 class ToolMissing(RuntimeError):

@@ -15,15 +15,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sweeper.projection.blocks import MAX_BLOCK_OF_GENERATOR
 from sweeper.projection.generator import VERSION
 from sweeper.tasks import Problem, build_problem
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 
-FORMAT = "sweeper-subspace/3"
-# Older formats hold the same fields, but their Fastfood P came from an older generator (1: a
-# different Gaussian table; 2: a different Π): they load only when their projection is not
-# Fastfood. Format → the generator version its Fastfood P came from.
-OLD_FORMATS = {"sweeper-subspace/1": 1, "sweeper-subspace/2": 2}
+# Format 4 records the Fastfood generator in the config. Older formats hold the same fields
+# less that one; format → the generator its Fastfood P came from. Generator 3 (chunks of 2^15)
+# is rebuilt from its version; 1 (another Gaussian table) and 2 (another Π) are not, so those
+# files load only when their projection is not Fastfood.
+FORMAT = "sweeper-subspace/4"
+OLD_FORMATS = {"sweeper-subspace/1": 1, "sweeper-subspace/2": 2, "sweeper-subspace/3": 3}
 
 
 @dataclass
@@ -69,17 +71,23 @@ def load_compressed(path: str | Path) -> Compressed:
         raise ValueError(
             f"{path} is not a sweeper compressed model (format {meta.get('format')!r})"
         )
-    projection = json.loads(meta["config"]).get("projection", "fastfood")
-    if meta["format"] in OLD_FORMATS and projection == "fastfood":
-        raise ValueError(
-            f"{path} was written with Fastfood generator {OLD_FORMATS[meta['format']]}, and this "
-            f"sweeper regenerates P with generator {VERSION} (other random numbers): its θ_d "
-            "would give a different model. "
-            "Re-run the probe with this version to get a file that restores."
-        )
+    config = json.loads(meta["config"])
+    if meta["format"] in OLD_FORMATS:
+        config["generator"] = OLD_FORMATS[meta["format"]]
+    generator = config.get("generator", VERSION)
+    if config.get("projection", "fastfood") == "fastfood":
+        if generator not in MAX_BLOCK_OF_GENERATOR:
+            raise ValueError(
+                f"{path} was written with Fastfood generator {generator}, and this sweeper "
+                f"rebuilds P only for generators {sorted(MAX_BLOCK_OF_GENERATOR)} (generator "
+                f"{VERSION} for new runs): its θ_d would give a different model. "
+                "Re-run the probe with this version to get a file that restores."
+            )
+    else:  # dense and sparse P never changed
+        config["generator"] = VERSION
     return Compressed(
         model_ref=json.loads(meta["model_ref"]),
-        config=SubspaceConfig(**json.loads(meta["config"])),
+        config=SubspaceConfig(**config),
         tensors=load_file(str(path)),
         metrics=json.loads(meta["metrics"]),
     )

@@ -17,6 +17,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sweeper.projection import make_projection
+from sweeper.projection.blocks import max_block_of
+from sweeper.projection.generator import VERSION as GENERATOR
 
 _LAYER = re.compile(r"^(.*?\.layers?\.\d+)\.")
 
@@ -34,6 +36,8 @@ class SubspaceConfig:
     said_groups: 'layer' (one λ per layer: each transformer layer, else each module) or 'tensor'.
     train_head: False projects the head too (Li et al.); True trains it directly (Aghajanyan
         et al.) — its parameters then count as trainable.
+    generator: the Fastfood generator version P is rebuilt with (the current one for anything
+        trained now; an older one restores a θ_d trained with it).
     """
 
     d: int
@@ -43,6 +47,7 @@ class SubspaceConfig:
     seed: int = 0
     said_groups: Literal["layer", "tensor"] = "layer"
     train_head: bool = False
+    generator: int = GENERATOR
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +118,7 @@ class SubspaceModel(nn.Module):
             dtype=dtype,
             layout=config.layout,
             sizes=self.sizes,
+            max_block=max_block_of(config.generator),
         )
 
     @property
