@@ -145,6 +145,22 @@ def test_a_diverged_baseline_is_an_error_with_its_reason_not_a_bar(tmp_path):
     assert seed.data.tags[S.TAG_OUTCOME] == "diverged"
 
 
+def test_a_baseline_that_learns_nothing_is_refused_at_chance_not_passed_by_every_probe(tmp_path):
+    """Adam at lr 1e-9 on toy-sums: the baseline solves nothing, perf_full 0 and a bar of 0 that six
+    probes once "passed". Now the bar is refused at chance, naming the baseline's score."""
+    job = tiny_job(tmp_path / "run", name="learns-nothing")
+    job["methods"]["full"] = {"train": {"optimizer": "adam", "lr": 1e-9}}
+    path = write(tmp_path, job)
+    done = Sweeper(tmp_path, "run", str(path))
+    try:
+        assert done.wait(300) == 1, done.output[-3000:]
+    finally:
+        done.kill_all()
+    assert "at or below chance (0, a constant guess" in done.output
+    assert "the baseline scored 0" in done.output
+    assert not runs(store(tmp_path), S.tag_is(S.TAG_KIND, S.KIND_PROBE))
+
+
 def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path):
     """They used to make every probe raise, counted as fails: `not_bracketed_hi_fails`, exit 0."""
     job = tiny_job(tmp_path / "run", name="targets")
