@@ -1,5 +1,7 @@
 """Errors a user can fix: each names the field (or CLI argument) and says how to fix it."""
 
+from urllib.parse import urlparse
+
 
 class SpecError(ValueError):
     """Bad input: `field` is the path of the offending field, e.g. `methods.did.search.lo`."""
@@ -26,3 +28,12 @@ def one_line(error: BaseException) -> str:
     user needs the gist next to the field to fix); its type where it has none."""
     text = " ".join(str(error).split())
     return text[:300] or type(error).__name__
+
+
+def shown(uri: str) -> str:
+    """`uri` fit to print: a password in it (`user:secret@host`) becomes `***`."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()

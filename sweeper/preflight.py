@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, shown
 
 if TYPE_CHECKING:
     from sweeper.spec import JobSpec
@@ -116,15 +116,6 @@ def _same_store(a: str, b: str) -> bool:
             return False
         return pa is not None and pb is not None and pa.resolve() == pb.resolve()
     return a.rstrip("/") == b.rstrip("/")
-
-
-def shown(uri: str) -> str:
-    """`uri` fit to print: a password in it (`user:secret@host`) becomes `***`."""
-    parsed = urlparse(uri)
-    if parsed.password is None:
-        return uri
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
 
 
 # --- folders and files ----------------------------------------------------------------------

@@ -215,7 +215,8 @@ CROWDED = {
 
 
 def crowded_report(tmp_path) -> Path:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     experiment = client.create_experiment("crowded")
     for model, answers in CROWDED.items():
         add_baseline(client, experiment, model=model, task="digits", perf_full=0.95)
@@ -226,7 +227,7 @@ def crowded_report(tmp_path) -> Path:
                 probes=[(low, 0, 0.5, "fail", 1.0), (answer, 1, 0.9, "pass", 1.0)],
                 answer=answer, interval=interval, perf_full=0.95, threshold=0.855,
             )  # fmt: skip
-    report = tmp_path / "crowded.html"
+    report = tmp_path / "crowded.html"  # beside the store's folder: never inside it
     argv = ["report", "crowded", "--tracking-uri", client.tracking_uri, "-o", str(report)]
     assert main(argv) == 0
     return report

@@ -129,7 +129,7 @@ class Tracker:
     def check_start(self, resume: bool, force: bool) -> list[str]:
         """Refuse a `resume` whose spec defines another job than the experiment's (`jobs`),
         record this start's spec on the experiment, and return what to tell the user."""
-        from sweeper.preflight import shown
+        from sweeper.errors import shown
         from sweeper.tracking import jobs
 
         mine = jobs.record(self.spec, self.job_id)
@@ -501,7 +501,7 @@ def _gone(holder: dict[str, Any]) -> bool:
 def _busy(job_id: str, uri: str, holder: dict[str, Any], until: str = "") -> SpecError:
     """One line naming the job that holds the experiment (this spec's own job, or another spec
     of the same name) and the process to stop."""
-    from sweeper.preflight import shown
+    from sweeper.errors import shown
 
     uri = shown(uri)
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since')}"
