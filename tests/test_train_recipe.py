@@ -97,6 +97,7 @@ def test_decay_on_theta_is_an_l2_term_on_the_weight_matrices_of_theta0_plus_p_th
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     module = SubspaceModel(base, SubspaceConfig(d=5, projection="dense", seed=1))
+    module.keep_weights = True
     with torch.no_grad():
         module.theta_d.normal_()
     module.train()

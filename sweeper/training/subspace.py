@@ -224,12 +224,14 @@ class SubspaceModel(nn.Module):
             backend=self.fused_backend,
         )
 
-    # θ's projected weights as the last training forward built them (train.theta_penalty)
+    # θ's projected weights as the last training forward built them, kept only when an L2 on θ
+    # asks for them (train.theta_penalty): otherwise they would hold D more values between steps
+    keep_weights: bool = False
     last_weights: dict[str, torch.Tensor] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def forward(self, *args, **kwargs):
         weights = self.effective_parameters()
-        if self.training:
+        if self.training and self.keep_weights:
             self.last_weights = weights
         return functional_call(self.base, weights, args, kwargs, strict=False)
 

@@ -243,6 +243,8 @@ def run_trial(
     batches = problem.batches(settings.batch_size // accum, spec.seed)
     total_steps = settings.total_steps(problem.split_sizes.get("train"))
     decay_theta = settings.weight_decay if settings.weight_decay_on == "theta" else 0.0
+    if decay_theta and isinstance(module, SubspaceModel):
+        module.keep_weights = True
 
     def compute_loss() -> torch.Tensor:
         """One step's loss and gradient, summed over its micro-batches (the mean over the
