@@ -191,14 +191,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.cluster:
         check_bar(spec)
     print(f"{args.job}: valid job {spec.name!r}")
+    stops = spec.early_stop.on_pass
+    trains = [spec.train_for(method) for method in [*spec.methods.searched(), "full"]]
+    on_select = ["LR"] * any(t.lr_search for t in trains)
+    on_select += ["checkpoint"] * any(t.checkpoint != "final" for t in trains)
+    on_select += ["stop-on-pass"] * stops
+    chosen = f"{', '.join(on_select)} on `select`, " if on_select else ""
     print(
-        f"  decided on held-out data: LR, checkpoint and stop-on-pass on `select`, pass/fail on "
-        f"`report`; head: {spec.head} (the same for every method)"
+        f"  decided on held-out data: {chosen}pass/fail on `report`; head: {spec.head} "
+        "(the same for every method)"
     )
-    print(
-        f"  bar: {spec.threshold.describe()} on `report`; stop-on-pass at the same rule made "
-        f"on `select`; θ0: {spec.init}"
-    )
+    stop = "stop-on-pass at the same rule made on `select`" if stops else "no stop-on-pass"
+    print(f"  bar: {spec.threshold.describe()} on `report`; {stop}; θ0: {spec.init}")
     print("  writes: " + "; ".join(where.lines()))
     searches = spec.searches()  # once: a grid of 10,000 pairs is listed in linear time
     for model, task, method in searches:
