@@ -53,7 +53,7 @@ def measure_one(kind: str, D: int, d: int, threads: int) -> dict:
     import torch
 
     from sweeper.projection import make_projection
-    from sweeper.projection.fastfood import fastfood_reference
+    from sweeper.projection.fastfood.reference import fastfood_reference
 
     torch.set_num_threads(threads)
     x, y, dst = torch.randn(d), torch.randn(D), torch.empty(D)

@@ -17,8 +17,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sweeper.projection import make_projection
-from sweeper.projection.blocks import max_block_of
-from sweeper.projection.generator import VERSION as GENERATOR
+from sweeper.projection.fastfood.generator import VERSION as GENERATOR
+from sweeper.projection.fastfood.generator import max_block_of
 
 _LAYER = re.compile(r"^(.*?\.layers?\.\d+)\.")
 

@@ -33,16 +33,15 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sweeper.projection import blocks
-from sweeper.projection import generator as gen
-from sweeper.projection.blocks import MAX_BLOCK
+from sweeper.projection.fastfood import generator as gen
+from sweeper.projection.fastfood.generator import MAX_BLOCK
 
 SLICES = 16
 W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
 
 # G's 16-bit slots are the two halves of each 32-bit hash word (`gen.gauss_index`: G[2p] is the
 # low half): a little-endian uint16 view of the words is exactly that sequence.
-assert sys.byteorder == "little", "fastfood_cpu reads hash words as uint16 pairs"
+assert sys.byteorder == "little", "the CPU kernel reads hash words as uint16 pairs"
 # Entries per round of π's Feistel table: 2^⌈log2(MAX_BLOCK) / 2⌉, the largest half-index range.
 ROUND_TABLE = 1 << -(-(MAX_BLOCK.bit_length() - 1) // 2)
 assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
@@ -732,18 +731,18 @@ def _adjoint_serial(y, partial, d, seed, column_norm, n, table):
 
 
 def _drop_stale_cache() -> None:
-    """Delete this module's numba cache when generator.py, blocks.py or this file changed since
-    it was written. numba checks only the timestamp of the file that defines a kernel, but these
-    kernels inline generator.py's hashes (and blocks.py's MAX_BLOCK): a checkout whose pull
+    """Delete this module's numba cache when generator.py or this file changed since it was
+    written. numba checks only the timestamp of the file that defines a kernel, but these
+    kernels inline generator.py's hashes (and its MAX_BLOCK): a checkout whose pull
     touched only generator.py would otherwise keep running kernels that regenerate the old P."""
     cache_dir = Path(_forward_serial._cache._cache_path)
-    files = (__file__, gen.__file__, blocks.__file__)
+    files = (__file__, gen.__file__)
     sources = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
-    marker = cache_dir / "fastfood_cpu.sources"
+    marker = cache_dir / "cpu.sources"
     try:
         if marker.exists() and marker.read_text() == sources.hexdigest():
             return
-        for stale in cache_dir.glob("fastfood_cpu.*.nb[ic]"):
+        for stale in cache_dir.glob("cpu.*.nb[ic]"):
             stale.unlink(missing_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(sources.hexdigest())
