@@ -2,7 +2,7 @@
 
 Written as autograd ops (`λ[g] * piece`, then `θ0 + ·`), every tensor costs an extra product
 and its allocation in the forward, and two more products and a reduction in the backward: on a
-CPU that made a SAID step cost 10–30 % more than a DID step at any d. Here the forward is one
+CPU, most of what a SAID step cost over a DID step. Here the forward is one
 `torch.add(θ0_t, piece_t, alpha=λ_g)` per tensor, the backward writes λ_g · ∂L/∂W_t straight into
 the one (D,) gradient of P θ_d (the buffer DID's backward fills too) and takes ∂L/∂λ_g as dot
 products, with no D-sized temporaries. The maths is the same; only the rounding order differs.
