@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import triton
 
-from sweeper.projection import fastfood_triton as ft
-from sweeper.projection.blocks import block_size
 from sweeper.projection.fastfood import apply_delta
+from sweeper.projection.fastfood.generator import block_size
+from sweeper.projection.fastfood.triton import launch as ft
 
 RESULTS = Path(__file__).parent / "results"
 SEED = 0
@@ -225,8 +225,8 @@ def step_rows(ds: list[int], steps: int) -> list[dict]:
 
 def compile_rows(ns: list[int], archs: list[int]) -> list[dict]:
     """Every specialisation the trainer launches at each n, for each arch, with ptxas' report
-    (`sweeper.projection.kernel_check`, the same builds and cache as the CI test)."""
-    from sweeper.projection import kernel_check
+    (`kernel_check.py` beside this script, the same builds and cache as the CI test)."""
+    import kernel_check  # bench/, this script's folder
 
     builds = kernel_check.build_all(ns, archs)
     print(kernel_check.table(builds), flush=True)
@@ -269,7 +269,7 @@ def main() -> None:
     if args.compile_only:
         rows = compile_rows(args.n, args.arch)
         if args.record:
-            from sweeper.projection import kernel_check
+            import kernel_check  # bench/, this script's folder
 
             record = Path(__file__).parents[1] / "tests" / "kernel_builds.json"
             print(f"recorded {kernel_check.write_record(record, args.n, args.arch)} in {record}")

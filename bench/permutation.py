@@ -22,7 +22,8 @@ from statistics import mean
 import numpy as np
 import torch
 
-from sweeper.projection import fastfood, generator
+from sweeper.projection import fastfood
+from sweeper.projection.fastfood import generator
 
 # (groups, group size, d): powers of two first, then other sizes; d = groups unless a third value
 LAYOUTS = [(33, 2, 33), (33, 2, 40), (33, 2, 48), (16, 2, 16), (32, 2, 32), (64, 2, 64)]

@@ -53,7 +53,6 @@ def measure_one(kind: str, D: int, d: int, threads: int) -> dict:
     import torch
 
     from sweeper.projection import make_projection
-    from sweeper.projection.fastfood import fastfood_reference
 
     torch.set_num_threads(threads)
     x, y, dst = torch.randn(d), torch.randn(D), torch.empty(D)
@@ -62,6 +61,11 @@ def measure_one(kind: str, D: int, d: int, threads: int) -> dict:
     base = rss_mib()
     start = time.perf_counter()
     if kind == "fastfood-reference":
+        try:
+            from sweeper.projection.fastfood.reference import fastfood_reference
+        except ImportError:  # a baseline checkout from before projection/fastfood/
+            from sweeper.projection.fastfood import fastfood_reference
+
         x64 = x.requires_grad_(True)
 
         def fwd():

@@ -29,13 +29,16 @@ triton = pytest.importorskip("triton", reason="triton is not installed (Linux x8
 
 import numpy as np  # noqa: E402
 import triton.language as tl  # noqa: E402
+from fastfood_helpers import inverse_perms  # noqa: E402
 
-from sweeper.projection import fastfood_cpu, triton_kernels  # noqa: E402
-from sweeper.projection import fastfood_triton as ft  # noqa: E402
-from sweeper.projection import generator as gen  # noqa: E402
-from sweeper.projection import triton_generator as tg  # noqa: E402
-from sweeper.projection.blocks import block_size  # noqa: E402
-from sweeper.projection.fastfood import apply_delta, fastfood_reference  # noqa: E402
+from sweeper.projection.fastfood import apply_delta  # noqa: E402
+from sweeper.projection.fastfood import cpu as fastfood_cpu  # noqa: E402
+from sweeper.projection.fastfood import generator as gen  # noqa: E402
+from sweeper.projection.fastfood.generator import block_size  # noqa: E402
+from sweeper.projection.fastfood.reference import fastfood_reference  # noqa: E402
+from sweeper.projection.fastfood.triton import generator as tg  # noqa: E402
+from sweeper.projection.fastfood.triton import kernels as triton_kernels  # noqa: E402
+from sweeper.projection.fastfood.triton import launch as ft  # noqa: E402
 
 # triton.language decorated before TRITON_INTERPRET was set: its helpers cannot be interpreted.
 IN_PROCESS = ON_GPU or not isinstance(triton.language.zeros, triton.runtime.JITFunction)
@@ -152,7 +155,7 @@ def test_permutation_and_inverse_match_the_generator_bit_for_bit(n):
         _permutation_kernel[(1,)](perm, inv, bits, N=n, LOG2N=n.bit_length() - 1)
         _, _, expected = gen.block_states(seed, chunk, [block], n)
         assert np.array_equal(perm.cpu().numpy(), expected[0])
-        assert np.array_equal(inv.cpu().numpy(), gen.inverse_perms(seed, chunk, [block], n)[0])
+        assert np.array_equal(inv.cpu().numpy(), inverse_perms(seed, chunk, [block], n)[0])
 
 
 # The interpreter needs ~10 s at n = 2^16 and ~7 min at 2^20 on a busy 2-core machine, and

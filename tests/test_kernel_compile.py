@@ -19,8 +19,8 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (Linux x86-64 only)")
 
-from sweeper.projection import fastfood_triton as ft
-from sweeper.projection import kernel_check as kc
+from bench import kernel_check as kc
+from sweeper.projection.fastfood.triton import launch as ft
 
 # In a pytest process where another test file set TRITON_INTERPRET=1 before triton's import,
 # @triton.jit makes interpreter functions, which do not compile: this file then runs in a

@@ -129,19 +129,20 @@ def test_each_layer_imports_only_the_layers_below_it():
 
 
 def test_kernels_import_only_the_generator_and_block_sizes():
-    """`fastfood.py` picks a backend and imports the kernels, never the other way round."""
-    leaves = {"sweeper.projection.generator", "sweeper.projection.blocks"}
+    """`fastfood/__init__` picks a backend and imports the kernels, never the other way round."""
+    ff = "sweeper.projection.fastfood"
+    leaves = {f"{ff}.generator"}
     allowed = {
-        "fastfood_cpu": leaves,
-        "triton_generator": leaves,
-        "triton_kernels": leaves | {"sweeper.projection.triton_generator"},
-        "fastfood_triton": leaves
-        | {"sweeper.projection.triton_generator", "sweeper.projection.triton_kernels"},
+        "cpu": leaves,
+        "reference": leaves,
+        "triton.generator": leaves,
+        "triton.kernels": leaves | {f"{ff}.triton.generator"},
+        "triton.launch": leaves | {f"{ff}.triton.generator", f"{ff}.triton.kernels"},
     }
     for kernel, ok in allowed.items():
-        module = f"sweeper.projection.{kernel}"
+        module = f"{ff}.{kernel}"
         assert GRAPH[module] <= ok, f"{module} imports {GRAPH[module] - ok}"
-    assert not GRAPH["sweeper.projection.generator"] and not GRAPH["sweeper.projection.blocks"]
+    assert not GRAPH[f"{ff}.generator"]
 
 
 def test_nothing_in_the_package_imports_a_private_ray_module():

@@ -15,11 +15,12 @@ from statistics import mean, stdev
 import numpy as np
 import pytest
 import torch
+from fastfood_helpers import inverse_perms
 
-from sweeper.projection import fastfood_cpu
-from sweeper.projection import generator as gen
-from sweeper.projection.blocks import block_size
-from sweeper.projection.fastfood import fastfood_reference
+from sweeper.projection.fastfood import cpu as fastfood_cpu
+from sweeper.projection.fastfood import generator as gen
+from sweeper.projection.fastfood.generator import block_size
+from sweeper.projection.fastfood.reference import fastfood_reference
 
 SEEDS = range(12)
 
@@ -29,7 +30,7 @@ def test_permutation_is_a_bijection_whose_closed_form_inverse_is_its_argsort(k):
     n = 2**k
     blocks = np.arange(3)
     _, _, perm = gen.block_states(5, 1, blocks, n)
-    inv = gen.inverse_perms(5, 1, blocks, n)
+    inv = inverse_perms(5, 1, blocks, n)
     for p, q in zip(perm, inv, strict=True):
         assert np.array_equal(np.sort(p), np.arange(n))
         assert np.array_equal(q, np.argsort(p))
@@ -147,8 +148,8 @@ def test_cpu_kernels_without_avx512_match_the_reference(tmp_path):
 
     code = """
 import numpy as np, torch
-from sweeper.projection import fastfood_cpu as cpu
-from sweeper.projection.fastfood import fastfood_reference
+from sweeper.projection.fastfood import cpu
+from sweeper.projection.fastfood.reference import fastfood_reference
 assert not cpu.VECTOR_PERM
 for D, d in [(300, 50), (5000, 5000), (3000, 40000)]:
     n = 1 << (d - 1).bit_length()

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fastfood_helpers import inverse_perms
 
 from sweeper.projection import KINDS, make_projection
-from sweeper.projection.blocks import block_size
-from sweeper.projection.fastfood import fastfood_reference, fwht
-from sweeper.projection.generator import block_states, inverse_perms
+from sweeper.projection.fastfood.generator import block_size, block_states
+from sweeper.projection.fastfood.reference import fastfood_reference, fwht
 
 # (D, d): D < n, D not a multiple of n, d not a power of two, d = 1, d = D, D = 1
 SHAPES = [(1, 1), (7, 1), (5, 12), (100, 100), (1000, 37), (333, 64), (4096, 1000), (50, 300)]
@@ -181,13 +181,13 @@ def test_block_size_is_next_power_of_two_capped():
 
 def test_generator_versions_map_to_their_block_caps():
     """The current generator makes blocks up to MAX_BLOCK; 3 chunked at 2^15; 1, 2 are gone."""
-    from sweeper.projection import blocks, generator
+    from sweeper.projection.fastfood import generator
 
-    assert blocks.max_block_of(generator.VERSION) == blocks.MAX_BLOCK == 2**20
-    assert blocks.max_block_of(3) == 2**15
+    assert generator.max_block_of(generator.VERSION) == generator.MAX_BLOCK == 2**20
+    assert generator.max_block_of(3) == 2**15
     for gone in (1, 2, generator.VERSION + 1):
         with pytest.raises(ValueError, match=f"generator {gone} cannot be rebuilt"):
-            blocks.max_block_of(gone)
+            generator.max_block_of(gone)
 
 
 # Blocks past 2^15 take the CPU kernel's (rows × ROW) path: one block each (D < n) or a few.
@@ -266,7 +266,7 @@ def test_threaded_and_serial_cpu_kernels_agree_bit_for_bit_and_with_the_referenc
 
     They must also stay two Python functions: numba caches by function name and line, so one
     function compiled with and without parallel=True would load one variant for both."""
-    from sweeper.projection import fastfood_cpu as cpu
+    from sweeper.projection.fastfood import cpu
 
     assert cpu._forward_threads.py_func.__name__ != cpu._forward_serial.py_func.__name__
     assert cpu._adjoint_threads.py_func.__name__ != cpu._adjoint_serial.py_func.__name__
@@ -300,7 +300,7 @@ def test_threaded_and_serial_cpu_kernels_agree_bit_for_bit_and_with_the_referenc
 
 def test_reused_output_buffers_never_overwrite_a_tensor_still_in_use():
     """Big forwards reuse their output memory, but only once nothing (not even a view) holds it."""
-    from sweeper.projection import fastfood_cpu as cpu
+    from sweeper.projection.fastfood import cpu
 
     D, d = 2**20 + 1, 8
     x = torch.randn(d)
@@ -317,15 +317,15 @@ def test_reused_output_buffers_never_overwrite_a_tensor_still_in_use():
 
 def test_a_changed_generator_drops_the_cpu_kernels_numba_cache(tmp_path, monkeypatch):
     """numba revalidates a cache only against the kernel's own file; generator.py is inlined."""
-    from sweeper.projection import fastfood_cpu as cpu
+    from sweeper.projection.fastfood import cpu
 
     monkeypatch.setattr(cpu._forward_serial._cache, "_cache_path", str(tmp_path))
-    stale = tmp_path / "fastfood_cpu._forward_serial-1.py311.nbi"
+    stale = tmp_path / "cpu._forward_serial-1.py311.nbi"
     stale.write_bytes(b"old")
-    (tmp_path / "fastfood_cpu.sources").write_text("made with another generator.py")
+    (tmp_path / "cpu.sources").write_text("made with another generator.py")
     cpu._drop_stale_cache()
     assert not stale.exists()
-    kept = tmp_path / "fastfood_cpu._forward_serial-1.py311.nbc"
+    kept = tmp_path / "cpu._forward_serial-1.py311.nbc"
     kept.write_bytes(b"current")
     cpu._drop_stale_cache()  # the marker now matches: nothing is deleted
     assert kept.exists()

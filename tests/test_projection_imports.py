@@ -11,8 +11,9 @@ def test_the_numba_path_runs_without_importing_triton():
     """A CPU-only process (a laptop, a CPU Ray worker) trains Fastfood without triton installed."""
     code = """
 import sys, torch
-from sweeper.projection import fastfood_cpu, make_projection, selftest
+from sweeper.projection import make_projection, selftest
 from sweeper.projection.fastfood import apply_delta
+from sweeper.projection.fastfood import cpu as fastfood_cpu
 
 theta = torch.ones(3, requires_grad=True)
 lam = torch.ones(2, requires_grad=True)

@@ -397,7 +397,7 @@ def test_a_billion_laughs_alias_bomb_fails_fast(tmp_path):
 def test_fastfood_probes_hash_their_generator_version_and_other_kinds_do_not(monkeypatch):
     """A new Fastfood generator is another P: its probes must never hit an old cache entry."""
     from sweeper.engine import plan
-    from sweeper.projection import generator
+    from sweeper.projection.fastfood import generator
 
     spec = parse_spec(QUICKSTART)
     base = plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")

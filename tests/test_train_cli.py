@@ -200,8 +200,8 @@ def test_a_fastfood_model_from_generator_3_restores_with_its_chunked_p(tmp_path)
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from sweeper.projection.fastfood import fastfood_reference
-    from sweeper.projection.generator import VERSION
+    from sweeper.projection.fastfood.generator import VERSION
+    from sweeper.projection.fastfood.reference import fastfood_reference
     from sweeper.training.compressed import save_compressed
     from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 

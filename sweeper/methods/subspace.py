@@ -32,7 +32,7 @@ def fastfood_options(projection: str, fastfood_kernel: str) -> dict[str, Any]:
     and the kernel the job forces, if any."""
     if projection != "fastfood":
         return {}
-    from sweeper.projection.generator import VERSION
+    from sweeper.projection.fastfood.generator import VERSION
 
     return {"generator": VERSION, "fastfood_kernel": fastfood_kernel}
 

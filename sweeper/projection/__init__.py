@@ -1,6 +1,7 @@
 """Random projections P : R^d → R^D with exact adjoints: dense, sparse and Fastfood.
 
-`make_projection(kind, D, d, seed)` is the one way to build one. Layouts:
+`make_projection(kind, D, d, seed)` is the one way to build one; Fastfood (its reference, the
+generator, the numba and Triton kernels, the self-test) is the `fastfood/` package. Layouts:
 
 * ``global`` — one P over all D weights (Li et al. 2018).
 * ``per_tensor`` — one P per weight tensor, all sharing θ_d. Each tensor's piece gets column
@@ -21,10 +22,9 @@ from collections.abc import Sequence
 import torch
 
 from sweeper.projection.base import Projection
-from sweeper.projection.blocks import MAX_BLOCK
 from sweeper.projection.dense import DenseProjection
-from sweeper.projection.fastfood import FastfoodProjection
-from sweeper.projection.generator import M32, mix32
+from sweeper.projection.fastfood import FastfoodProjection, selftest
+from sweeper.projection.fastfood.generator import M32, MAX_BLOCK, mix32
 from sweeper.projection.sparse import SparseProjection
 
 KINDS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
@@ -110,4 +110,5 @@ __all__ = [
     "SparseProjection",
     "StackedProjection",
     "make_projection",
+    "selftest",
 ]

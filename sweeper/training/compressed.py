@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sweeper.projection.blocks import MAX_BLOCK_OF_GENERATOR
-from sweeper.projection.generator import VERSION
+from sweeper.projection.fastfood.generator import MAX_BLOCK_OF_GENERATOR, VERSION
 from sweeper.tasks import Problem, build_problem
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sweeper.projection import make_projection
-from sweeper.projection.generator import M32, mix32
+from sweeper.projection.fastfood.generator import M32, mix32
 
 
 def step_seed(seed: int, step: int) -> int:

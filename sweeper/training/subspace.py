@@ -17,8 +17,9 @@ from torch import nn
 from torch.func import functional_call
 
 from sweeper.projection import make_projection
-from sweeper.projection.blocks import max_block_of
-from sweeper.projection.generator import VERSION as GENERATOR
+from sweeper.projection.fastfood.generator import VERSION as GENERATOR
+from sweeper.projection.fastfood.generator import max_block_of
+from sweeper.training.group_scale import add_scaled
 
 _LAYER = re.compile(r"^(.*?\.layers?\.\d+)\.")
 
@@ -145,11 +146,13 @@ class SubspaceModel(nn.Module):
         theta_d = self.theta_d
         if theta_d.is_cuda and self.config.projection == "fastfood" and not self._trusted():
             theta_d = theta_d.cpu()  # P on the CPU (numba), the Triton kernels left alone
-        delta = self.projection(theta_d).to(self.theta_d.device).split(self.sizes)
+        delta = self.projection(theta_d).to(self.theta_d.device)
+        if self.lam is not None:  # SAID: λ applied inside each tensor's one addition
+            bases = [base[n] for n in self.projected]
+            weights = add_scaled(bases, delta, self.lam, self.group_of)
+            return dict(zip(self.projected, weights, strict=True))
         out = {}
-        for name, piece, group in zip(self.projected, delta, self.group_of, strict=True):
-            if self.lam is not None:
-                piece = self.lam[group] * piece
+        for name, piece in zip(self.projected, delta.split(self.sizes), strict=True):
             out[name] = base[name] + piece.view_as(base[name])
         return out
 

@@ -1,8 +1,8 @@
 """The Fastfood Triton kernels: P θ_d written straight into the weights, and its exact adjoint.
 
-The maths is `fastfood.py`'s (the reference, and the oracle of the tests); the random state is
-`triton_generator`'s, so a θ_d trained here reproduces on the numba CPU path. Two kernel
-families, chosen by the block size n (`fastfood_triton` sets the geometry and launches them):
+The maths is `fastfood.reference`'s (the oracle of the tests); the random state is
+`triton.generator`'s, so a θ_d trained here reproduces on the numba CPU path. Two kernel
+families, chosen by the block size n (`triton.launch` sets the geometry and launches them):
 
 * n ≤ TILE (1024), register path. `forward_kernel`: one program per tile of ROWS = TILE / n
   blocks; for each chunk c of θ_d it regenerates B, G, Π of block (c, i) and applies
@@ -20,7 +20,7 @@ Both backward kernels write one partial row per program, added in a fixed order 
 bitwise reproducible, and program counts depend only on the sizes, not on the GPU.
 
 Compiled builds are cached under a hash of each kernel's source, line numbers included
-(`kernel_check`): moving code here means refreshing tests/kernel_builds.json.
+(`bench/kernel_check.py`): moving code here means refreshing tests/kernel_builds.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from sweeper.projection.triton_generator import (
+from sweeper.projection.fastfood.triton.generator import (
     block_key,
     gauss,
     perm_key,

@@ -33,16 +33,15 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from sweeper.projection import blocks
-from sweeper.projection import generator as gen
-from sweeper.projection.blocks import MAX_BLOCK
+from sweeper.projection.fastfood import generator as gen
+from sweeper.projection.fastfood.generator import MAX_BLOCK
 
 SLICES = 16
 W = 16  # stages 1, 2, 4, 8 of the WHT run in registers, on W consecutive values
 
 # G's 16-bit slots are the two halves of each 32-bit hash word (`gen.gauss_index`: G[2p] is the
 # low half): a little-endian uint16 view of the words is exactly that sequence.
-assert sys.byteorder == "little", "fastfood_cpu reads hash words as uint16 pairs"
+assert sys.byteorder == "little", "the CPU kernel reads hash words as uint16 pairs"
 # Entries per round of π's Feistel table: 2^⌈log2(MAX_BLOCK) / 2⌉, the largest half-index range.
 ROUND_TABLE = 1 << -(-(MAX_BLOCK.bit_length() - 1) // 2)
 assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
@@ -138,6 +137,11 @@ def _vector_perm() -> bool:
 
 
 VECTOR_PERM = _vector_perm()
+# Largest log2 n the vector permuter serves. Its tables grow with n (2^⌈log2 n / 2⌉ entries per
+# round, 64 per vpermi2w): at n = 2^19 and 2^20 a round takes 8-16 lookups and merges per 32
+# indices, and the scalar lookups (six loads from L1 per index) are faster — measured 1.31 vs
+# 1.46 ms per 2^19 indices and 2.6 vs 3.8 ms per 2^20; at 2^18 the vector path wins, 0.49 vs 0.65.
+VECTOR_PERM_MAX_LOG2N = 18
 
 
 def _permuter(lo_chunks: int, hi_chunks: int, inverse: bool = False):
@@ -221,7 +225,8 @@ def _permuter(lo_chunks: int, hi_chunks: int, inverse: bool = False):
     return permute
 
 
-# One intrinsic per table size (log2 n ≥ 13: one per n; below, 64-entry tables serve every n).
+# One intrinsic per table size (log2 n ≥ 13: one per n; below, 64-entry tables serve every n),
+# up to VECTOR_PERM_MAX_LOG2N.
 _permute_1_1 = _permuter(1, 1)
 _permute_1_2 = _permuter(1, 2)
 _permute_2_2 = _permuter(2, 2)
@@ -229,8 +234,6 @@ _permute_2_4 = _permuter(2, 4)
 _permute_4_4 = _permuter(4, 4)
 _permute_4_8 = _permuter(4, 8)
 _permute_8_8 = _permuter(8, 8)
-_permute_8_16 = _permuter(8, 16)
-_permute_16_16 = _permuter(16, 16)
 _unpermute_1_1 = _permuter(1, 1, inverse=True)
 _unpermute_1_2 = _permuter(1, 2, inverse=True)
 _unpermute_2_2 = _permuter(2, 2, inverse=True)
@@ -238,14 +241,12 @@ _unpermute_2_4 = _permuter(2, 4, inverse=True)
 _unpermute_4_4 = _permuter(4, 4, inverse=True)
 _unpermute_4_8 = _permuter(4, 8, inverse=True)
 _unpermute_8_8 = _permuter(8, 8, inverse=True)
-_unpermute_8_16 = _permuter(8, 16, inverse=True)
-_unpermute_16_16 = _permuter(16, 16, inverse=True)
 
 
 @njit(cache=True)
 def _permute_row(rounds, log2n, lo_bits, out, at, base, count):
     """out[at : at + count] = π(base … base + count − 1), count a multiple of 32, on the
-    vector permuter of π's table sizes (VECTOR_PERM only; 2^5 ≤ n ≤ 2^20)."""
+    vector permuter of π's table sizes (VECTOR_PERM only; 2^5 ≤ n ≤ 2^VECTOR_PERM_MAX_LOG2N)."""
     for j in range(0, count, PERM_LANES):
         if log2n <= 12:
             _permute_1_1(rounds, lo_bits, out, at + j, base + j)
@@ -259,12 +260,8 @@ def _permute_row(rounds, log2n, lo_bits, out, at, base, count):
             _permute_4_4(rounds, lo_bits, out, at + j, base + j)
         elif log2n == 17:
             _permute_4_8(rounds, lo_bits, out, at + j, base + j)
-        elif log2n == 18:
-            _permute_8_8(rounds, lo_bits, out, at + j, base + j)
-        elif log2n == 19:
-            _permute_8_16(rounds, lo_bits, out, at + j, base + j)
         else:
-            _permute_16_16(rounds, lo_bits, out, at + j, base + j)
+            _permute_8_8(rounds, lo_bits, out, at + j, base + j)
 
 
 @njit(cache=True)
@@ -283,12 +280,8 @@ def _unpermute_row(rounds, log2n, lo_bits, out, at, base, count):
             _unpermute_4_4(rounds, lo_bits, out, at + j, base + j)
         elif log2n == 17:
             _unpermute_4_8(rounds, lo_bits, out, at + j, base + j)
-        elif log2n == 18:
-            _unpermute_8_8(rounds, lo_bits, out, at + j, base + j)
-        elif log2n == 19:
-            _unpermute_8_16(rounds, lo_bits, out, at + j, base + j)
         else:
-            _unpermute_16_16(rounds, lo_bits, out, at + j, base + j)
+            _unpermute_8_8(rounds, lo_bits, out, at + j, base + j)
 
 
 @njit(cache=True)
@@ -483,7 +476,7 @@ def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, round
     for base in range(0, n, ROW):  # dst = H G Π u: the gather fused with the row transform
         _large_gauss(gkey, base, table, words, g)
         total += _sum_squares(g)
-        if VECTOR_PERM:
+        if VECTOR_PERM and log2n <= VECTOR_PERM_MAX_LOG2N:
             _permute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
         else:
             for j in range(ROW):
@@ -517,7 +510,7 @@ def _large_adjoint(gh, key, n, log2n, table, scale, z, part, g, idx, words, roun
             row[j] *= g[j]
     lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
     for base in range(0, n, ROW):
-        if VECTOR_PERM:
+        if VECTOR_PERM and log2n <= VECTOR_PERM_MAX_LOG2N:
             _unpermute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
         else:
             for j in range(ROW):
@@ -732,18 +725,18 @@ def _adjoint_serial(y, partial, d, seed, column_norm, n, table):
 
 
 def _drop_stale_cache() -> None:
-    """Delete this module's numba cache when generator.py, blocks.py or this file changed since
-    it was written. numba checks only the timestamp of the file that defines a kernel, but these
-    kernels inline generator.py's hashes (and blocks.py's MAX_BLOCK): a checkout whose pull
+    """Delete this module's numba cache when generator.py or this file changed since it was
+    written. numba checks only the timestamp of the file that defines a kernel, but these
+    kernels inline generator.py's hashes (and its MAX_BLOCK): a checkout whose pull
     touched only generator.py would otherwise keep running kernels that regenerate the old P."""
     cache_dir = Path(_forward_serial._cache._cache_path)
-    files = (__file__, gen.__file__, blocks.__file__)
+    files = (__file__, gen.__file__)
     sources = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
-    marker = cache_dir / "fastfood_cpu.sources"
+    marker = cache_dir / "cpu.sources"
     try:
         if marker.exists() and marker.read_text() == sources.hexdigest():
             return
-        for stale in cache_dir.glob("fastfood_cpu.*.nb[ic]"):
+        for stale in cache_dir.glob("cpu.*.nb[ic]"):
             stale.unlink(missing_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(sources.hexdigest())

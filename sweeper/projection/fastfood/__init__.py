@@ -1,7 +1,7 @@
 """Fastfood projection (Le et al. 2013; Li et al. 2018): P θ_d in O(D log d), no D-sized state.
 
 θ_d is cut into chunks of n = min(2^⌈log2 d⌉, max_block) values (one chunk unless d > max_block;
-max_block is 2^20 for generator 4, and was 2^15 for generator 3: `blocks.max_block_of`).
+max_block is 2^20 for generator 4, and was 2^15 for generator 3: `generator.max_block_of`).
 For each chunk c and each of m = ⌈D/n⌉ row blocks i, block (c, i) maps the zero-padded chunk x to
 
     scale_ci · H G_ci Π_ci H B_ci x,        scale_ci = column_norm / (‖G_ci‖ √D)
@@ -13,76 +13,37 @@ column of P belongs to exactly one chunk, so no extra factor is needed. `column_
 place the normalisation lives; the backward never re-derives it (the public intrinsic-dimension
 code scales its Hadamard backward by 1/√n while its forward is unnormalised — a wrong adjoint).
 
-B, G and Π come from `generator` as functions of (seed, chunk, block): the reference below, the
-fused CPU kernel and the Triton kernel all regenerate the same numbers.
+B, G and Π come from `generator` as functions of (seed, chunk, block): the reference
+(`reference.fastfood_reference`), the fused CPU kernel (`cpu`, numba) and the Triton kernels
+(`triton/`: `generator`, `kernels`, `launch`) all regenerate the same numbers.
 
-This module is also where a backend is chosen (`FastfoodProjection`, `apply_delta`): the kernel
-modules (`fastfood_cpu`, `fastfood_triton`) are imported from here on first use, never the other
-way round, and the numba path never imports triton.
+This module is where a backend is chosen (`FastfoodProjection`, `apply_delta`): the kernel
+modules (`cpu`, `triton.launch`) are imported from here on first use, never the other way
+round, and the numba path never imports triton. `selftest` checks the fused kernel against the
+reference before it trains.
 """
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
-import numpy as np
 import torch
 
-from sweeper.projection import generator
 from sweeper.projection.base import Projection
-from sweeper.projection.blocks import MAX_BLOCK, block_size, check_sizes, compute_dtype
-
-
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh–Hadamard transform along the last dim (Sylvester order)."""
-    n = x.shape[-1]
-    batch = x.shape[:-1]
-    h = 1
-    y = x
-    while h < n:
-        y = y.reshape(*batch, n // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        y = torch.stack((a + b, a - b), dim=-2)
-        h *= 2
-    return y.reshape(x.shape)
-
-
-def fastfood_reference(
-    theta_d: torch.Tensor,
-    D: int,
-    seed: int,
-    column_norm: float = 1.0,
-    max_block: int = MAX_BLOCK,
-) -> torch.Tensor:
-    """Plain PyTorch P θ_d: the oracle for the fused kernels. Materialises all of B, G, Π."""
-    d = theta_d.numel()
-    n = block_size(d, max_block)
-    m = math.ceil(D / n)
-    out = theta_d.new_zeros(m * n)
-    for c in range(math.ceil(d / n)):
-        x = torch.nn.functional.pad(theta_d[c * n : (c + 1) * n], (0, n - min(n, d - c * n)))
-        b, g, perm = (
-            torch.from_numpy(a).to(theta_d.device)
-            for a in generator.block_states(seed, c, np.arange(m), n)
-        )
-        u = fwht(b.to(theta_d.dtype) * x)
-        v = g.to(theta_d.dtype) * torch.gather(u, 1, perm)
-        scale = column_norm / (g.norm(dim=1, keepdim=True) * math.sqrt(D))
-        out = out + (fwht(v) * scale.to(theta_d.dtype)).reshape(-1)
-    return out[:D]
+from sweeper.projection.fastfood.generator import MAX_BLOCK, block_size, check_sizes, compute_dtype
+from sweeper.projection.fastfood.reference import fastfood_reference, fwht
 
 
 def _backend(name: str) -> ModuleType:
     """The kernel module of backend `name` ('triton' or 'cpu', i.e. numba), imported on first use:
     each costs seconds to import, and a CPU-only process must not need triton."""
     if name == "triton":
-        from sweeper.projection import fastfood_triton
+        from sweeper.projection.fastfood.triton import launch
 
-        return fastfood_triton
-    from sweeper.projection import fastfood_cpu
+        return launch
+    from sweeper.projection.fastfood import cpu
 
-    return fastfood_cpu
+    return cpu
 
 
 class FastfoodProjection(Projection):
@@ -206,3 +167,6 @@ def apply_delta(
     return FastfoodDelta.apply(
         W0.contiguous(), theta_d, lam, D, n, sizes, seed, float(column_norm), backend
     )
+
+
+__all__ = ["FastfoodProjection", "apply_delta", "fastfood_reference", "fwht"]

@@ -4,7 +4,7 @@ The same counter-based hashes as `generator` (whose docstring gives the why of e
 tl.uint32 tensors: uint32 products wrap mod 2^32, so none of the explicit masks are needed.
 tests/test_fastfood_triton.py checks Π and Π⁻¹ against the NumPy front end bit for bit.
 Every kernel's build-cache key hashes these functions too, line numbers included
-(`kernel_check`): an edit here means refreshing tests/kernel_builds.json.
+(`bench/kernel_check.py`): an edit here means refreshing tests/kernel_builds.json.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from sweeper.projection import generator as gen
+from sweeper.projection.fastfood import generator as gen
 
 _GOLDEN: tl.constexpr = tl.constexpr(gen.GOLDEN)
 _SIGN_SALT: tl.constexpr = tl.constexpr((gen.STREAM_SIGN * gen.GOLDEN) & gen.M32)

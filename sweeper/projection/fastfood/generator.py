@@ -30,7 +30,11 @@ on Triton uint32 tensors.
   F_r over the at most 2^⌈k/2⌉ ≤ 1024 half-values, so a round costs one lookup per index.
 
 Every function here takes the block size n as a parameter: the numbers of a block do not depend
-on the largest block allowed (`blocks.MAX_BLOCK_OF_GENERATOR`), only on (seed, chunk, block, n).
+on the largest block allowed (`MAX_BLOCK_OF_GENERATOR`), only on (seed, chunk, block, n).
+
+The block sizes live here too: the largest block is part of P's definition (it sets the
+chunking), so it belongs to the generator version, and the reference and every kernel import
+both from this one leaf module.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 from statistics import NormalDist
 
 import numpy as np
+import torch
 from numba.extending import register_jitable
 
 M32 = 0xFFFFFFFF
@@ -50,8 +55,17 @@ STREAM_PERM = 3
 
 # Version of P: part of every Fastfood probe's config hash and of compressed model files, so
 # nothing made with another P is ever reused as if it were the same. 4: one block up to 2^20
-# (3: chunks of 2^15, with the same hashes below; `blocks.MAX_BLOCK_OF_GENERATOR`).
+# (3: chunks of 2^15, with the same hashes below; `MAX_BLOCK_OF_GENERATOR`).
 VERSION = 4
+
+# Largest block n: larger d is cut into chunks of this size, each chunk a pass over all D
+# outputs. Part of P's definition (it sets the chunking), hence of the generator version.
+MAX_BLOCK = 2**20
+
+# Generator version → its largest block. Generator 3 chunked d above 2^15; its B, G and Π are
+# generator 4's (the same hashes of (seed, chunk, block, index)), so a θ_d trained with it
+# restores by rebuilding P with max_block = 2^15. Versions 1 and 2 drew other numbers.
+MAX_BLOCK_OF_GENERATOR = {3: 2**15, 4: MAX_BLOCK}
 
 PERM_ROUNDS = 6  # Feistel rounds of Π (even: the last round updates lo, as the first hi)
 PERM_ROUND_BITS = 16  # F_r(v) hashes word r · 2^16 + v; half-indices stay below 2^16
@@ -168,9 +182,32 @@ def block_states(
     return b.astype(np.float64), g, perm.astype(np.int64)
 
 
-def inverse_perms(seed: int, chunk: int, blocks, n: int) -> np.ndarray:
-    """π⁻¹ of several blocks by the closed form (tests check it against argsort of π)."""
-    key = _keys(seed, chunk, blocks)
-    idx = np.arange(n, dtype=np.uint64)[None, :]
-    inv = unpermute(idx, *perm_params(key, np.uint64(n.bit_length() - 1)))
-    return inv.astype(np.int64)
+# --- Block sizes (P's chunking) and the accumulation dtype ----------------------------------
+
+
+def max_block_of(generator: int) -> int:
+    """The block-size cap of Fastfood generator `generator`; ValueError if it cannot be rebuilt."""
+    if generator not in MAX_BLOCK_OF_GENERATOR:
+        raise ValueError(
+            f"Fastfood generator {generator} cannot be rebuilt by this sweeper (it rebuilds "
+            f"generators {sorted(MAX_BLOCK_OF_GENERATOR)})"
+        )
+    return MAX_BLOCK_OF_GENERATOR[generator]
+
+
+def block_size(d: int, max_block: int = MAX_BLOCK) -> int:
+    """n = 2^⌈log2 d⌉, capped at max_block (larger d is split into chunks of max_block)."""
+    return min(1 << max(0, (d - 1).bit_length()), max_block)
+
+
+def check_sizes(D: int, d: int, n: int) -> None:
+    """ValueError unless n is a power of two in [1, MAX_BLOCK] and D, d ≥ 1."""
+    if n < 1 or n & (n - 1) or n > MAX_BLOCK:
+        raise ValueError(f"block size n must be a power of two in [1, {MAX_BLOCK}], got {n}")
+    if D < 1 or d < 1:
+        raise ValueError(f"need D ≥ 1 and d ≥ 1, got D={D}, d={d}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in: fp64 stays fp64, anything else (bf16 too) is fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

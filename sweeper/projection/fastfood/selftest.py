@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from sweeper.projection import fastfood
-from sweeper.projection.blocks import MAX_BLOCK, block_size
+from sweeper.projection.fastfood.generator import MAX_BLOCK, block_size
 
 # max |fused − reference| / max |reference| for each of W − W0, ∂L/∂θ_d and ∂L/∂λ. The fused
 # kernel computes in fp32 against an fp64 reference: the tests see ≤ 1e-5 at these sizes, a

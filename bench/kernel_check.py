@@ -2,12 +2,12 @@
 
 Triton's interpreter (the CPU tests) runs NumPy semantics: it cannot show a compile failure, a
 register spill or a shared-memory overflow. This compiles every specialisation the trainer
-launches (`fastfood_triton.trainer_launches`) for sm_80 (A100) and sm_90 (H100/H200) with
+launches (`fastfood.triton.launch.trainer_launches`) for sm_80 (A100) and sm_90 (H100/H200) with
 Triton's own compiler and bundled ptxas, and reads ptxas' report of registers and spills.
 
 Results are cached in `cache_dir()` under a key of the Triton version, the target, num_warps and
 `ASTSource.hash()`: the source text of the kernel and of every `@triton.jit` function it calls
-(`triton_kernels`, `triton_generator`), the line each starts at, the names and values of the
+(`fastfood/triton/kernels.py`, `generator.py`), the line each starts at, the names and values of the
 tl.constexpr globals they read, and the launch's signature and constexprs. Module names are not
 in it, but line numbers are: moving a kernel, or editing lines above it, is a new key. A warm run
 takes seconds. A record committed beside the tests (`write_record`, `build_all(record=…)`;
@@ -38,7 +38,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sweeper.projection.fastfood_triton import INTERPRETED, Launch, trainer_launches
+from sweeper.projection.fastfood.triton.launch import INTERPRETED, Launch, trainer_launches
 
 ARCHS = (80, 90)  # A100; H100 and H200
 # The block sizes CI compiles: each path's smallest and largest n (n = 1 has no WHT stage at

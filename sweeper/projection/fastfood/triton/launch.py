@@ -1,13 +1,13 @@
 """Triton Fastfood on the host: launch geometry, the launchers, and the calls the rest uses.
 
-`forward` / `adjoint` are the Triton twins of `fastfood_cpu`'s (P θ_d and Pᵀ y, for
+`forward` / `adjoint` are the Triton twins of `fastfood.cpu`'s (P θ_d and Pᵀ y, for
 `FastfoodProjection` on CUDA tensors); `delta_forward` / `delta_backward` are the Triton side of
 `fastfood.FastfoodDelta` (W = W0 + λ_row · P θ_d and its grads in one pass each);
 `trainer_launches` lists every specialisation those launch, for the offline compile check.
-The kernels themselves are `triton_kernels`'s.
+The kernels themselves are `triton.kernels`'s.
 
 Kernels take CPU tensors when TRITON_INTERPRET=1 was set before triton was imported (the CPU
-tests do that); otherwise they need CUDA tensors, and CPU tensors go to `fastfood_cpu`.
+tests do that); otherwise they need CUDA tensors, and CPU tensors go to `fastfood.cpu`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import triton
 
-from sweeper.projection import generator as gen
-from sweeper.projection.blocks import MAX_BLOCK, check_sizes, compute_dtype
-from sweeper.projection.triton_kernels import (
+from sweeper.projection.fastfood import generator as gen
+from sweeper.projection.fastfood.generator import MAX_BLOCK, check_sizes, compute_dtype
+from sweeper.projection.fastfood.triton.kernels import (
     INTERPRETED,
     backward_kernel,
     backward_staged_kernel,
@@ -124,7 +124,7 @@ def _check_device(*tensors: torch.Tensor) -> torch.device:
     if device.type != "cuda" and not INTERPRETED:
         raise RuntimeError(
             f"Triton Fastfood kernels need CUDA tensors (got {device}); for CPU tensors use "
-            "fastfood_cpu, or set TRITON_INTERPRET=1 before importing triton to run the kernels "
+            "fastfood.cpu, or set TRITON_INTERPRET=1 before importing triton to run the kernels "
             "in Triton's interpreter"
         )
     return device
@@ -288,7 +288,7 @@ def _launch_backward(grad, shape, seed, column_norm, theta_d=None, lam=None, gro
 
 
 def forward(theta_d: torch.Tensor, D: int, seed: int, column_norm: float, n: int) -> torch.Tensor:
-    """P θ_d as a (D,) tensor of θ_d's dtype (the Triton twin of `fastfood_cpu.forward`)."""
+    """P θ_d as a (D,) tensor of θ_d's dtype (the Triton twin of `fastfood.cpu.forward`)."""
     theta_d = theta_d.detach().contiguous()
     shape = _shape(D, theta_d.numel(), n)
     out = torch.empty(D, device=theta_d.device, dtype=theta_d.dtype)
@@ -296,7 +296,7 @@ def forward(theta_d: torch.Tensor, D: int, seed: int, column_norm: float, n: int
 
 
 def adjoint(y: torch.Tensor, d: int, seed: int, column_norm: float, n: int) -> torch.Tensor:
-    """Pᵀ y as a (d,) tensor of y's dtype (the Triton twin of `fastfood_cpu.adjoint`)."""
+    """Pᵀ y as a (d,) tensor of y's dtype (the Triton twin of `fastfood.cpu.adjoint`)."""
     y = y.detach().contiguous()
     shape = _shape(y.numel(), d, n)
     out, _ = _launch_backward(y, shape, seed, column_norm)
