@@ -13,9 +13,10 @@ import pytest
 
 from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine.plan import JobPlan, family, probe_config
-from sweeper.engine.probe import ProbeConfig
+from sweeper.engine.plan import JobPlan, family, trial_config
+from sweeper.methods.run import from_json
 from sweeper.spec import parse_spec
+from sweeper.training.trial import Trial
 
 SPEC = {
     "name": "pin",
@@ -89,10 +90,10 @@ PINNED = {
 }
 
 
-def _config(method: str) -> ProbeConfig:
+def _config(method: str) -> Trial:
     spec = parse_spec(SPEC)
     model, task = spec.pairs()[0]
-    config = probe_config(spec, model, task, method)
+    config = trial_config(spec, model, task, method)
     if methods.get(method).searched:
         return replace(config, threshold=0.875, dim=17, seed=2)
     return replace(config, seed=1)
@@ -109,8 +110,8 @@ def test_probe_config_json_and_hash_are_those_stored_runs_have(method):
 @pytest.mark.parametrize("method", list(PINNED))
 def test_probe_config_survives_its_json_round_trip(method):
     config = _config(method)
-    assert ProbeConfig.from_json(config.to_json()) == config
-    assert ProbeConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert from_json(config.to_json()) == config
+    assert from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
 def test_a_plan_proposes_the_pinned_baseline_config():
@@ -210,12 +211,12 @@ BYTES = {
 }
 
 
-def _configs(data: dict, name: str) -> dict[str, ProbeConfig]:
+def _configs(data: dict, name: str) -> dict[str, Trial]:
     spec = parse_spec(data)
     model, task = spec.pairs()[0]
     out = {}
     for method in (method for method, kind in BYTES if kind == name):
-        config = probe_config(spec, model, task, method)
+        config = trial_config(spec, model, task, method)
         if name == "pin" and methods.get(method).searched:
             config = replace(config, threshold=0.875, stop_threshold=0.9, dim=17, seed=2)
         elif name == "pin":
@@ -230,4 +231,4 @@ def test_probe_config_json_is_byte_identical_in_key_order(name):
     have them."""
     for method, config in _configs(SPEC if name == "pin" else DEFAULTS, name).items():
         assert json.dumps(config.to_json()) == BYTES[method, name], method
-        assert ProbeConfig.from_json(json.loads(BYTES[method, name])) == config
+        assert from_json(json.loads(BYTES[method, name])) == config

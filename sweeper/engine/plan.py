@@ -20,11 +20,11 @@ from typing import Any
 
 from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine.probe import ProbeConfig, trial_spec
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef
 from sweeper.tasks import TASKS, Problem, build_problem
 from sweeper.training.train import RULE
+from sweeper.training.trial import Trial
 
 BuildProblem = Callable[[str, str, dict], Problem]  # (task, model, options) → Problem
 
@@ -69,7 +69,7 @@ class SearchState:
     model: str
     task: TaskRef
     method: str
-    base_config: ProbeConfig  # the probe config without dim, seed, threshold
+    base_config: Trial  # the probe config without dim, seed, threshold
     search: ThresholdSearch | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
@@ -96,7 +96,7 @@ class PairState:
     key: str
     model: str
     task: TaskRef
-    baseline_config: ProbeConfig  # without seed
+    baseline_config: Trial  # without seed
     baseline_hash: str
     seeds: int
     results: dict[int, float] = field(default_factory=dict)
@@ -162,13 +162,13 @@ class PairState:
         return None
 
 
-def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> ProbeConfig:
+def trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Trial:
     """The config every probe of (model, task, method) shares: no threshold, dim or seed."""
     train = spec.train_for(method).model_dump(exclude_none=True)
     lr_search = train.pop("lr_search", None)
     searched = methods.get(method).searched
     m = getattr(spec.methods, method)
-    return ProbeConfig(
+    return Trial(
         task=task.name,
         model=model,
         task_options=dict(task.options),
@@ -178,20 +178,14 @@ def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Probe
         # the decision rule and the head policy: part of every hash, so results chosen or
         # scored another way are never reused as if they were the same probe
         rule=RULE,
-        head=spec.head,
+        head_policy=spec.head,
         init=spec.init,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
         stop_on_pass=spec.early_stop.on_pass and searched,
         pass_margin_z=spec.early_stop.pass_margin_z,
         patience=spec.early_stop.hopeless_patience if searched else None,
-        **methods.get(method).probe_options(m, spec.resources.fastfood_kernel),
+        method_options=methods.get(method).options_from_spec(m, spec.resources.fastfood_kernel),
     )
-
-
-def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
-    """`probe_config`'s JSON less its dim and seed: what `family` hashes."""
-    config = probe_config(spec, model, task, method).to_json()
-    return {k: v for k, v in config.items() if k not in ("dim", "seed")}
 
 
 class JobPlan:
@@ -212,7 +206,7 @@ class JobPlan:
         self.pairs: list[PairState] = []
         names = pair_names(spec.pairs())
         for (model, task), name in zip(spec.pairs(), names, strict=True):
-            config = probe_config(spec, model, task, "full")
+            config = trial_config(spec, model, task, "full")
             pair = PairState(
                 key=name,
                 model=model,
@@ -229,7 +223,7 @@ class JobPlan:
                             model=model,
                             task=task,
                             method=method,
-                            base_config=probe_config(spec, model, task, method),
+                            base_config=trial_config(spec, model, task, method),
                         )
                     )
             cached = self.cache.baselines.get(pair.baseline_hash, {})
@@ -318,8 +312,8 @@ class JobPlan:
                     f"the absolute bar {threshold:.4g} is above what the baseline of {pair.key} "
                     f"reached ({pair.perf_full:.4g}): expect no pass within the range"
                 )
-            spec = trial_spec(replace(state.base_config, dim=1), problem)
-            floor, limit = methods.get(state.method).dim_range(problem, spec)
+            trial = replace(state.base_config, dim=1)
+            floor, limit = methods.get(state.method).dim_range(problem, trial)
             hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
             state.search = ThresholdSearch(
                 SearchSettings(
