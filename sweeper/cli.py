@@ -280,9 +280,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         force = ["--force"] if getattr(args, "force", False) else []
         return supervisor.run([args.command, args.job, *force])
     from sweeper.engine.driver import driver_environment, run_job
-    from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_bar, check_ready, load_spec
+    from sweeper.stops import install_signal_handlers
 
     os.environ.update(driver_environment(os.environ))  # the driver's: before ray is imported
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start

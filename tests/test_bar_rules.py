@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from sweeper.cli import main
-from sweeper.engine.plan import Cache, JobPlan
+from sweeper.engine.plan import JobPlan
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
+from sweeper.tracking.cache import Cache
 from tests.helpers import QUICKSTART
 
 

@@ -13,12 +13,14 @@ import torch
 import yaml
 
 from sweeper import methods
-from sweeper.engine.plan import Cache, JobPlan, family
+from sweeper.engine.plan import JobPlan
 from sweeper.engine.probe import run_probe
 from sweeper.spec import parse_spec
 from sweeper.tasks import TASKS, build_problem
 from sweeper.tasks import digits as digits_task
 from sweeper.tasks.base import stratified_split, three_way_split
+from sweeper.tracking.cache import Cache
+from sweeper.tracking.schema import family_hash as family
 
 QUICKSTART = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "quickstart.yaml").read_text())
 

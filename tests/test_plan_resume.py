@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.engine.plan import Cache, JobPlan, Request
+from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.tune_searcher import error_result
 from sweeper.spec import parse_spec
+from sweeper.tracking.cache import Cache
 
 QUICKSTART = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "quickstart.yaml").read_text())
 WORKERS = 3

@@ -13,9 +13,10 @@ import pytest
 
 from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine.plan import JobPlan, family, trial_config
+from sweeper.engine.plan import JobPlan, trial_config
 from sweeper.methods.run import from_json
 from sweeper.spec import parse_spec
+from sweeper.tracking.schema import family_hash as family
 from sweeper.training.trial import Trial
 
 SPEC = {

@@ -27,9 +27,9 @@ from sweeper import methods
 from sweeper.digest import digest
 from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
-from sweeper.engine.stops import stops
 from sweeper.errors import StoreError
 from sweeper.spec import JobSpec
+from sweeper.stops import stops
 from sweeper.tracking.write import Tracker
 
 

@@ -23,15 +23,12 @@ from sweeper.digest import digest
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef
 from sweeper.tasks import TASKS, Problem, build_problem
+from sweeper.tracking.cache import Cache, baseline_score
+from sweeper.tracking.schema import family_hash
 from sweeper.training.train import RULE
 from sweeper.training.trial import Trial
 
 BuildProblem = Callable[[str, str, dict], Problem]  # (task, model, options) → Problem
-
-
-def family(config: dict[str, Any]) -> str:
-    """Hash of a trial config less its dim and seed: one search, or one baseline."""
-    return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})
 
 
 @dataclass(frozen=True)
@@ -51,16 +48,6 @@ class Request:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("kind", "search", "seed", "dim", "config")}
-
-
-@dataclass
-class Cache:
-    """Finished results found in the tracking store, by the hash of the config they ran."""
-
-    baselines: dict[str, dict[int, float]] = field(default_factory=dict)  # hash → seed → metric
-    # hash → seed → the chosen checkpoint's select score (the stop-on-pass bar's basis)
-    baselines_select: dict[str, dict[int, float]] = field(default_factory=dict)
-    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # search hash → records
 
 
 @dataclass
@@ -212,7 +199,7 @@ class JobPlan:
                 model=model,
                 task=task,
                 baseline_config=config,
-                baseline_hash=family(config.to_json()),
+                baseline_hash=family_hash(config.to_json()),
                 seeds=spec.seeds.baseline,
             )
             for method in spec.methods.searched():
@@ -330,7 +317,7 @@ class JobPlan:
             )
             state.stop_threshold = stop_threshold
             bars = replace(state.base_config, threshold=threshold, stop_threshold=stop_threshold)
-            state.search_hash = family(bars.to_json())
+            state.search_hash = family_hash(bars.to_json())
             self._replay(state, self.cache.probes.get(state.search_hash, []))
 
     def _replay(self, state: SearchState, records: list[dict[str, Any]]) -> None:
@@ -404,13 +391,6 @@ def pair_names(pairs: list[tuple[str, TaskRef]]) -> list[str]:
             name += f"[{options}]"
         names.append(name)
     return names
-
-
-def baseline_score(outcome: str, metric: float) -> float:
-    """A baseline seed's score for perf_full; nan (an error to report) when the seed diverged
-    or raised. A diverged seed can still carry the report score of an earlier checkpoint; the
-    bar must not rest on a run whose optimisation blew up."""
-    return math.nan if outcome in ("diverged", "error") else metric
 
 
 def _where(request: Request) -> str:

@@ -110,9 +110,3 @@ def _better(result: TrialResult, best: TrialResult) -> bool:
     if not _usable(result):
         return False
     return not _usable(best) or result.select_metric > best.select_metric
-
-
-def decode_compressed(b64: str, path: str) -> None:
-    """Write a probe's base64 compressed model to `path`."""
-    with open(path, "wb") as f:
-        f.write(base64.b64decode(b64))

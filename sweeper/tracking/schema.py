@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.digest import digest
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
@@ -278,3 +280,9 @@ def as_finite(value: Any) -> float | None:
 def as_int(value: Any) -> int | None:
     number = as_finite(value)
     return int(number) if number is not None else None
+
+
+def family_hash(config: dict[str, Any]) -> str:
+    """The search hash (a probe's TAG_SEARCH_HASH) or baseline hash (TAG_BASELINE_HASH): the
+    hash of a trial config less its dim and seed, one search's or one baseline's."""
+    return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})

@@ -15,6 +15,7 @@ Every write the driver makes mid-job waits out a tracking server that is down (`
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -38,18 +39,67 @@ from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.paths import confined
 from sweeper.tracking import schema as S
+from sweeper.tracking.cache import Cache
 from sweeper.tracking.read import all_runs, load_cache
 from sweeper.tracking.retry import Patience, unreachable
 
-if TYPE_CHECKING:  # annotations only: the engine imports this module
-    from sweeper.engine.plan import Cache, PairState, Request, SearchState
-    from sweeper.search import SearchResult
-    from sweeper.spec import JobSpec
+if TYPE_CHECKING:  # annotations only
+    from sweeper.search import SearchResult, ThresholdSearch
+    from sweeper.spec import JobSpec, TaskRef
 
 log = logging.getLogger("sweeper.tracking")
 LEASE_TTL_S = 60.0  # a tracking server's writer lease lasts this long without a heartbeat
 LEASE_SETTLE_S = 2.0  # written, then read back after this: of two racing drivers, one stays
 MAX_TAG = 7000  # MLflow keeps tag values up to 8000 characters
+
+
+class Request(Protocol):
+    """What the writer reads of a finished trial's request (the engine's `plan.Request`)."""
+
+    kind: str  # "baseline" | "probe"
+    search: str
+    seed: int
+    dim: int | None
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str: ...
+
+
+class PairState(Protocol):
+    """What the writer reads of a (model, task) pair's baseline (the engine's `PairState`)."""
+
+    key: str
+    model: str
+    task: TaskRef
+    baseline_hash: str
+    results: dict[int, float]
+    reused: bool
+    error: str | None
+
+    @property
+    def perf_full(self) -> float: ...
+
+    @property
+    def perf_full_std(self) -> float: ...
+
+
+class SearchState(Protocol):
+    """What the writer reads of one search (the engine's `SearchState`)."""
+
+    key: str
+    model: str
+    task: TaskRef
+    method: str
+    base_config: Any  # a Trial: `Method.describe` reads it
+    search: ThresholdSearch | None
+    records: list[dict[str, Any]]
+    search_hash: str | None
+    stop_threshold: float | None
+    error: str | None
+
+    @property
+    def dim_name(self) -> str: ...
 
 
 def _tail(text: str, limit: int) -> str:
@@ -273,9 +323,9 @@ class Tracker:
                 S.TAG_KERNEL: result["kernel"],
                 S.TAG_KERNEL_REASON: result["kernel_reason"][:5000],
             }
-        from sweeper.engine.plan import family
-
-        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = family(config)
+        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = S.family_hash(
+            config
+        )
         params = {
             S.PARAM_METHOD: config["method"],
             S.PARAM_MODEL: config["model"],
@@ -348,10 +398,8 @@ class Tracker:
     def _log_compressed(self, run_id: str, result: dict[str, Any]) -> None:
         if result.get("compressed"):
             with tempfile.TemporaryDirectory() as tmp:
-                from sweeper.engine.probe import decode_compressed
-
                 path = Path(tmp) / S.ARTIFACT_THETA_D
-                decode_compressed(result["compressed"], str(path))
+                path.write_bytes(base64.b64decode(result["compressed"]))
                 self.client.log_artifact(run_id, str(path), S.ARTIFACT_COMPRESSED)
 
     def finish_baseline(self, pair: PairState) -> None:
