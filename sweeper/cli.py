@@ -66,7 +66,7 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 
         if not methods.get(args.method).saves_compressed:
             raise SpecError("--save", "only subspace methods (did, said) save compressed models")
-        from sweeper.preflight import check_file
+        from sweeper.paths import check_file
 
         check_file(Path(args.save), "--save", make_folder=False)
 
@@ -339,7 +339,7 @@ def _where_to_look(name: str, uri: str) -> str:
 
     from sweeper.dashboard import DEFAULT_MLFLOW_UI
     from sweeper.dashboard.views import experiment_url
-    from sweeper.preflight import shown
+    from sweeper.errors import shown
 
     server = uri.startswith(("http://", "https://"))
     try:

@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.paths import confined
+from sweeper.store import default_uris
 from sweeper.tracking import schema as S
 from sweeper.tracking.cache import Cache
 from sweeper.tracking.read import all_runs, load_cache
@@ -118,7 +119,7 @@ class Tracker:
     def __init__(self, spec: JobSpec, job_id: str) -> None:
         self.spec = spec
         self.job_id = job_id
-        self.uri, artifacts = S.default_uris(spec)
+        self.uri, artifacts = default_uris(spec)
         # With a server, MLflow prints "🏃 View run … at: http://…" for every run it ends, into
         # the live terminal view; the dashboards link runs instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
