@@ -125,7 +125,7 @@ def test_a_plan_proposes_the_pinned_baseline_config():
         }
     )
     first = JobPlan(spec, workers=2).propose()[0]
-    assert (first.kind, first.key) == ("baseline", "2c2df903d5ba7760")
+    assert (first.kind, first.config_hash) == ("baseline", "2c2df903d5ba7760")
     assert family(first.config) == family({**first.config, "seed": 5})
 
 

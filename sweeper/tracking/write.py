@@ -58,19 +58,19 @@ class Request(Protocol):
     """What the writer reads of a finished trial's request (the engine's `plan.Request`)."""
 
     kind: str  # "baseline" | "probe"
-    search: str
+    label: str
     seed: int
     dim: int | None
     config: dict[str, Any]
 
     @property
-    def key(self) -> str: ...
+    def config_hash(self) -> str: ...
 
 
 class PairState(Protocol):
     """What the writer reads of a (model, task) pair's baseline (the engine's `PairState`)."""
 
-    key: str
+    label: str
     model: str
     task: TaskRef
     baseline_hash: str
@@ -88,12 +88,12 @@ class PairState(Protocol):
 class SearchState(Protocol):
     """What the writer reads of one search (the engine's `SearchState`)."""
 
-    key: str
+    label: str
     model: str
     task: TaskRef
     method: str
     base_config: Any  # a Trial: `Method.describe` reads it
-    search: ThresholdSearch | None
+    threshold_search: ThresholdSearch | None
     records: list[dict[str, Any]]
     search_hash: str | None
     stop_threshold: float | None
@@ -263,7 +263,7 @@ class Tracker:
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
             S.KIND_BASELINE,
-            f"{pair.key}/full",
+            f"{pair.label}/full",
             S.TAG_BASELINE_HASH,
             pair.baseline_hash,
             {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: "full"},
@@ -272,7 +272,7 @@ class Tracker:
     def search_parent(self, state: SearchState) -> str:
         return self._parent(
             S.KIND_SEARCH,
-            state.key,
+            state.label,
             S.TAG_SEARCH_HASH,
             state.search_hash,
             {S.TAG_MODEL: state.model, S.TAG_TASK: state.task.name, S.TAG_METHOD: state.method},
@@ -309,8 +309,8 @@ class Tracker:
             S.TAG_PARENT_RUN_ID: parent_id,
             S.TAG_KIND: kind,
             S.TAG_JOB_ID: self.job_id,
-            S.TAG_CONFIG_HASH: request.key,
-            S.TAG_SEARCH: request.search,
+            S.TAG_CONFIG_HASH: request.config_hash,
+            S.TAG_SEARCH: request.label,
             **row.to_tags(),
             S.TAG_WRITE_ID: write_id or uuid.uuid4().hex,
         }
@@ -418,7 +418,7 @@ class Tracker:
                 self.client.set_tag(run_id, S.TAG_ERROR, pair.error)
             self.client.set_terminated(run_id, "FAILED" if pair.error else "FINISHED")
 
-        self.patient(f"finishing the baseline {pair.key}", write)
+        self.patient(f"finishing the baseline {pair.label}", write)
 
     def finish_search(
         self, state: SearchState, pair: PairState, result: SearchResult | None
@@ -434,7 +434,7 @@ class Tracker:
         metrics = {
             S.METRIC_PERF_FULL: pair.perf_full,
             S.METRIC_PERF_FULL_STD: pair.perf_full_std,
-            S.METRIC_THRESHOLD: state.search.settings.threshold,
+            S.METRIC_THRESHOLD: state.threshold_search.settings.threshold,
             S.METRIC_STOP_THRESHOLD: state.stop_threshold,
             S.METRIC_PROBES: result.probes,
         }
@@ -465,7 +465,7 @@ class Tracker:
             status = "FAILED" if result.outcome == "error" else "FINISHED"
             self.client.set_terminated(run_id, status)
 
-        self.patient(f"finishing the search {state.key}", write)
+        self.patient(f"finishing the search {state.label}", write)
 
     def _log_probe_table(self, run_id: str, records: list[dict[str, Any]]) -> None:
         import pyarrow as pa
