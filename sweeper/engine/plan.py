@@ -194,7 +194,7 @@ class JobPlan:
         self.pairs: list[PairState] = []
         names = pair_names(spec.pairs())
         for (model, task), name in zip(spec.pairs(), names, strict=True):
-            config = trial_config(spec, model, task, "full")
+            config = trial_config(spec, model, task, methods.BASELINE)
             pair = PairState(
                 label=name,
                 model=model,
@@ -234,7 +234,9 @@ class JobPlan:
                 if seed not in pair.results and seed not in pair.pending:
                     pair.pending.add(seed)
                     config = replace(pair.baseline_config, seed=seed).to_json()
-                    out.append(Request("baseline", pair.label + "/full", seed, None, config))
+                    out.append(
+                        Request("baseline", f"{pair.label}/{methods.BASELINE}", seed, None, config)
+                    )
         for pair in self.pairs:
             for state in pair.searches:
                 if state.threshold_search is None or state.error is not None:
@@ -382,7 +384,11 @@ class JobPlan:
         return [(pair, state) for pair in self.pairs for state in pair.searches]
 
     def pair_of(self, request: Request) -> PairState:
-        key = request.label.removesuffix("/full") if request.kind == "baseline" else None
+        key = (
+            request.label.removesuffix(f"/{methods.BASELINE}")
+            if request.kind == "baseline"
+            else None
+        )
         return next(p for p in self.pairs if p.label == key)
 
     def search_of(self, request: Request) -> SearchState:

@@ -263,10 +263,10 @@ class Tracker:
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
             S.KIND_BASELINE,
-            f"{pair.label}/full",
+            f"{pair.label}/{methods.BASELINE}",
             S.TAG_BASELINE_HASH,
             pair.baseline_hash,
-            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: "full"},
+            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: methods.BASELINE},
         )
 
     def search_parent(self, state: SearchState) -> str:

@@ -99,11 +99,6 @@ WEIGHT_DECAY_ON = ("params", "theta")
 CHECKPOINTS = ("best_select", "final")
 
 
-def _decay(settings: TrainSettings) -> float:
-    """The optimizer's own weight decay: none when it is applied to θ in the loss."""
-    return settings.weight_decay if settings.weight_decay_on == "params" else 0.0
-
-
 def theta_penalty(module: nn.Module, method: str, weight_decay: float) -> torch.Tensor:
     """(weight_decay / 2) · Σ‖W‖² over the weight matrices (and conv kernels) of θ as the last
     forward built it: θ0 + (λ·)Pθ_d for a subspace model, the weights themselves for a full
@@ -126,25 +121,9 @@ def theta_penalty(module: nn.Module, method: str, weight_decay: float) -> torch.
 
 
 def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    name, decay, betas = settings.optimizer, _decay(settings), tuple(settings.adam_betas)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, betas=betas, weight_decay=decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, betas=betas, weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
-    if name == "plain_sgd":  # no momentum: each update is the step's (projected) gradient alone
-        return torch.optim.SGD(params, lr=settings.lr, weight_decay=decay)
-    if name == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=settings.lr,
-            max_iter=100,
-            history_size=100,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12,
-            tolerance_change=1e-16,
-        )
+    if settings.optimizer in OPTIMIZERS:
+        return OPTIMIZERS[settings.optimizer](settings, params)
+    name = settings.optimizer
     raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
