@@ -233,3 +233,15 @@ def test_probe_config_json_is_byte_identical_in_key_order(name):
     for method, config in _configs(SPEC if name == "pin" else DEFAULTS, name).items():
         assert json.dumps(config.to_json()) == BYTES[method, name], method
         assert from_json(json.loads(BYTES[method, name])) == config
+
+
+def test_a_stored_trial_rebuilds_its_projection_with_the_generator_it_ran_with():
+    """The trial's JSON carries its Fastfood generator, and its P is built with that one, not
+    with whichever generator is current when a probe is replayed."""
+    from sweeper.methods.run import wrap
+    from sweeper.projection.generator import VERSION
+
+    stored = from_json({**json.loads(BYTES["did", "defaults"]), "generator": 3, "dim": 8})
+    assert wrap(stored.build(), stored).config.generator == 3
+    plain = replace(stored, method_options=replace(stored.method_options, generator=None))
+    assert wrap(plain.build(), plain).config.generator == VERSION

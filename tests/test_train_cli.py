@@ -84,6 +84,16 @@ def test_train_digits_reports_accuracy(capsys):
         (["--task", "digits", "--model", "resnet", "--method", "did", "--d", "3"], "--model"),
         (["--task", "digits", "--method", "did", "--d", "3", "--steps", "0"], "--steps"),
         (["--task", "digits", "--method", "did", "--d", "3", "--lr", "-1"], "--lr"),
+        # the method options' flags come from their MethodOptions, checked by the spec's rules
+        (["--task", "digits", "--method", "lora", "--r", "2", "--lora-alpha", "0"], "--lora-alpha"),
+        (
+            ["--task", "digits", "--method", "lora", "--r", "2", "--lora-dropout", "1"],
+            "--lora-dropout",
+        ),
+        (
+            ["--task", "digits", "--method", "lora", "--r", "2", "--lora-target", "nope"],
+            "--lora-target",
+        ),
     ],
 )
 def test_misuse_exits_2_naming_the_argument(capsys, argv, names):
