@@ -26,6 +26,9 @@ class LoraFields(SpecFields):
     rslora: bool = False  # rank-stabilised LoRA: scale alpha/√r instead of alpha/r
 
 
+_SPEC = LoraFields()  # the spec's defaults, declared there
+
+
 @dataclass(frozen=True)
 class LoraOptions(MethodOptions):
     """LoRA's part of a trial (see LoraFields). lora_alpha None: 2r (scale 2), or 2 with
@@ -34,12 +37,16 @@ class LoraOptions(MethodOptions):
     # only when set: a job that leaves them out keeps the config hashes it always had
     optional = ("lora_targets", "rslora")
 
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA's α (default: 2r)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA's input"})
+    lora_alpha: float | None = field(
+        default=_SPEC.lora_alpha, metadata={"help": "LoRA's α (default: 2r)"}
+    )
+    lora_dropout: float = field(
+        default=_SPEC.lora_dropout, metadata={"help": "dropout on LoRA's input"}
+    )
     lora_targets: tuple[str, ...] | None = field(
         default=None, metadata={"flag": "--lora-target", "help": "module LoRA adapts"}
     )
-    rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA (alpha/√r)"})
+    rslora: bool = field(default=_SPEC.rslora, metadata={"help": "rank-stabilised LoRA (alpha/√r)"})
 
     def __post_init__(self) -> None:
         if self.lora_targets is not None:  # JSON and specs give a list

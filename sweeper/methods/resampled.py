@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from sweeper.errors import SpecError
 from sweeper.methods.base import Method, MethodOptions, Trial
 from sweeper.methods.subspace import (
+    SPEC,
+    Projection,
     ProjectionFields,
+    as_spec,
     fastfood_options,
     generator_field,
     kernel_field,
@@ -28,9 +31,7 @@ class ResampledOptions(MethodOptions):
 
     optional = ("generator", "fastfood_kernel")
 
-    projection: Literal["fastfood", "sparse", "dense"] = field(
-        default="fastfood", metadata={"help": "as a job spec's methods.<method>.projection"}
-    )
+    projection: Projection = field(default=SPEC.projection, metadata=as_spec("projection"))
     generator: int | None = generator_field()
     fastfood_kernel: Literal["auto", "fused", "reference"] = kernel_field()
 

@@ -15,24 +15,34 @@ if TYPE_CHECKING:
     from sweeper.tasks import Problem
 
 
+# fastfood: O(D log d), nothing stored; sparse and dense store P (small models only)
+Projection = Literal["fastfood", "sparse", "dense"]
+# global: one P over all D; per_tensor: one P per tensor (unit-norm columns overall);
+# per_tensor_unit: unit-norm columns per tensor (Aghajanyan et al.)
+Layout = Literal["global", "per_tensor", "per_tensor_unit"]
+SaidGroups = Literal["layer", "tensor"]  # one λ per layer, or per tensor
+
+
 class ProjectionFields(SpecFields):
-    # fastfood: O(D log d), nothing stored; sparse and dense store P (small models only)
-    projection: Literal["fastfood", "sparse", "dense"] = "fastfood"
+    projection: Projection = "fastfood"
 
 
 class SubspaceFields(ProjectionFields):
-    # global: one P over all D; per_tensor: one P per tensor (unit-norm columns overall);
-    # per_tensor_unit: unit-norm columns per tensor (Aghajanyan et al.)
-    layout: Literal["global", "per_tensor", "per_tensor_unit"] = "global"
-    said_groups: Literal["layer", "tensor"] = "layer"  # one λ per layer, or per tensor
-
-
-_AS_SPEC = "as a job spec's methods.<method>.{}"
+    layout: Layout = "global"
+    said_groups: SaidGroups = "layer"
 
 
 # generator: the Fastfood generator's version (other random numbers, another P: never a cache
 # hit), set from the projection, never by hand; fastfood_kernel: the job's
 # resources.fastfood_kernel ('auto' self-tests the fused GPU kernel, 'fused' or 'reference')
+SPEC = SubspaceFields()  # the spec's defaults, declared there
+
+
+def as_spec(name: str) -> dict[str, str]:
+    """The `sweeper train` help of an option that is also a spec field."""
+    return {"help": f"as a job spec's methods.<method>.{name}"}
+
+
 def generator_field() -> Any:
     return field(default=None, metadata={"cli": False})
 
@@ -49,15 +59,9 @@ class SubspaceOptions(MethodOptions):
 
     optional = ("generator", "fastfood_kernel")
 
-    projection: Literal["fastfood", "sparse", "dense"] = field(
-        default="fastfood", metadata={"help": _AS_SPEC.format("projection")}
-    )
-    layout: Literal["global", "per_tensor", "per_tensor_unit"] = field(
-        default="global", metadata={"help": _AS_SPEC.format("layout")}
-    )
-    said_groups: Literal["layer", "tensor"] = field(
-        default="layer", metadata={"help": _AS_SPEC.format("said_groups")}
-    )
+    projection: Projection = field(default=SPEC.projection, metadata=as_spec("projection"))
+    layout: Layout = field(default=SPEC.layout, metadata=as_spec("layout"))
+    said_groups: SaidGroups = field(default=SPEC.said_groups, metadata=as_spec("said_groups"))
     generator: int | None = generator_field()
     fastfood_kernel: Literal["auto", "fused", "reference"] = kernel_field()
 
