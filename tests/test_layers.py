@@ -154,7 +154,7 @@ def test_each_layer_imports_only_the_layers_below_it():
 )
 def test_the_pairs_that_once_imported_each_other_do_not(lower, upper):
     """The training loop takes a wrapped model (no method registry); the tracking store speaks
-    rows (no plan); a method's config is its own (no probe config)."""
+    only what it writes and reads (no plan); a method's config is its own (no probe config)."""
     upward = sorted(
         f"{m} imports {t}" for m, ts in GRAPH.items() for t in ts
         if _layer(m) == lower and _layer(t) == upper
