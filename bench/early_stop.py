@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sweeper.training.train import TrialSpec, run_trial
+from sweeper.methods.run import make_trial, run_trial
 
 RULES = {
     "no_stop": {"stop_on_pass": False},
@@ -29,7 +29,7 @@ RULES = {
 
 def threshold() -> float:
     """0.9 × the digits baseline's report score (mean of 2 seeds), as the quickstart sets it."""
-    specs = [TrialSpec("digits", "mlp", "full", seed=s, stop_on_pass=False) for s in (0, 1)]
+    specs = [make_trial("digits", "mlp", "full", seed=s, stop_on_pass=False) for s in (0, 1)]
     return 0.9 * sum(run_trial(spec).metric for spec in specs) / len(specs)
 
 
@@ -48,7 +48,7 @@ def main() -> None:
         for seed in range(args.seeds):
             row = {"d": d, "seed": seed}
             for name, rule in RULES.items():
-                spec = TrialSpec("digits", "mlp", "did", d, seed=seed, threshold=bar, **rule)
+                spec = make_trial("digits", "mlp", "did", d, seed=seed, threshold=bar, **rule)
                 r = run_trial(spec)
                 seconds[name] += r.seconds
                 row[name] = {"select": r.select_metric, "report": r.metric, "passed": r.passed,

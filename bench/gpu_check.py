@@ -55,9 +55,10 @@ def e2e(run_dir: Path, out: Path) -> int:
     from mlflow import MlflowClient
 
     from sweeper import methods
+    from sweeper.store import default_store
     from sweeper.tracking import schema as S
 
-    client = MlflowClient(f"sqlite:///{S.default_store(run_dir.resolve())}")
+    client = MlflowClient(f"sqlite:///{default_store(run_dir.resolve())}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, S.tag_is(S.TAG_KIND, S.KIND_PROBE))
     probes = [

@@ -49,8 +49,8 @@ def run_cell(cell: dict) -> dict:
     """One LeNet DID run of a cell: both checkpoints' report scores."""
     import torch
 
+    from sweeper.methods.run import make_trial, run_trial
     from sweeper.tasks import TrainSettings
-    from sweeper.training.train import TrialSpec, run_trial
 
     torch.set_num_threads(1)
     length = {cell["length"]: cell["amount"]}
@@ -65,7 +65,7 @@ def run_cell(cell: dict) -> dict:
         checkpoint="best_select",
         **length,
     )
-    spec = TrialSpec(
+    spec = make_trial(
         "mnist", "lenet", "did", cell["d"], seed=cell["seed"], train=settings, stop_on_pass=False
     )
     result = run_trial(spec, threads=1, report_final=True)

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from sweeper.methods.run import make_trial, wrap
 from sweeper.tasks import build_problem
-from sweeper.training.train import TrialSpec, make_optimizer, wrap
+from sweeper.training.train import make_optimizer
 
 BATCH, TOKENS = 32, 64
 
@@ -49,7 +50,7 @@ def fixed_batch(problem) -> dict[str, torch.Tensor]:
 
 def stepper(method: str, dim: int | None):
     """One case, built and warmed up (numba compilation, allocator); returns (row, one_step)."""
-    spec = TrialSpec("rotten-tomatoes", "minilm", method, dim)
+    spec = make_trial("rotten-tomatoes", "minilm", method, dim)
     problem = build_problem(spec.task, spec.model, spec.task_options)
     module = wrap(problem, spec)
     settings = problem.train_defaults(method)

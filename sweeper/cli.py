@@ -8,8 +8,9 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
@@ -65,7 +66,7 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 
         if not methods.get(args.method).saves_compressed:
             raise SpecError("--save", "only subspace methods (did, said) save compressed models")
-        from sweeper.preflight import check_file
+        from sweeper.paths import check_file
 
         check_file(Path(args.save), "--save", make_folder=False)
 
@@ -75,10 +76,72 @@ def _json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _option_fields() -> dict[str, tuple[Any, Any]]:
+    """Every registered method's trial options that `sweeper train` offers, each once:
+    name → (the dataclass field, its resolved type)."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from sweeper import methods
+
+    out: dict[str, tuple[Any, Any]] = {}
+    for method in methods.METHODS.values():
+        hints = get_type_hints(method.options)
+        for field in fields(method.options):
+            if field.metadata.get("cli", True):
+                out.setdefault(field.name, (field, hints[field.name]))
+    return out
+
+
+def _flag(name: str) -> str:
+    field = _option_fields().get(name, (None,))[0]
+    flag = field.metadata.get("flag") if field is not None else None
+    return flag or "--" + name.replace("_", "-")
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per method option (`MethodOptions` fields), typed and defaulted by the field."""
+    for name, (field, kind) in _option_fields().items():
+        flag, help_text = _flag(name), field.metadata.get("help")
+        args = get_args(kind)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif get_origin(kind) is Literal:
+            parser.add_argument(flag, default=field.default, choices=args, help=help_text)
+        elif tuple in (get_origin(a) for a in args):  # a list of names: the flag repeats
+            parser.add_argument(
+                flag, dest=name, action="append", default=[], metavar="NAME", help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=float, default=field.default, help=help_text)
+
+
+def _method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The chosen method's options from the flags, checked by its job-spec rules."""
+    from dataclasses import fields
+
+    from pydantic import ValidationError
+
+    from sweeper import methods
+
+    chosen = methods.get(method)
+    offered = _option_fields()
+    values = {f.name: getattr(args, f.name) for f in fields(chosen.options) if f.name in offered}
+    spec_fields = {k: v for k, v in values.items() if k in chosen.fields.model_fields}
+    try:
+        chosen.fields.model_validate(
+            {k: v or None if isinstance(v, list) else v for k, v in spec_fields.items()}
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SpecError(_flag(str(first["loc"][0])), first["msg"]) from None
+    return {k: tuple(v) or None if isinstance(v, list) else v for k, v in values.items()}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sweeper import methods
-    from sweeper.tasks import TrainSettings, get_task
-    from sweeper.training.train import TrialSpec, check_trial, run_trial
+    from sweeper.methods.run import check_trial, make_trial, run_trial
+    from sweeper.tasks import get_task
 
     _check_train_flags(args)
     dim_name = methods.dim_name(args.method)  # the flag: --d or --r
@@ -92,40 +155,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             model = get_task(args.task).first_model
         except KeyError as e:
             raise SpecError("--task", e.args[0]) from None
-    spec = TrialSpec(
-        task=args.task,
-        model=model,
-        method=args.method,
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    spec = make_trial(
+        args.task,
+        model,
+        args.method,
         dim=getattr(args, dim_name),
         seed=args.seed,
+        train=overrides,
         task_options=_task_options(args.task_option),
-        projection=args.projection,
-        layout=args.layout,
-        said_groups=args.said_groups,
-        head=args.head,
-        lora_targets=tuple(args.lora_target) or None,
-        rslora=args.rslora,
+        head_policy=args.head,
         threshold=args.threshold,
+        **_method_options(args, args.method),
     )
     try:
         problem = check_trial(spec)  # built once: checked here, trained below
     except SpecError as e:
-        flags = {
-            "dim": f"--{dim_name}",
-            "task_options": "--task-option",
-            "lora_targets": "--lora-target",
-        }
+        flags = {"dim": f"--{dim_name}", "task_options": "--task-option"}
         field = "task_options" if e.field.startswith("task_options") else e.field
-        flag = flags.get(field, f"--{field}")
-        raise SpecError(flag.replace("_", "-"), e.message) from None
+        raise SpecError(flags.get(field) or _flag(field), e.message) from None
     if spec.threshold is None and problem.natural_threshold is not None:
-        spec = TrialSpec(**{**spec.__dict__, "threshold": problem.natural_threshold})
-    if args.steps is not None or args.lr is not None:
-        base = problem.train_defaults(spec.method)
-        overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
-        spec = TrialSpec(
-            **{**spec.__dict__, "train": TrainSettings(**{**base.__dict__, **overrides})}
-        )
+        spec = replace(spec, threshold=problem.natural_threshold)
     result = run_trial(spec, threads=args.threads, problem=problem)
     if args.save:
         from sweeper.training.compressed import save_compressed
@@ -145,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "metric": result.metric,  # the chosen checkpoint's report score
         "select_metric": result.select_metric,
         "checkpoint_step": result.checkpoint_step,
-        "head": spec.head,
+        "head": spec.head_policy,
         "passed": result.passed if spec.threshold is not None else None,
         "threshold": spec.threshold,
         "outcome": result.outcome,
@@ -234,9 +284,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         force = ["--force"] if getattr(args, "force", False) else []
         return supervisor.run([args.command, args.job, *force])
     from sweeper.engine.driver import driver_environment, run_job
-    from sweeper.engine.stops import install_signal_handlers
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_bar, check_ready, load_spec
+    from sweeper.stops import install_signal_handlers
 
     os.environ.update(driver_environment(os.environ))  # the driver's: before ray is imported
     spec = load_spec(args.job)  # every spec error surfaces here, before Ray or MLflow start
@@ -293,7 +343,7 @@ def _where_to_look(name: str, uri: str) -> str:
 
     from sweeper.dashboard import DEFAULT_MLFLOW_UI
     from sweeper.dashboard.views import experiment_url
-    from sweeper.preflight import shown
+    from sweeper.errors import shown
 
     server = uri.startswith(("http://", "https://"))
     try:
@@ -448,7 +498,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from sweeper import methods
     from sweeper.methods.base import HEAD_POLICIES
-    from sweeper.methods.subspace import SubspaceFields
 
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -472,25 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="the trial's seed, in [0, 2^32)")
     train.add_argument("--steps", type=int, help="optimiser steps (default: the task's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the task's)")
-    for name in ("projection", "layout", "said_groups"):  # as a job spec's methods.<name>
-        field = SubspaceFields.model_fields[name]
-        flag = "--" + name.replace("_", "-")
-        train.add_argument(
-            flag,
-            default=field.default,
-            choices=get_args(field.annotation),
-            help=f"as a job spec's methods.<method>.{name}",
-        )
     train.add_argument(
         "--head",
         default="budget",
         choices=HEAD_POLICIES,
         help="the classifier head inside the method's budget (default) or trained directly",
     )
-    train.add_argument(
-        "--lora-target", action="append", default=[], metavar="NAME", help="module LoRA adapts"
-    )
-    train.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA (alpha/√r)")
+    _add_option_flags(train)  # each method's own options, from its MethodOptions
     train.add_argument(
         "--threshold", type=float, help="pass bar; stops early once reached (toy-sums: 1)"
     )

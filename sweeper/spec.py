@@ -78,7 +78,7 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 class TrainSpec(_Strict):
     """Training settings; anything left out takes the task's default for the method."""
 
-    optimizer: Literal[OPTIMIZERS] | None = None
+    optimizer: Literal[tuple(OPTIMIZERS)] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     lr_search: LRSearch | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from sweeper.cli import main
-from sweeper.engine.plan import Cache, JobPlan
+from sweeper.engine.plan import JobPlan
 from sweeper.errors import SpecError
 from sweeper.spec import parse_spec
+from sweeper.tracking.cache import Cache
 from tests.helpers import QUICKSTART
 
 
@@ -67,9 +68,9 @@ def test_a_bad_rule_names_its_field(changes, field):
 def test_each_set_is_held_to_a_bar_made_on_it():
     plan = _plan(_spec(), report={0: 0.94, 1: 0.96}, select={0: 0.95, 1: 0.97})
     for state in _digits(plan).searches:
-        assert state.search.settings.threshold == pytest.approx(0.9 * 0.95)
+        assert state.threshold_search.settings.threshold == pytest.approx(0.9 * 0.95)
         assert state.stop_threshold == pytest.approx(0.9 * 0.96)
-    request = next(r for r in plan.propose() if r.search.startswith("mlp/digits"))
+    request = next(r for r in plan.propose() if r.label.startswith("mlp/digits"))
     assert request.config["threshold"] == pytest.approx(0.855)
     assert request.config["stop_threshold"] == pytest.approx(0.864)
 
@@ -80,7 +81,7 @@ def test_an_absolute_bar_is_the_same_on_both_sets_whatever_the_baseline():
     assert digits.error is None and digits.warning is None
     assert digits.perf_full == pytest.approx(0.95)  # still run and reported
     for state in digits.searches:
-        assert state.search.settings.threshold == state.stop_threshold == 0.8
+        assert state.threshold_search.settings.threshold == state.stop_threshold == 0.8
 
 
 def test_an_absolute_bar_above_the_baseline_warns_and_one_at_chance_is_refused():
@@ -88,14 +89,14 @@ def test_an_absolute_bar_above_the_baseline_warns_and_one_at_chance_is_refused()
     assert high.error is None and "above what the baseline" in high.warning
     low = _digits(_plan(_spec(threshold={"absolute": 0.05}), BOTH, BOTH))
     assert "at or below chance" in low.error
-    assert all(s.search is None for s in low.searches)
+    assert all(s.threshold_search is None for s in low.searches)
 
 
 def test_a_baseline_without_select_scores_is_an_error_not_a_report_made_stop_bar():
     plan = _plan(_spec(), {0: 0.95, 1: 0.95}, {0: 0.95, 1: math.nan})
     digits = _digits(plan)
     assert "no select score" in digits.error
-    assert all(s.search is None for s in digits.searches)
+    assert all(s.threshold_search is None for s in digits.searches)
 
 
 def test_a_baseline_that_learns_nothing_on_toy_sums_is_refused_at_chance():
@@ -105,7 +106,7 @@ def test_a_baseline_that_learns_nothing_on_toy_sums_is_refused_at_chance():
         plan.record(request, result)
     toy = next(p for p in plan.pairs if p.task.name == "toy-sums")
     assert "at or below chance" in toy.error and "scored 0" in toy.error
-    assert all(s.search is None for s in toy.searches)
+    assert all(s.threshold_search is None for s in toy.searches)
 
 
 def test_the_rules_give_different_search_hashes():

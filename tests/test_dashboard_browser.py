@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,13 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed: `pip install -e '.[dev]'`"
 )
 
-from helpers import toy_job  # noqa: E402
-from test_dashboard_data import (  # noqa: E402
+from dashboard_helpers import (  # noqa: E402
     add_baseline,
     add_probe,
     add_search,
     synthetic_experiment,
 )
+from helpers import toy_job  # noqa: E402
 
 MODELS = {"bert-base": 110_000_000, "bert-large": 335_000_000, "roberta-large": 355_000_000}
 TASKS = ("mrpc", "sst2")
@@ -191,7 +190,14 @@ def test_live_dashboard_shows_running_searches_and_updates_as_probes_finish(
         assert "(90, 512]" in row.inner_text()
         curve = f"svg[data-chart=curve][data-search-run-id='{running}'] [data-point=probe]"
         assert page.locator(curve).count() == 4
-        time.sleep(1.5)  # one more refresh: polling keeps working and stays error-free
+        # one more refresh: polling keeps working (a failed poll only says so in #live-state)
+        state = page.locator("#live-state")
+        page.wait_for_function(
+            "seen => document.getElementById('live-state').textContent !== seen",
+            arg=state.inner_text(),
+            timeout=10_000,
+        )
+        assert "updated" in state.inner_text() and "could not read" not in state.inner_text()
         assert errors == [] and "NaN" not in page.inner_text("body")
         shoot(page, screens, "dashboard-running", "#running", capsys=capsys)
         shoot(page, screens, "dashboard", capsys=capsys)

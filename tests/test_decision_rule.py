@@ -13,12 +13,14 @@ import torch
 import yaml
 
 from sweeper import methods
-from sweeper.engine.plan import Cache, JobPlan, family
+from sweeper.engine.plan import JobPlan
 from sweeper.engine.probe import run_probe
 from sweeper.spec import parse_spec
 from sweeper.tasks import TASKS, build_problem
 from sweeper.tasks import digits as digits_task
 from sweeper.tasks.base import stratified_split, three_way_split
+from sweeper.tracking.cache import Cache
+from sweeper.tracking.schema import family_hash as family
 
 QUICKSTART = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "quickstart.yaml").read_text())
 
@@ -158,7 +160,9 @@ def test_a_diverged_baseline_seed_is_an_error_not_a_silent_drop():
     digits = next(p for p in plan.pairs if p.task.name == "digits")
     assert math.isnan(digits.perf_full)
     assert "seed(s) [1]" in digits.error and "diverged" in digits.error
-    assert all(s.search is None for s in digits.searches)  # no search against an undefined bar
+    assert all(
+        s.threshold_search is None for s in digits.searches
+    )  # no search against an undefined bar
 
 
 def test_a_seed_that_diverged_after_a_scored_checkpoint_is_still_an_error():
@@ -170,14 +174,14 @@ def test_a_seed_that_diverged_after_a_scored_checkpoint_is_still_an_error():
         plan.record(request, {"metric": 0.0, "outcome": outcome, "passed": False})
     for pair in plan.pairs:
         assert "seed(s) [0]" in pair.error and "diverged" in pair.error
-        assert all(s.search is None for s in pair.searches)
+        assert all(s.threshold_search is None for s in pair.searches)
 
 
 def test_a_bar_at_or_below_chance_is_refused_with_a_message():
     plan = _plan_with_baseline({0: 0.1, 1: 0.1})  # 0.9 × 0.1 < 1 in 10 by guessing
     digits = next(p for p in plan.pairs if p.task.name == "digits")
     assert "at or below chance" in digits.error and "baseline scored" in digits.error
-    assert all(s.search is None for s in digits.searches)
+    assert all(s.threshold_search is None for s in digits.searches)
 
 
 def test_a_sound_baseline_starts_every_search_with_its_bar():
@@ -185,7 +189,7 @@ def test_a_sound_baseline_starts_every_search_with_its_bar():
     digits = next(p for p in plan.pairs if p.task.name == "digits")
     assert digits.error is None and digits.perf_full == pytest.approx(0.95)
     assert digits.perf_full_std == pytest.approx(math.sqrt(2) * 0.01)
-    bars = [s.search.settings.threshold for s in digits.searches]
+    bars = [s.threshold_search.settings.threshold for s in digits.searches]
     assert len(bars) == 3 and all(bar == pytest.approx(0.9 * 0.95) for bar in bars)
 
 

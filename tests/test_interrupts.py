@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeper.engine.driver import job_id
-from sweeper.engine.stops import Stops
 from sweeper.spec import parse_spec
+from sweeper.stops import Stops
 from sweeper.tracking import schema as S
 from sweeper.tracking.write import Tracker
 

@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from sweeper.engine.plan import Request, _trial_config
+from sweeper.engine.plan import Request, trial_config
 from sweeper.engine.probe import run_probe
 from sweeper.errors import SpecError
 from sweeper.projection import fastfood, selftest
@@ -150,12 +150,11 @@ def test_the_kernel_option_is_validated_and_left_out_of_config_hashes_when_auto(
     for kernel in ("auto", "reference"):
         spec = toy_spec(tmp_path, fastfood_kernel=kernel)
         model, task = spec.pairs()[0]
-        configs[kernel] = _trial_config(spec, model, task, "said")
+        configs[kernel] = trial_config(spec, model, task, "said").to_json()
     assert "fastfood_kernel" not in configs["auto"]
     assert configs["reference"] == {**configs["auto"], "fastfood_kernel": "reference"}
-    assert configs["auto"] == _trial_config(
-        toy_spec(tmp_path), *toy_spec(tmp_path).pairs()[0], "said"
-    )
+    default = toy_spec(tmp_path)
+    assert configs["auto"] == trial_config(default, *default.pairs()[0], "said").to_json()
 
 
 @pytest.mark.slow  # a SQLite MLflow store and two probes: 10-40 s on a loaded 2-core machine
@@ -169,7 +168,7 @@ def test_a_probe_that_fell_back_is_tagged_in_mlflow_with_the_kernel_and_the_reas
     monkeypatch.setattr(SubspaceModel, "fused_backend", "cpu")
     spec = toy_spec(tmp_path, fastfood_kernel=kernel)
     model, task = spec.pairs()[0]
-    config = {**_trial_config(spec, model, task, "said"), "dim": 12, "seed": 0, "threshold": 0.9}
+    config = {**trial_config(spec, model, task, "said").to_json(), "dim": 12, "threshold": 0.9}
     result = run_probe(config)
     assert result["kernel"] == "reference"
     if kernel == "auto":

@@ -1,7 +1,8 @@
 """The package's shape, pinned: no import cycles between modules, each layer imports only the layers
 below it, and nothing imports a private Ray module. Read from the source (every `import`, function
-level included), so a cycle hidden in a lazy import counts too; and every module is imported alone
-in a fresh interpreter, which is where a cycle actually bites."""
+level and type-only ones included), so a cycle hidden in a lazy import or an annotation counts
+too; and every module is imported alone in a fresh interpreter, which is where a cycle actually
+bites."""
 
 from __future__ import annotations
 
@@ -14,19 +15,39 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sweeper"
 
-# What each layer may import from sweeper (besides itself and the leaf modules). Lower layers
-# never import higher ones: a kernel knows nothing of training, training nothing of Tune.
-LEAVES = {"sweeper", "sweeper.errors", "sweeper.paths", "sweeper.digest"}
-ALLOWED = {
+# Leaf modules: anything may import them, and they import only each other.
+LEAVES = {"sweeper", "sweeper.errors", "sweeper.paths", "sweeper.digest", "sweeper.stops"}
+# Every folder and top-level module, bottom to top, with the layers it may import from sweeper
+# (besides itself and the leaves). Each may name only layers listed before it, so no two layers
+# can import each other: engine → methods → training → tasks/projection/search.
+LAYERS = {
     "search": set(),
     "projection": set(),
     "tasks": set(),
+    "training": {"projection", "tasks"},
     "methods": {"projection", "tasks", "training"},
-    "training": {"projection", "tasks", "methods"},
-    "tracking": {"search", "engine", "spec", "methods"},
+    "spec": {"methods", "tasks"},
+    "store": {"spec"},
+    "tracking": {"search", "spec", "store", "methods"},
+    "preflight": {"spec", "store", "tracking"},
     "engine": {"search", "projection", "tasks", "methods", "training", "tracking", "spec"},
-    "dashboard": {"search", "tracking", "preflight", "methods", "spec"},
-    "cluster": {"engine", "tracking", "spec", "preflight", "dashboard", "methods"},
+    "dashboard": {"search", "store", "tracking", "preflight", "methods", "spec"},
+    "cluster": {"engine", "store", "tracking", "spec", "preflight", "dashboard", "methods"},
+    "doctor": {"cluster", "projection", "tasks"},
+    "cli": {
+        "cluster",
+        "dashboard",
+        "doctor",
+        "engine",
+        "methods",
+        "preflight",
+        "spec",
+        "store",
+        "tasks",
+        "training",
+        "tracking",
+    },
+    "docs_gen": {"cli", "methods", "spec", "tasks"},
 }
 
 
@@ -42,27 +63,13 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node but those under `if TYPE_CHECKING:` (type hints import nothing at run time)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            yield from (n for child in node.orelse for n in _runtime_nodes_of(child))
-            continue
-        yield from _runtime_nodes_of(node)
-
-
-def _runtime_nodes_of(node: ast.AST):
-    yield node
-    yield from _runtime_nodes(node)
-
-
 def _imports(name: str, path: Path) -> set[str]:
     """The sweeper modules `name` imports, resolved to modules that exist (a name imported from
     a package that is itself a module counts as that module). A module's own parent packages are
     left out: Python runs them before the module in any case."""
     out: set[str] = set()
     is_package = path.name == "__init__.py"
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -112,20 +119,47 @@ def test_no_module_imports_itself_back_through_others():
     assert not cycles, "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles)
 
 
+def test_the_layers_are_ordered_so_none_imports_one_above_it():
+    order = list(LAYERS)
+    for layer, below in LAYERS.items():
+        above = sorted(other for other in below if order.index(other) >= order.index(layer))
+        assert not above, f"{layer} may import {above}, listed above it"
+
+
+def test_every_module_belongs_to_a_layer():
+    unplaced = sorted(m for m in MODULES if m not in LEAVES and _layer(m) not in LAYERS)
+    assert not unplaced, f"place these in LAYERS (or LEAVES): {unplaced}"
+    beyond = {leaf: GRAPH[leaf] - LEAVES for leaf in LEAVES}
+    assert not any(beyond.values()), f"a leaf imports more than leaves: {beyond}"
+
+
 def test_each_layer_imports_only_the_layers_below_it():
     wrong = []
     for module, targets in GRAPH.items():
         layer = _layer(module)
-        if layer not in ALLOWED:
+        if module in LEAVES:
             continue
         for target in targets:
             other = _layer(target)
-            if target in LEAVES or other == layer or other in ALLOWED[layer]:
+            if target in LEAVES or other == layer or other in LAYERS[layer]:
                 continue
             if other == "tasks" and target == "sweeper.tasks.assets":
                 continue
             wrong.append(f"{module} imports {target}")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"), [("training", "methods"), ("tracking", "engine"), ("methods", "engine")]
+)
+def test_the_pairs_that_once_imported_each_other_do_not(lower, upper):
+    """The training loop takes a wrapped model (no method registry); the tracking store speaks
+    only what it writes and reads (no plan); a method's config is its own (no probe config)."""
+    upward = sorted(
+        f"{m} imports {t}" for m, ts in GRAPH.items() for t in ts
+        if _layer(m) == lower and _layer(t) == upper
+    )  # fmt: skip
+    assert not upward, "\n".join(upward)
 
 
 def test_kernels_import_only_the_generator_and_block_sizes():

@@ -13,9 +13,9 @@ from mnist_helpers import write_fake_mnist
 
 from sweeper import methods
 from sweeper.errors import SpecError
-from sweeper.tasks import TASKS, build_problem, check_ready, check_task
+from sweeper.methods.run import make_trial, run_trial
+from sweeper.tasks import TASKS, TrainSettings, build_problem, check_ready, check_task
 from sweeper.tasks import mnist as mnist_task
-from sweeper.training.train import TrainSettings, TrialSpec, run_trial
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_the_loader_refuses_a_pickle_that_names_anything_but_numpy_arrays(tmp_pa
 )
 def test_each_model_trains_under_each_kind_of_method(fake_mnist, model, method, dim):
     settings = TrainSettings(optimizer="adam", lr=3e-2, steps=4, batch_size=32, eval_every=2)
-    spec = TrialSpec("mnist", model, method, dim, train=settings, threshold=0.5)
+    spec = make_trial("mnist", model, method, dim, train=settings, threshold=0.5)
     result = run_trial(spec, threads=1)
     assert result.steps == 4 and len(result.history) == 2
     assert result.outcome in ("pass", "fail") and 0 <= result.metric <= 1

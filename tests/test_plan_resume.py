@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeper.engine.plan import Cache, JobPlan, Request
+from sweeper.engine.plan import JobPlan, Request
 from sweeper.engine.tune_searcher import error_result
 from sweeper.spec import parse_spec
+from sweeper.tracking.cache import Cache
 
 QUICKSTART = yaml.safe_load((Path(__file__).parents[1] / "jobs" / "quickstart.yaml").read_text())
 WORKERS = 3
@@ -60,7 +61,7 @@ def _run(plan: JobPlan, stop_after: int | None = None) -> list[tuple[Request, di
 
 def _verdicts(plan: JobPlan) -> dict:
     return {
-        state.key: (
+        state.label: (
             plan.result(state),
             sorted((r["dim"], r["seed"]) for r in state.records),
         )
@@ -71,9 +72,9 @@ def _verdicts(plan: JobPlan) -> dict:
 def _resumed(spec, finished: list[tuple[Request, dict]]) -> JobPlan:
     cache = _baseline_cache(spec)
     first = JobPlan(spec, WORKERS, cache=cache)
-    hashes = {state.key: state.search_hash for _, state in first.searches()}
+    hashes = {state.label: state.search_hash for _, state in first.searches()}
     for request, result in finished:
-        cache.probes.setdefault(hashes[request.search], []).append(
+        cache.probes.setdefault(hashes[request.label], []).append(
             {"dim": request.dim, "seed": request.seed, **result}
         )
     return JobPlan(spec, WORKERS, cache=cache)
@@ -95,8 +96,8 @@ def test_resuming_after_a_stop_anywhere_gives_the_uninterrupted_probes_and_answe
     resumed = _resumed(spec, finished)
     rerun = _run(resumed)
     assert _verdicts(resumed) == _verdicts(whole)
-    ran_before = {(r.search, r.dim, r.seed) for r, _ in finished}
-    assert not ran_before & {(r.search, r.dim, r.seed) for r, _ in rerun}  # nothing re-run
+    ran_before = {(r.label, r.dim, r.seed) for r, _ in finished}
+    assert not ran_before & {(r.label, r.dim, r.seed) for r, _ in rerun}  # nothing re-run
 
 
 def test_a_probe_that_raises_ends_its_search_as_an_error_naming_it():
@@ -116,7 +117,7 @@ def test_a_probe_that_raises_ends_its_search_as_an_error_naming_it():
     assert "RuntimeError: boom" in state.error and f"at {broken.dim}" in state.error
     others = [s for _, s in plan.searches() if s is not state]
     assert all(plan.result(s).outcome != "error" for s in others)  # the others go on
-    assert all(r.search != broken.search for r in plan.propose())  # nothing more for it
+    assert all(r.label != broken.label for r in plan.propose())  # nothing more for it
 
 
 def test_one_task_under_two_option_sets_makes_two_pairs_that_both_finish():
@@ -138,7 +139,7 @@ def test_one_task_under_two_option_sets_makes_two_pairs_that_both_finish():
         "budget": {"max_probes": 4},
     }
     plan = JobPlan(parse_spec(data), WORKERS)
-    assert [p.key for p in plan.pairs] == [
+    assert [p.label for p in plan.pairs] == [
         "vector/toy-sums[groups=4,init_seed=1]",
         "vector/toy-sums[groups=4,init_seed=2]",
     ]
@@ -151,4 +152,4 @@ def test_one_task_under_two_option_sets_makes_two_pairs_that_both_finish():
                 result = {"metric": float(passed), "passed": passed, "outcome": "?"}
             plan.record(request, result)
     assert all(p.done for p in plan.pairs)
-    assert all(state.search is not None for _, state in plan.searches())
+    assert all(state.threshold_search is not None for _, state in plan.searches())

@@ -7,14 +7,14 @@ import torch
 from mnist_helpers import write_fake_mnist
 from torch import nn
 
-from sweeper.engine.plan import _trial_config
+from sweeper.engine.plan import trial_config
 from sweeper.errors import SpecError
+from sweeper.methods.run import check_trial, make_trial, run_trial
 from sweeper.projection import make_projection
 from sweeper.spec import parse_spec
 from sweeper.tasks import TrainSettings
 from sweeper.tasks import mnist as mnist_task
 from sweeper.training.resampled import ResampledModel, step_seed
-from sweeper.training.train import TrialSpec, check_trial, run_trial
 
 
 def tiny_net() -> nn.Module:
@@ -74,7 +74,7 @@ def fake_mnist(tmp_path, monkeypatch):
 
 def test_a_resampled_trial_trains_all_d_weights_and_counts_them(fake_mnist):
     settings = TrainSettings(optimizer="plain_sgd", lr=1.0, steps=6, batch_size=32, eval_every=3)
-    spec = TrialSpec("mnist", "fc", "resampled", 16, train=settings, threshold=0.5)
+    spec = make_trial("mnist", "fc", "resampled", 16, train=settings, threshold=0.5)
     check_trial(spec)
     result = run_trial(spec, threads=1)
     assert result.trainable_params == 199_210 and result.steps == 6
@@ -86,7 +86,9 @@ def test_a_resampled_trial_trains_all_d_weights_and_counts_them(fake_mnist):
     [({"projection": "sparse"}, "projection"), ({"dim": 10**6}, "dim")],
 )
 def test_check_trial_refuses_what_resampled_cannot_run(fake_mnist, change, field):
-    spec = TrialSpec(**{"task": "mnist", "model": "fc", "method": "resampled", "dim": 16, **change})
+    spec = make_trial(
+        **{"task": "mnist", "model": "fc", "method": "resampled", "dim": 16, **change}
+    )
     with pytest.raises(SpecError) as caught:
         check_trial(spec)
     assert caught.value.field == field
@@ -95,7 +97,7 @@ def test_check_trial_refuses_what_resampled_cannot_run(fake_mnist, change, field
 def test_lbfgs_is_refused_for_resampled(fake_mnist):
     settings = TrainSettings(optimizer="lbfgs")
     with pytest.raises(SpecError) as caught:
-        check_trial(TrialSpec("mnist", "fc", "resampled", 16, train=settings))
+        check_trial(make_trial("mnist", "fc", "resampled", 16, train=settings))
     assert caught.value.field == "train.optimizer"
 
 
@@ -111,5 +113,5 @@ def test_a_job_searches_resampled_only_where_the_task_supports_it():
         }
     )
     assert [(m, t.name, k) for m, t, k in spec.searches()] == [("fc", "mnist", "resampled")]
-    config = _trial_config(spec, "fc", spec.grid[0].tasks[0], "resampled")
+    config = trial_config(spec, "fc", spec.grid[0].tasks[0], "resampled").to_json()
     assert config["projection"] == "fastfood" and "generator" in config

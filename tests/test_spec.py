@@ -400,11 +400,12 @@ def test_fastfood_probes_hash_their_generator_version_and_other_kinds_do_not(mon
     from sweeper.projection.fastfood import generator
 
     spec = parse_spec(QUICKSTART)
-    base = plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")
+    task = spec.grid[0].tasks[0]
+    base = plan.trial_config(spec, "mlp", task, "did").to_json()
     assert base["projection"] == "fastfood" and base["generator"] == generator.VERSION
     monkeypatch.setattr(generator, "VERSION", generator.VERSION + 1)
-    assert digest(plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "did")) != digest(base)
-    assert "generator" not in plan._trial_config(spec, "mlp", spec.grid[0].tasks[0], "lora")
+    assert digest(plan.trial_config(spec, "mlp", task, "did").to_json()) != digest(base)
+    assert "generator" not in plan.trial_config(spec, "mlp", task, "lora").to_json()
 
 
 def test_lora_targets_the_model_does_not_have_are_refused_by_validate():

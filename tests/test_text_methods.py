@@ -10,11 +10,11 @@ import torch
 from text_helpers import HIDDEN, save_tiny_model, write_hub_layout
 
 from sweeper import methods
+from sweeper.methods.run import check_trial, make_trial, run_trial, wrap
 from sweeper.tasks import TrainSettings, build_problem
 from sweeper.tracking import schema as S
 from sweeper.training.compressed import restore, save_compressed
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
-from sweeper.training.train import TrialSpec, check_trial, run_trial, wrap
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5
 
@@ -70,7 +70,9 @@ def test_said_groups_a_transformer_by_layer(models, options, kind):
     model = SubspaceModel(problem.model, SubspaceConfig(d=40, method="said"), problem.head)
     assert model.group_names == SAID_GROUPS[kind]
     assert model.lam.numel() == 5 and model.theta_d.numel() == 35 and model.trainable_params == 40
-    lo, hi = methods.get("said").dim_range(problem, TrialSpec("glue/mrpc", models[kind], "said", 1))
+    lo, hi = methods.get("said").dim_range(
+        problem, make_trial("glue/mrpc", models[kind], "said", 1)
+    )
     assert lo == 6 and hi == model.D + 5  # d must leave room for θ_d; at most D + T
 
 
@@ -78,8 +80,8 @@ def test_said_groups_a_transformer_by_layer(models, options, kind):
 @pytest.mark.parametrize("head", ["train", "budget"])
 def test_lora_trainable_count_is_peft_count_and_the_analytic_one(models, options, kind, head):
     r = 4
-    spec = TrialSpec(
-        "glue/mrpc", models[kind], "lora", r, task_options=options, train=quick(1), head=head
+    spec = make_trial(
+        "glue/mrpc", models[kind], "lora", r, task_options=options, train=quick(1), head_policy=head
     )
     problem = build_problem("glue/mrpc", models[kind], options)
     module = wrap(problem, spec)
@@ -99,7 +101,7 @@ def test_lora_trainable_count_is_peft_count_and_the_analytic_one(models, options
 
 def test_a_head_inside_the_budget_does_not_cap_the_rank_at_the_label_count(models, options):
     problem = build_problem("glue/mrpc", models["bert"], options)
-    spec = TrialSpec("glue/mrpc", models["bert"], "lora", 1, head="budget")
+    spec = make_trial("glue/mrpc", models["bert"], "lora", 1, head_policy="budget")
     # the body's query/value bound r, not the head's 2 labels
     assert methods.get("lora").dim_range(problem, spec) == (1, HIDDEN)
 
@@ -107,14 +109,14 @@ def test_a_head_inside_the_budget_does_not_cap_the_rank_at_the_label_count(model
 def test_rslora_without_alpha_keeps_one_constant_alpha_at_every_rank(models, options):
     for r in (1, 4, 16):
         problem = build_problem("glue/mrpc", models["bert"], options)
-        module = wrap(problem, TrialSpec("glue/mrpc", models["bert"], "lora", r, rslora=True))
+        module = wrap(problem, make_trial("glue/mrpc", models["bert"], "lora", r, rslora=True))
         query = module.base_model.model.bert.encoder.layer[0].attention.self.query
         assert query.scaling["default"] == pytest.approx(2 / math.sqrt(r))  # alpha 2, not 2r
 
 
 def test_lora_targets_and_rslora_come_from_the_spec(models, options):
     problem = build_problem("glue/mrpc", models["bert"], options)
-    spec = TrialSpec(
+    spec = make_trial(
         "glue/mrpc",
         models["bert"],
         "lora",
@@ -122,7 +124,7 @@ def test_lora_targets_and_rslora_come_from_the_spec(models, options):
         lora_targets=("key",),
         rslora=True,
         lora_alpha=8,
-        head="train",
+        head_policy="train",
     )
     module = wrap(problem, spec)
     adapted = {
@@ -138,7 +140,7 @@ def test_lora_targets_and_rslora_come_from_the_spec(models, options):
 def test_lora_target_that_does_not_exist_is_a_spec_error(models, options):
     from sweeper.errors import SpecError
 
-    spec = TrialSpec(
+    spec = make_trial(
         "glue/mrpc", models["bert"], "lora", 2, task_options=options, lora_targets=("q_proj",)
     )
     with pytest.raises(SpecError) as caught:
@@ -148,7 +150,9 @@ def test_lora_target_that_does_not_exist_is_a_spec_error(models, options):
 
 @pytest.mark.parametrize("method,dim", [("full", None), ("did", 30), ("said", 30), ("lora", 2)])
 def test_every_method_trains_a_tiny_bert_and_reports_the_true_count(models, options, method, dim):
-    spec = TrialSpec("glue/mrpc", models["bert"], method, dim, task_options=options, train=quick(2))
+    spec = make_trial(
+        "glue/mrpc", models["bert"], method, dim, task_options=options, train=quick(2)
+    )
     result = run_trial(spec)
     assert result.steps == 2 and math.isfinite(result.loss) and 0 <= result.metric <= 1
     assert {"accuracy", "f1", "loss", "train/loss"} <= set(result.history[-1])
@@ -161,7 +165,7 @@ def test_gradient_accumulation_leaves_the_step_unchanged(models, options):
     """Two micro-batches of 8 are the batch of 16, so (without dropout) the same θ_d."""
     thetas = []
     for accum in (1, 2):
-        spec = TrialSpec(
+        spec = make_trial(
             "glue/mrpc",
             models["bert-no-dropout"],
             "did",
@@ -176,7 +180,7 @@ def test_gradient_accumulation_leaves_the_step_unchanged(models, options):
 def test_grad_accum_must_divide_the_batch(models, options):
     from sweeper.errors import SpecError
 
-    spec = TrialSpec(
+    spec = make_trial(
         "glue/mrpc",
         models["bert"],
         "did",
@@ -191,7 +195,7 @@ def test_grad_accum_must_divide_the_batch(models, options):
 
 @pytest.mark.parametrize("method", ["did", "said"])
 def test_compressed_tiny_bert_reloads_and_reproduces_its_metric(models, options, method, tmp_path):
-    spec = TrialSpec(
+    spec = make_trial(
         "glue/mrpc", models["bert"], method, 24, task_options=options, train=quick(3, lr=0.05)
     )
     result = run_trial(spec)

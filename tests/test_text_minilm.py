@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sweeper.methods.run import make_trial, run_trial
 from sweeper.tasks import TrainSettings, build_problem
 from sweeper.training.compressed import restore, save_compressed
-from sweeper.training.train import TrialSpec, run_trial
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -46,7 +46,7 @@ def test_minilm_loss_falls_within_a_few_steps(method, dim, optimizer, lr):
     problem = build_problem("rotten-tomatoes", "minilm", SMALL)
     before = batch_loss(problem, problem.model)
     settings = TrainSettings(optimizer=optimizer, lr=lr, steps=6, batch_size=16, eval_every=6)
-    spec = TrialSpec("rotten-tomatoes", "minilm", method, dim, task_options=SMALL, train=settings)
+    spec = make_trial("rotten-tomatoes", "minilm", method, dim, task_options=SMALL, train=settings)
     result = run_trial(spec)
     after = batch_loss(problem, result.module)
     assert after < before - 0.02, (before, after)
@@ -58,7 +58,7 @@ def test_minilm_loss_falls_within_a_few_steps(method, dim, optimizer, lr):
 
 def test_minilm_compressed_theta_d_reloads_and_reproduces_its_metric(tmp_path):
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=3, batch_size=16, eval_every=3)
-    spec = TrialSpec("rotten-tomatoes", "minilm", "said", 500, task_options=SMALL, train=settings)
+    spec = make_trial("rotten-tomatoes", "minilm", "said", 500, task_options=SMALL, train=settings)
     result = run_trial(spec)
     problem = build_problem("rotten-tomatoes", "minilm", SMALL)
     path = tmp_path / "minilm-said.safetensors"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sweeper.training.train import TrialSpec, run_trial
+from sweeper.methods.run import make_trial, run_trial
 
 
 def solved(method: str, d: int, groups: int, seed: int = 0) -> bool:
-    spec = TrialSpec(
+    spec = make_trial(
         "toy-sums", "vector", method, d, seed=seed, task_options={"groups": groups}, threshold=1.0
     )
     return run_trial(spec).passed
@@ -33,4 +33,4 @@ def test_answer_does_not_depend_on_the_projection_seed(seed):
 
 
 def test_full_fine_tuning_solves_it():
-    assert run_trial(TrialSpec("toy-sums", "vector", "full", threshold=1.0)).passed
+    assert run_trial(make_trial("toy-sums", "vector", "full", threshold=1.0)).passed

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from sweeper.cli import main
+from sweeper.methods.run import make_trial, run_trial
 from sweeper.training.compressed import load_compressed, restore
-from sweeper.training.train import TrialSpec, run_trial
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -84,6 +84,16 @@ def test_train_digits_reports_accuracy(capsys):
         (["--task", "digits", "--model", "resnet", "--method", "did", "--d", "3"], "--model"),
         (["--task", "digits", "--method", "did", "--d", "3", "--steps", "0"], "--steps"),
         (["--task", "digits", "--method", "did", "--d", "3", "--lr", "-1"], "--lr"),
+        # the method options' flags come from their MethodOptions, checked by the spec's rules
+        (["--task", "digits", "--method", "lora", "--r", "2", "--lora-alpha", "0"], "--lora-alpha"),
+        (
+            ["--task", "digits", "--method", "lora", "--r", "2", "--lora-dropout", "1"],
+            "--lora-dropout",
+        ),
+        (
+            ["--task", "digits", "--method", "lora", "--r", "2", "--lora-target", "nope"],
+            "--lora-target",
+        ),
     ],
 )
 def test_misuse_exits_2_naming_the_argument(capsys, argv, names):
@@ -101,7 +111,7 @@ def test_argparse_misuse_exits_2(capsys):
 def test_diverged_trial_is_reported_as_diverged():
     from sweeper.tasks import TrainSettings
 
-    spec = TrialSpec(
+    spec = make_trial(
         "digits", "mlp", "did", 50, train=TrainSettings(optimizer="sgd", lr=1e30, steps=20)
     )
     result = run_trial(spec)
@@ -141,7 +151,7 @@ def test_compressed_model_with_trained_head_round_trip(tmp_path):
     from sweeper.training.compressed import save_compressed
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=50, eval_every=25)
-    spec = TrialSpec("digits", "mlp", "did", 32, head="train", train=settings)
+    spec = make_trial("digits", "mlp", "did", 32, head_policy="train", train=settings)
     result = run_trial(spec)
     path = tmp_path / "m.safetensors"
     save_compressed(path, result.module, build_problem("digits", "mlp", {}).model_ref)
@@ -154,7 +164,7 @@ def test_hopeless_probe_stops_on_a_plateau_below_the_bar():
     from sweeper.tasks import TrainSettings
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=400, eval_every=10)
-    spec = TrialSpec("digits", "mlp", "did", 3, train=settings, threshold=0.99, patience=2)
+    spec = make_trial("digits", "mlp", "did", 3, train=settings, threshold=0.99, patience=2)
     result = run_trial(spec)
     assert result.stop_reason == "hopeless" and result.steps < 400 and not result.passed
 
@@ -178,7 +188,7 @@ def test_a_fastfood_model_from_generator_1_is_refused_not_silently_rebuilt(tmp_p
 
     settings = TrainSettings(optimizer="adam", lr=0.05, steps=5)
     for projection in ("fastfood", "sparse"):
-        spec = TrialSpec("digits", "mlp", "did", 16, projection=projection, train=settings)
+        spec = make_trial("digits", "mlp", "did", 16, projection=projection, train=settings)
         result = run_trial(spec)
         path, old = tmp_path / f"{projection}.safetensors", tmp_path / f"{projection}-1.safetensors"
         save_compressed(path, result.module, build_problem("digits", "mlp", {}).model_ref)

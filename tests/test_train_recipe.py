@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper.engine.probe import ProbeConfig, build, task_options, trial_spec
 from sweeper.errors import SpecError
+from sweeper.methods.run import make_trial, run_trial
 from sweeper.tasks import Problem, TrainSettings
 from sweeper.training.subspace import SubspaceConfig, SubspaceModel
-from sweeper.training.train import TrialSpec, make_optimizer, run_trial, theta_penalty
+from sweeper.training.train import make_optimizer, theta_penalty
+from sweeper.training.trial import Trial
 
 
 def _scripted(select: list[float], report: float = 0.5, train_size: int = 64) -> Problem:
@@ -51,8 +52,8 @@ def _scripted(select: list[float], report: float = 0.5, train_size: int = 64) ->
     )
 
 
-def _trial(**changes) -> TrialSpec:
-    return TrialSpec(task="scripted", model="mlp", method="full", **changes)
+def _trial(**changes) -> Trial:
+    return make_trial(task="scripted", model="mlp", method="full", **changes)
 
 
 def test_the_stop_bar_on_select_decides_not_the_report_bar():
@@ -126,13 +127,12 @@ def test_decay_on_theta_trains_and_refuses_adapters():
 
 
 def test_per_probe_init_draws_theta0_from_the_seed_and_replays_it():
-    config = ProbeConfig(task="digits", model="mlp", method="did", init="per_probe")
-    seeds = [task_options(replace(config, seed=s))["init_seed"] for s in (0, 1, 0)]
+    config = make_trial("digits", "mlp", "did", init="per_probe")
+    seeds = [replace(config, seed=s).problem_options()["init_seed"] for s in (0, 1, 0)]
     assert seeds[0] == seeds[2] != seeds[1]
-    first, again, other = (build(replace(config, seed=s)) for s in (0, 0, 1))
+    first, again, other = (replace(config, seed=s).build() for s in (0, 0, 1))
     weight = lambda p: next(p.model.parameters())  # noqa: E731
     assert torch.equal(weight(first), weight(again))
     assert not torch.equal(weight(first), weight(other))
     fixed = replace(config, init="fixed", seed=1)
-    assert task_options(fixed) == {} and "init" not in fixed.to_json()
-    assert trial_spec(replace(config, seed=1), other).task_options["init_seed"] == seeds[1]
+    assert fixed.problem_options() == {} and "init" not in fixed.to_json()

@@ -74,9 +74,9 @@ def cluster_tracking(spec: JobSpec, override: str | None) -> dict[str, str]:
     scheme = urlparse(uri).scheme.split("+")[0]
     artifacts = spec.tracking.artifact_location
     if scheme in ("http", "https"):
-        pass  # None: the server keeps them, as `tracking.schema.store_uris` decides for any job
+        pass  # None: the server keeps them, as `store.store_uris` decides for any job
     elif scheme == "sqlite":
-        from sweeper.tracking.schema import store_uris
+        from sweeper.store import store_uris
 
         path = Path(uri.removeprefix("sqlite:///"))
         if not uri.startswith("sqlite:///") or not path.is_absolute():

@@ -74,7 +74,7 @@ def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
     """The store to read: the argument, $MLFLOW_TRACKING_URI, or the embedded default's file."""
     uri = given or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        from sweeper.tracking.schema import default_store
+        from sweeper.store import default_store
 
         candidates = {default_store(Path("runs", e)).resolve() for e in experiments}
         found = sorted(p for p in candidates if p.is_file())
@@ -85,7 +85,7 @@ def tracking_uri(given: str | None, experiments: Sequence[str]) -> str:
                 f"not given and {why}; pass e.g. --tracking-uri sqlite:///runs/quickstart/mlflow.db",
             )
         uri = f"sqlite:///{found[0]}"
-    from sweeper.preflight import scheme_of, server_problem, store_problem
+    from sweeper.store import scheme_of, server_problem, store_problem
 
     problem = store_problem(uri)  # MLflow would make a store of an empty file or a new folder
     if not problem and scheme_of(uri) in ("http", "https"):
@@ -129,14 +129,14 @@ def _writable(
     return path
 
 
-RUN_DIR_MARK = "mlflow.db"  # a run dir holds its store under this name (schema.default_store)
+RUN_DIR_MARK = "mlflow.db"  # a run dir holds its store under this name (store.default_store)
 
 
 def _protected(path: Path, store: Path | None) -> str | None:
     """Why `path` (its links resolved) must not be written: it is the store being read, any
     SQLite database, or a file inside a run dir (a folder holding an mlflow.db, or the
     store's own folder); None if it may be."""
-    from sweeper.preflight import SQLITE_MAGIC
+    from sweeper.store import SQLITE_MAGIC
 
     real = path.resolve()
     if store is not None and real == store.resolve():
@@ -187,7 +187,7 @@ def _own_output(flag: str, path: Path) -> bool:
 
 
 def _store_file(uri: str) -> Path | None:
-    from sweeper.preflight import scheme_of, sqlite_path
+    from sweeper.store import scheme_of, sqlite_path
 
     return sqlite_path(uri) if scheme_of(uri) == "sqlite" else None
 
@@ -198,7 +198,7 @@ def _loader(uri: str, experiments: Sequence[str], ui_base: str):
 
     from sweeper.dashboard.read import read_snapshot
     from sweeper.dashboard.views import view_data
-    from sweeper.preflight import shown
+    from sweeper.errors import shown
 
     client = MlflowClient(tracking_uri=uri)
 
@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from sweeper.dashboard.server import DashboardServer
-    from sweeper.preflight import shown
+    from sweeper.errors import shown
 
     ui_base = _check_url(args.mlflow_ui)
     if not 0 <= args.port <= 65535:

@@ -27,9 +27,9 @@ from sweeper import methods
 from sweeper.digest import digest
 from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
-from sweeper.engine.stops import stops
 from sweeper.errors import StoreError
 from sweeper.spec import JobSpec
+from sweeper.stops import stops
 from sweeper.tracking.write import Tracker
 
 
@@ -257,7 +257,7 @@ class JobRunner:
             self._fit()
         with stops.held():
             for pair, state in self.plan.searches():  # a wall-time budget may have cut searches
-                if state.search is not None and state.key not in self.logged:
+                if state.threshold_search is not None and state.label not in self.logged:
                     self.tracker.finish_search(state, pair, self.plan.result(state))
         return self._summary()
 
@@ -284,13 +284,17 @@ class JobRunner:
     def _finish_ready(self) -> None:
         """Write each baseline and search verdict to MLflow as soon as it is final."""
         for pair in self.plan.pairs:
-            if pair.done and not pair.pending and pair.key not in self.logged:
+            if pair.done and not pair.pending and pair.label not in self.logged:
                 self.tracker.finish_baseline(pair)
-                self.logged.add(pair.key)
+                self.logged.add(pair.label)
         for pair, state in self.plan.searches():
-            if state.search is not None and state.finished and state.key not in self.logged:
+            if (
+                state.threshold_search is not None
+                and state.finished
+                and state.label not in self.logged
+            ):
                 self.tracker.finish_search(state, pair, self.plan.result(state))
-                self.logged.add(state.key)
+                self.logged.add(state.label)
 
     def _fit(self) -> None:
         """Run the plan's trials with Tune until the plan is finished or its budget ends."""
@@ -397,7 +401,9 @@ class JobRunner:
                     probes=result.probes if result else 0,
                     reused=sum(1 for r in state.records if r.get("reused")),
                     perf_full=pair.perf_full,
-                    threshold=state.search.settings.threshold if state.search else math.nan,
+                    threshold=state.threshold_search.settings.threshold
+                    if state.threshold_search
+                    else math.nan,
                     error=state.error or pair.error or (None if result else self._no_time()),
                     warning=pair.warning,
                     note=methods.get(state.method).describe(state.base_config),

@@ -20,18 +20,15 @@ from typing import Any
 
 from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine.probe import ProbeConfig, trial_spec
 from sweeper.search import Probe, ProbeResult, SearchResult, SearchSettings, ThresholdSearch
 from sweeper.spec import JobSpec, TaskRef
 from sweeper.tasks import TASKS, Problem, build_problem
+from sweeper.tracking.cache import Cache, baseline_score
+from sweeper.tracking.schema import family_hash
 from sweeper.training.train import RULE
+from sweeper.training.trial import Trial
 
 BuildProblem = Callable[[str, str, dict], Problem]  # (task, model, options) → Problem
-
-
-def family(config: dict[str, Any]) -> str:
-    """Hash of a trial config less its dim and seed: one search, or one baseline."""
-    return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})
 
 
 @dataclass(frozen=True)
@@ -39,38 +36,28 @@ class Request:
     """One trial to run: a baseline seed or a search probe, with its full probe config."""
 
     kind: str  # "baseline" | "probe"
-    search: str  # "model/task/method"
+    label: str  # its search's, "model/task/method" (a baseline's: "model/task/full")
     seed: int
     dim: int | None
     config: dict[str, Any]
 
     @property
-    def key(self) -> str:
+    def config_hash(self) -> str:
         """Identity of the probe: a hash of everything that determines its result."""
         return digest(self.config)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "search", "seed", "dim", "config")}
-
-
-@dataclass
-class Cache:
-    """Finished results found in the tracking store, by the hash of the config they ran."""
-
-    baselines: dict[str, dict[int, float]] = field(default_factory=dict)  # hash → seed → metric
-    # hash → seed → the chosen checkpoint's select score (the stop-on-pass bar's basis)
-    baselines_select: dict[str, dict[int, float]] = field(default_factory=dict)
-    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # search hash → records
+        return {k: getattr(self, k) for k in ("kind", "label", "seed", "dim", "config")}
 
 
 @dataclass
 class SearchState:
-    key: str
+    label: str  # "model/task/method"
     model: str
     task: TaskRef
     method: str
-    base_config: ProbeConfig  # the probe config without dim, seed, threshold
-    search: ThresholdSearch | None = None
+    base_config: Trial  # the probe config without dim, seed, threshold
+    threshold_search: ThresholdSearch | None = None  # once the baseline gives the bar
     records: list[dict[str, Any]] = field(default_factory=list)
     search_hash: str | None = None
     stop_threshold: float | None = None  # the stop-on-pass bar on `select`, once the baseline is in
@@ -80,11 +67,11 @@ class SearchState:
 
     @property
     def finished(self) -> bool:
-        if self.search is None:
+        if self.threshold_search is None:
             return True
         if self.error is not None:
             return not self.in_flight
-        return self.search.finished
+        return self.threshold_search.finished
 
     @property
     def dim_name(self) -> str:
@@ -93,10 +80,10 @@ class SearchState:
 
 @dataclass
 class PairState:
-    key: str
+    label: str  # "model/task" (with its options when a model runs the task twice)
     model: str
     task: TaskRef
-    baseline_config: ProbeConfig  # without seed
+    baseline_config: Trial  # without seed
     baseline_hash: str
     seeds: int
     results: dict[int, float] = field(default_factory=dict)
@@ -144,31 +131,32 @@ class PairState:
         bad = sorted(seed for seed, v in self.results.items() if not math.isfinite(v))
         if bad:
             return (
-                f"baseline seed(s) {bad} of {self.key} diverged or errored, so perf_full is "
+                f"baseline seed(s) {bad} of {self.label} diverged or errored, so perf_full is "
                 "undefined; lower methods.full.train.lr (or its lr_search range) and run again"
             )
         if not math.isfinite(stop_threshold):
             return (
-                f"the baseline of {self.key} has no select score to make the stop-on-pass bar "
+                f"the baseline of {self.label} has no select score to make the stop-on-pass bar "
                 "from (a store written before select scores were kept?); run it anew under "
                 "another job name"
             )
         if self.chance is not None and threshold <= self.chance:
             return (
-                f"the bar {threshold:.4g} for {self.key} is at or below chance ({self.chance:.4g}, "
-                f"a constant guess on the report set; the baseline scored {self.perf_full:.4g}): "
+                f"the bar {threshold:.4g} for {self.label} is at or below chance "
+                f"({self.chance:.4g}, a constant guess on the report set; the baseline scored "
+                f"{self.perf_full:.4g}): "
                 "raise the threshold, or make the baseline learn (its lr, steps)"
             )
         return None
 
 
-def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> ProbeConfig:
+def trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Trial:
     """The config every probe of (model, task, method) shares: no threshold, dim or seed."""
     train = spec.train_for(method).model_dump(exclude_none=True)
     lr_search = train.pop("lr_search", None)
     searched = methods.get(method).searched
     m = getattr(spec.methods, method)
-    return ProbeConfig(
+    return Trial(
         task=task.name,
         model=model,
         task_options=dict(task.options),
@@ -178,20 +166,14 @@ def probe_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Probe
         # the decision rule and the head policy: part of every hash, so results chosen or
         # scored another way are never reused as if they were the same probe
         rule=RULE,
-        head=spec.head,
+        head_policy=spec.head,
         init=spec.init,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
         stop_on_pass=spec.early_stop.on_pass and searched,
         pass_margin_z=spec.early_stop.pass_margin_z,
         patience=spec.early_stop.hopeless_patience if searched else None,
-        **methods.get(method).probe_options(m, spec.resources.fastfood_kernel),
+        method_options=methods.get(method).options_from_spec(m, spec.resources.fastfood_kernel),
     )
-
-
-def _trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> dict[str, Any]:
-    """`probe_config`'s JSON less its dim and seed: what `family` hashes."""
-    config = probe_config(spec, model, task, method).to_json()
-    return {k: v for k, v in config.items() if k not in ("dim", "seed")}
 
 
 class JobPlan:
@@ -212,24 +194,24 @@ class JobPlan:
         self.pairs: list[PairState] = []
         names = pair_names(spec.pairs())
         for (model, task), name in zip(spec.pairs(), names, strict=True):
-            config = probe_config(spec, model, task, "full")
+            config = trial_config(spec, model, task, methods.BASELINE)
             pair = PairState(
-                key=name,
+                label=name,
                 model=model,
                 task=task,
                 baseline_config=config,
-                baseline_hash=family(config.to_json()),
+                baseline_hash=family_hash(config.to_json()),
                 seeds=spec.seeds.baseline,
             )
             for method in spec.methods.searched():
                 if method in methods.supported(TASKS[task.name].unsupported):
                     pair.searches.append(
                         SearchState(
-                            key=f"{name}/{method}",
+                            label=f"{name}/{method}",
                             model=model,
                             task=task,
                             method=method,
-                            base_config=probe_config(spec, model, task, method),
+                            base_config=trial_config(spec, model, task, method),
                         )
                     )
             cached = self.cache.baselines.get(pair.baseline_hash, {})
@@ -252,22 +234,27 @@ class JobPlan:
                 if seed not in pair.results and seed not in pair.pending:
                     pair.pending.add(seed)
                     config = replace(pair.baseline_config, seed=seed).to_json()
-                    out.append(Request("baseline", pair.key + "/full", seed, None, config))
+                    out.append(
+                        Request("baseline", f"{pair.label}/{methods.BASELINE}", seed, None, config)
+                    )
         for pair in self.pairs:
             for state in pair.searches:
-                if state.search is None or state.error is not None:
+                if state.threshold_search is None or state.error is not None:
                     continue
-                probes, state.backlog = state.backlog or state.search.propose(self.workers), []
+                probes, state.backlog = (
+                    state.backlog or state.threshold_search.propose(self.workers),
+                    [],
+                )
                 for probe in probes:
                     state.in_flight.add((probe.dim, probe.seed))
                     config = replace(
                         state.base_config,
-                        threshold=state.search.settings.threshold,
+                        threshold=state.threshold_search.settings.threshold,
                         stop_threshold=state.stop_threshold,
                         dim=probe.dim,
                         seed=probe.seed,
                     ).to_json()
-                    out.append(Request("probe", state.key, probe.seed, probe.dim, config))
+                    out.append(Request("probe", state.label, probe.seed, probe.dim, config))
         return out
 
     def record(self, request: Request, result: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +263,7 @@ class JobPlan:
         row = _record(request, result, reused=False)
         failure = None
         if row["outcome"] == "error":
-            failure = f"{request.search} {_where(request)} raised {result.get('error', '?')}"
+            failure = f"{request.label} {_where(request)} raised {result.get('error', '?')}"
         if request.kind == "baseline":
             pair = self.pair_of(request)
             pair.pending.discard(request.seed)
@@ -294,7 +281,9 @@ class JobPlan:
         if failure is not None:  # never a fail: the probe measured nothing
             state.error = state.error or failure
             return row
-        state.search.record(ProbeResult(request.dim, request.seed, row["metric"], row["passed"]))
+        state.threshold_search.record(
+            ProbeResult(request.dim, request.seed, row["metric"], row["passed"])
+        )
         return row
 
     def start_searches(self, pair: PairState) -> None:
@@ -305,9 +294,9 @@ class JobPlan:
         threshold, stop_threshold = rule.bars(pair.perf_full, pair.perf_full_select)
         problem = None
         for state in pair.searches:
-            if state.search is not None:
+            if state.threshold_search is not None:
                 continue
-            m = getattr(self.spec.methods, state.method).search
+            search_range = getattr(self.spec.methods, state.method).search
             problem = problem or self.build(pair.task.name, pair.model, pair.task.options)
             pair.chance = problem.chance
             pair.error = pair.threshold_error(threshold, stop_threshold)
@@ -315,15 +304,17 @@ class JobPlan:
                 return
             if rule.absolute is not None and threshold > pair.perf_full:
                 pair.warning = (
-                    f"the absolute bar {threshold:.4g} is above what the baseline of {pair.key} "
+                    f"the absolute bar {threshold:.4g} is above what the baseline of {pair.label} "
                     f"reached ({pair.perf_full:.4g}): expect no pass within the range"
                 )
-            spec = trial_spec(replace(state.base_config, dim=1), problem)
-            floor, limit = methods.get(state.method).dim_range(problem, spec)
-            hi = max(min(m.hi, limit), floor + 1)  # past D (or a layer's width) adds nothing
-            state.search = ThresholdSearch(
+            trial = replace(state.base_config, dim=1)
+            floor, limit = methods.get(state.method).dim_range(problem, trial)
+            hi = max(
+                min(search_range.hi, limit), floor + 1
+            )  # past D (or a layer's width) adds nothing
+            state.threshold_search = ThresholdSearch(
                 SearchSettings(
-                    lo=min(max(m.lo, floor), hi - 1),
+                    lo=min(max(search_range.lo, floor), hi - 1),
                     hi=hi,
                     hard_hi=max(limit, hi),
                     hard_lo=min(floor, hi - 1),  # widening lo never goes below what can run
@@ -336,7 +327,7 @@ class JobPlan:
             )
             state.stop_threshold = stop_threshold
             bars = replace(state.base_config, threshold=threshold, stop_threshold=stop_threshold)
-            state.search_hash = family(bars.to_json())
+            state.search_hash = family_hash(bars.to_json())
             self._replay(state, self.cache.probes.get(state.search_hash, []))
 
     def _replay(self, state: SearchState, records: list[dict[str, Any]]) -> None:
@@ -349,10 +340,12 @@ class JobPlan:
         those of another path (another worker count) are not used."""
         known = {(r["dim"], r["seed"]): r for r in records}
         while known:
-            probes = state.search.propose(self.workers)
+            probes = state.threshold_search.propose(self.workers)
             if not probes:  # finished: its verdict still counts every stored probe of it
                 for (dim, seed), record in sorted(known.items()):  # (a lowered max_probes)
-                    state.search.record(ProbeResult(dim, seed, record["metric"], record["passed"]))
+                    state.threshold_search.record(
+                        ProbeResult(dim, seed, record["metric"], record["passed"])
+                    )
                     state.records.append({**record, "reused": True})
                 return
             state.backlog = [p for p in probes if (p.dim, p.seed) not in known]
@@ -360,7 +353,9 @@ class JobPlan:
                 record = known.pop((probe.dim, probe.seed), None)
                 if record is not None:
                     metric, passed = record["metric"], record["passed"]
-                    state.search.record(ProbeResult(probe.dim, probe.seed, metric, passed))
+                    state.threshold_search.record(
+                        ProbeResult(probe.dim, probe.seed, metric, passed)
+                    )
                     state.records.append({**record, "reused": True})
             if state.backlog:
                 return
@@ -379,21 +374,25 @@ class JobPlan:
     def result(self, state: SearchState) -> SearchResult | None:
         """The search's verdict (partial if a wall-time budget stopped it); None: no baseline.
         A search with an errored probe has no verdict: `error`, whatever else it saw."""
-        if state.search is None:
+        if state.threshold_search is None:
             return None
         if state.error is not None:
             return SearchResult("error", None, None, None, len(state.records))
-        return state.search.result(partial=True)
+        return state.threshold_search.result(partial=True)
 
     def searches(self) -> list[tuple[PairState, SearchState]]:
         return [(pair, state) for pair in self.pairs for state in pair.searches]
 
     def pair_of(self, request: Request) -> PairState:
-        key = request.search.removesuffix("/full") if request.kind == "baseline" else None
-        return next(p for p in self.pairs if p.key == key)
+        key = (
+            request.label.removesuffix(f"/{methods.BASELINE}")
+            if request.kind == "baseline"
+            else None
+        )
+        return next(p for p in self.pairs if p.label == key)
 
     def search_of(self, request: Request) -> SearchState:
-        return next(s for p in self.pairs for s in p.searches if s.key == request.search)
+        return next(s for p in self.pairs for s in p.searches if s.label == request.label)
 
 
 def pair_names(pairs: list[tuple[str, TaskRef]]) -> list[str]:
@@ -410,13 +409,6 @@ def pair_names(pairs: list[tuple[str, TaskRef]]) -> list[str]:
             name += f"[{options}]"
         names.append(name)
     return names
-
-
-def baseline_score(outcome: str, metric: float) -> float:
-    """A baseline seed's score for perf_full; nan (an error to report) when the seed diverged
-    or raised. A diverged seed can still carry the report score of an earlier checkpoint; the
-    bar must not rest on a run whose optimisation blew up."""
-    return math.nan if outcome in ("diverged", "error") else metric
 
 
 def _where(request: Request) -> str:

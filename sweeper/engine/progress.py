@@ -17,7 +17,7 @@ from sweeper.engine.plan import JobPlan, Request
 
 def trial_line(request: Request, result: dict[str, Any], elapsed: float, finished: int) -> str:
     """One finished trial: what ran, its outcome, score, time or error, and the count so far."""
-    what = request.search if request.dim is None else f"{request.search} at {request.dim}"
+    what = request.label if request.dim is None else f"{request.label} at {request.dim}"
     metric = result.get("metric")
     score = f"{result.get('metric_name', 'metric')} {metric:.4g}" if _is_number(metric) else ""
     took = f"{result['seconds']:.0f}s" if _is_number(result.get("seconds")) else ""
@@ -37,22 +37,24 @@ def view(plan: JobPlan, running: list[Request], finished: int, elapsed: float) -
     for col in ("search", "phase", "bracket", "probes", "running", "answer"):
         table.add_column(col)
     for pair, state in plan.searches():
-        busy = sum(1 for r in running if r.search == state.key)
-        if state.search is None:
+        busy = sum(1 for r in running if r.label == state.label)
+        if state.threshold_search is None:
             base = f"{len(pair.results)}/{pair.seeds} baseline seeds"
             verdict = "baseline error" if pair.error else "-"
-            table.add_row(state.key, "baseline", "-", base, str(busy), verdict)
+            table.add_row(state.label, "baseline", "-", base, str(busy), verdict)
             continue
-        status = state.search.status()
+        status = state.threshold_search.status()
         answer = "-"
         if state.error is not None:
             answer = "error"
         elif status.phase == "done":
-            result = state.search.result()
+            result = state.threshold_search.result()
             answer = f"{state.dim_name}90={result.answer}" if result.answer else result.outcome
             answer = answer.replace("not_bracketed_", "not bracketed: ").replace("_", " ")
         bracket = f"({status.bracket[0]}, {status.bracket[1]}]" if status.bracket else "-"
-        table.add_row(state.key, status.phase, bracket, str(status.probes_done), str(busy), answer)
+        table.add_row(
+            state.label, status.phase, bracket, str(status.probes_done), str(busy), answer
+        )
     head = Text(f"trials finished {finished} · running {len(running)} · elapsed {elapsed:.0f}s")
     return Group(head, table)
 

@@ -99,10 +99,10 @@ class PlanSearcher(Searcher):
             self.failure = self.failure or e  # the first says why; later ones follow from it
 
     def _lost(self, request: Request) -> None:
-        lost = self.lost[request.key] = self.lost.get(request.key, 0) + 1
+        lost = self.lost[request.config_hash] = self.lost.get(request.config_hash, 0) + 1
         if lost > LOST_REQUEUES:
             self.failure = self.failure or TrialLost(
-                f"{request.search} at {request.dim} (seed {request.seed}) was lost with its "
+                f"{request.label} at {request.dim} (seed {request.seed}) was lost with its "
                 f"worker or node {lost} times (each after Tune's own retries); the job stopped, "
                 "`sweeper resume` runs it again"
             )

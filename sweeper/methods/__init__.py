@@ -49,5 +49,6 @@ register(subspace.DID)
 register(subspace.SAID)
 register(lora.LORA)
 register(resampled.RESAMPLED)
+BASELINE = full.FULL.name  # the method perf_full is measured with: the one a job never searches
 
-__all__ = ["METHODS", "Method", "dim_name", "get", "register", "searched", "supported"]
+__all__ = ["BASELINE", "METHODS", "Method", "dim_name", "get", "register", "searched", "supported"]

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sweeper.methods.base import Method
+from sweeper.methods.base import Method, Trial
 
 if TYPE_CHECKING:
     from torch import nn
 
     from sweeper.tasks import Problem
-    from sweeper.training.train import TrialSpec
 
 
 class Full(Method):
     name = "full"
     searched = False
 
-    def wrap(self, problem: Problem, spec: TrialSpec) -> nn.Module:
+    def wrap(self, problem: Problem, trial: Trial) -> nn.Module:
         return problem.model
 
 

@@ -19,9 +19,6 @@ ROLES: tuple[Role, ...] = ("select", "report")
 SEED_MAX = 2**32 - 1  # task seeds (init_seed, data_seed), as for a trial's seed
 
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs", "plain_sgd")  # see TrainSettings.optimizer
-
-
 @dataclass(frozen=True)
 class TrainSettings:
     """One trial's optimisation: the defaults a task suggests, overridable per job and method.
@@ -59,6 +56,35 @@ class TrainSettings:
         if not train_size:
             raise ValueError("epochs needs the train set's size; this task does not give it")
         return self.epochs * max(1, train_size // min(self.batch_size, train_size))
+
+    @property
+    def optimizer_decay(self) -> float:
+        """The optimizer's own weight decay: none when it is applied to θ in the loss."""
+        return self.weight_decay if self.weight_decay_on == "params" else 0.0
+
+
+Params = list[nn.Parameter]
+# TrainSettings.optimizer → how it is built: one mapping, read by the spec's schema and the loop
+OPTIMIZERS: dict[str, Callable[[TrainSettings, Params], torch.optim.Optimizer]] = {
+    "adam": lambda s, params: torch.optim.Adam(
+        params, lr=s.lr, betas=tuple(s.adam_betas), weight_decay=s.optimizer_decay
+    ),
+    "adamw": lambda s, params: torch.optim.AdamW(
+        params, lr=s.lr, betas=tuple(s.adam_betas), weight_decay=s.optimizer_decay
+    ),
+    "sgd": lambda s, params: torch.optim.SGD(params, lr=s.lr, momentum=0.9),
+    "lbfgs": lambda s, params: torch.optim.LBFGS(
+        params,
+        lr=s.lr,
+        max_iter=100,
+        history_size=100,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+    ),
+    # no momentum: each update is the step's (projected) gradient alone
+    "plain_sgd": lambda s, params: torch.optim.SGD(params, lr=s.lr, weight_decay=s.optimizer_decay),
+}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -21,11 +20,9 @@ from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.search import ProbeResult, SearchSettings, ThresholdSearch
 from sweeper.tracking import schema as S
+from sweeper.tracking.cache import Cache, baseline_score
 from sweeper.tracking.jobs import TAG_BESIDE
 from sweeper.tracking.schema import ProbeRow, as_finite
-
-if TYPE_CHECKING:  # the plan's types only: the dashboards import no torch
-    from sweeper.engine.plan import Cache
 
 PAGE = 10_000
 
@@ -46,8 +43,6 @@ def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str
 
 def load_cache(client: MlflowClient, experiment_id: str) -> Cache:
     """Finished probes of this experiment, and finished baseline seeds of any experiment."""
-    from sweeper.engine.plan import Cache, baseline_score
-
     cache = Cache()
     probes = f"{S.tag_is(S.TAG_KIND, S.KIND_PROBE)} and {S.FINISHED}"
     for run in all_runs(client, [experiment_id], probes):

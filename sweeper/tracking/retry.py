@@ -7,7 +7,7 @@ cuts that to 3 retries (~12 s) unless MLFLOW_HTTP_REQUEST_MAX_RETRIES is set, si
 stop a request MLflow is retrying. This layer adds what that lacks:
 
 * a bounded, configurable patience (`tracking.retry_seconds`) that a Ctrl-C or SIGTERM ends
-  between attempts (`sweeper.engine.stops`);
+  between attempts (`sweeper.stops`);
 * retries of a *whole* write, not one request: the writes it wraps are made idempotent by the
   caller (a child run is found again by its write id before it is re-created), because a request
   MLflow retried after it reached the server may already have taken effect.
@@ -26,8 +26,8 @@ from typing import TypeVar
 import requests
 from mlflow.exceptions import MlflowException
 
-from sweeper.engine.stops import stop_requested
 from sweeper.errors import StoreError
+from sweeper.stops import stop_requested
 
 log = logging.getLogger("sweeper.tracking")
 T = TypeVar("T")

@@ -11,44 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from sweeper.digest import digest
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
-
-    from sweeper.spec import JobSpec
-
-# --- where a job's store is ------------------------------------------------------------------
-
-STORE_FILE = "mlflow.db"  # the default SQLite store, in the job's run dir
-ARTIFACTS_DIR = "artifacts"  # the default artifact folder, beside it
-
-
-def default_store(run_dir: Path) -> Path:
-    """The SQLite file of a job that names no tracking URI."""
-    return run_dir / STORE_FILE
-
-
-def store_uris(
-    run_dir: Path, uri: str | None = None, artifacts: str | None = None
-) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): the given ones, else SQLite + a folder in `run_dir`.
-
-    A tracking server keeps the artifacts itself (None: its `--artifacts-destination`, served
-    over HTTP), so workers and drivers on other machines need no shared folder.
-    """
-    uri = uri or f"sqlite:///{default_store(run_dir)}"
-    if artifacts is None and not uri.startswith(("http://", "https://")):
-        artifacts = (run_dir / ARTIFACTS_DIR).as_uri()
-    return uri, artifacts
-
-
-def default_uris(spec: JobSpec) -> tuple[str, str | None]:
-    """A job's (tracking URI, artifact location): the spec's, else the run dir's defaults."""
-    return store_uris(spec.run_dir.resolve(), spec.tracking.uri, spec.tracking.artifact_location)
 
 
 # --- experiment tags ---------------------------------------------------------------------------
@@ -278,3 +248,9 @@ def as_finite(value: Any) -> float | None:
 def as_int(value: Any) -> int | None:
     number = as_finite(value)
     return int(number) if number is not None else None
+
+
+def family_hash(config: dict[str, Any]) -> str:
+    """The search hash (a probe's TAG_SEARCH_HASH) or baseline hash (TAG_BASELINE_HASH): the
+    hash of a trial config less its dim and seed, one search's or one baseline's."""
+    return digest({k: v for k, v in config.items() if k not in ("dim", "seed")})

@@ -15,6 +15,7 @@ Every write the driver makes mid-job waits out a tracking server that is down (`
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -37,19 +38,69 @@ from mlflow.tracking import MlflowClient
 from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.paths import confined
+from sweeper.store import default_uris
 from sweeper.tracking import schema as S
+from sweeper.tracking.cache import Cache
 from sweeper.tracking.read import all_runs, load_cache
 from sweeper.tracking.retry import Patience, unreachable
 
-if TYPE_CHECKING:  # annotations only: the engine imports this module
-    from sweeper.engine.plan import Cache, PairState, Request, SearchState
-    from sweeper.search import SearchResult
-    from sweeper.spec import JobSpec
+if TYPE_CHECKING:  # annotations only
+    from sweeper.search import SearchResult, ThresholdSearch
+    from sweeper.spec import JobSpec, TaskRef
 
 log = logging.getLogger("sweeper.tracking")
 LEASE_TTL_S = 60.0  # a tracking server's writer lease lasts this long without a heartbeat
 LEASE_SETTLE_S = 2.0  # written, then read back after this: of two racing drivers, one stays
 MAX_TAG = 7000  # MLflow keeps tag values up to 8000 characters
+
+
+class Request(Protocol):
+    """What the writer reads of a finished trial's request (the engine's `plan.Request`)."""
+
+    kind: str  # "baseline" | "probe"
+    label: str
+    seed: int
+    dim: int | None
+    config: dict[str, Any]
+
+    @property
+    def config_hash(self) -> str: ...
+
+
+class PairState(Protocol):
+    """What the writer reads of a (model, task) pair's baseline (the engine's `PairState`)."""
+
+    label: str
+    model: str
+    task: TaskRef
+    baseline_hash: str
+    results: dict[int, float]
+    reused: bool
+    error: str | None
+
+    @property
+    def perf_full(self) -> float: ...
+
+    @property
+    def perf_full_std(self) -> float: ...
+
+
+class SearchState(Protocol):
+    """What the writer reads of one search (the engine's `SearchState`)."""
+
+    label: str
+    model: str
+    task: TaskRef
+    method: str
+    base_config: Any  # a Trial: `Method.describe` reads it
+    threshold_search: ThresholdSearch | None
+    records: list[dict[str, Any]]
+    search_hash: str | None
+    stop_threshold: float | None
+    error: str | None
+
+    @property
+    def dim_name(self) -> str: ...
 
 
 def _tail(text: str, limit: int) -> str:
@@ -68,7 +119,7 @@ class Tracker:
     def __init__(self, spec: JobSpec, job_id: str) -> None:
         self.spec = spec
         self.job_id = job_id
-        self.uri, artifacts = S.default_uris(spec)
+        self.uri, artifacts = default_uris(spec)
         # With a server, MLflow prints "🏃 View run … at: http://…" for every run it ends, into
         # the live terminal view; the dashboards link runs instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -212,16 +263,16 @@ class Tracker:
     def baseline_parent(self, pair: PairState) -> str:
         return self._parent(
             S.KIND_BASELINE,
-            f"{pair.key}/full",
+            f"{pair.label}/{methods.BASELINE}",
             S.TAG_BASELINE_HASH,
             pair.baseline_hash,
-            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: "full"},
+            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: methods.BASELINE},
         )
 
     def search_parent(self, state: SearchState) -> str:
         return self._parent(
             S.KIND_SEARCH,
-            state.key,
+            state.label,
             S.TAG_SEARCH_HASH,
             state.search_hash,
             {S.TAG_MODEL: state.model, S.TAG_TASK: state.task.name, S.TAG_METHOD: state.method},
@@ -258,8 +309,8 @@ class Tracker:
             S.TAG_PARENT_RUN_ID: parent_id,
             S.TAG_KIND: kind,
             S.TAG_JOB_ID: self.job_id,
-            S.TAG_CONFIG_HASH: request.key,
-            S.TAG_SEARCH: request.search,
+            S.TAG_CONFIG_HASH: request.config_hash,
+            S.TAG_SEARCH: request.label,
             **row.to_tags(),
             S.TAG_WRITE_ID: write_id or uuid.uuid4().hex,
         }
@@ -273,9 +324,9 @@ class Tracker:
                 S.TAG_KERNEL: result["kernel"],
                 S.TAG_KERNEL_REASON: result["kernel_reason"][:5000],
             }
-        from sweeper.engine.plan import family
-
-        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = family(config)
+        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = S.family_hash(
+            config
+        )
         params = {
             S.PARAM_METHOD: config["method"],
             S.PARAM_MODEL: config["model"],
@@ -348,10 +399,8 @@ class Tracker:
     def _log_compressed(self, run_id: str, result: dict[str, Any]) -> None:
         if result.get("compressed"):
             with tempfile.TemporaryDirectory() as tmp:
-                from sweeper.engine.probe import decode_compressed
-
                 path = Path(tmp) / S.ARTIFACT_THETA_D
-                decode_compressed(result["compressed"], str(path))
+                path.write_bytes(base64.b64decode(result["compressed"]))
                 self.client.log_artifact(run_id, str(path), S.ARTIFACT_COMPRESSED)
 
     def finish_baseline(self, pair: PairState) -> None:
@@ -369,7 +418,7 @@ class Tracker:
                 self.client.set_tag(run_id, S.TAG_ERROR, pair.error)
             self.client.set_terminated(run_id, "FAILED" if pair.error else "FINISHED")
 
-        self.patient(f"finishing the baseline {pair.key}", write)
+        self.patient(f"finishing the baseline {pair.label}", write)
 
     def finish_search(
         self, state: SearchState, pair: PairState, result: SearchResult | None
@@ -385,7 +434,7 @@ class Tracker:
         metrics = {
             S.METRIC_PERF_FULL: pair.perf_full,
             S.METRIC_PERF_FULL_STD: pair.perf_full_std,
-            S.METRIC_THRESHOLD: state.search.settings.threshold,
+            S.METRIC_THRESHOLD: state.threshold_search.settings.threshold,
             S.METRIC_STOP_THRESHOLD: state.stop_threshold,
             S.METRIC_PROBES: result.probes,
         }
@@ -416,7 +465,7 @@ class Tracker:
             status = "FAILED" if result.outcome == "error" else "FINISHED"
             self.client.set_terminated(run_id, status)
 
-        self.patient(f"finishing the search {state.key}", write)
+        self.patient(f"finishing the search {state.label}", write)
 
     def _log_probe_table(self, run_id: str, records: list[dict[str, Any]]) -> None:
         import pyarrow as pa

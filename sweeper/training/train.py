@@ -15,55 +15,25 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from sweeper import methods
 from sweeper.errors import SpecError
-from sweeper.methods.base import HEAD_POLICIES
-from sweeper.methods.lora import LoraFields
-from sweeper.methods.subspace import SubspaceFields
-from sweeper.tasks import OPTIMIZERS, Problem, TrainSettings, build_problem, check_task
+from sweeper.tasks import OPTIMIZERS, Problem, TrainSettings
 from sweeper.training.subspace import SubspaceModel
+from sweeper.training.trial import Trial
 
-HeadPolicy = Literal[HEAD_POLICIES]
 RULE = "select-checkpoint-report"  # the decision rule's name, recorded with every run
-_SUBSPACE, _LORA = SubspaceFields(), LoraFields()  # the spec's defaults, declared there
 
 
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that determines one trial's result (and nothing else)."""
+class MethodHooks(Protocol):
+    """What the loop asks of the method that wrapped the model (a `sweeper.methods.Method`)."""
 
-    task: str
-    model: str
-    method: str
-    dim: int | None = None  # d for did/said/resampled, r for lora, None for full
-    seed: int = 0
-    task_options: dict[str, Any] = field(default_factory=dict)
-    projection: str = _SUBSPACE.projection
-    layout: str = _SUBSPACE.layout
-    said_groups: str = _SUBSPACE.said_groups
-    # The classifier head, alike for every method (docs/design/decision-rule.md, "The head
-    # policy"): 'budget' puts it inside the method's budget (projected for did/said, a LoRA
-    # adapter for lora); 'train' trains it directly in every method (PEFT's modules_to_save)
-    # and counts it as trainable.
-    head: HeadPolicy = "budget"
-    lora_alpha: float | None = _LORA.lora_alpha  # None: 2r (scale 2), or 2 with rslora (2/√r)
-    lora_dropout: float = _LORA.lora_dropout
-    lora_targets: tuple[str, ...] | None = None  # None: the task's (query, value for BERT)
-    rslora: bool = _LORA.rslora  # rank-stabilised LoRA (Kalajdzievski 2023): alpha/√r, not /r
-    fastfood_kernel: str = "auto"  # GPU Fastfood: 'auto' (self-tested), 'fused' or 'reference'
-    train: TrainSettings | None = None  # None: the task's defaults for this method
-    threshold: float | None = None  # the bar: pass = the report score of the chosen checkpoint ≥ it
-    # the stop-on-pass bar, made on `select` as `threshold` is on `report` (JobSpec's rule);
-    # None: the threshold itself, right for an absolute bar, which both sets share
-    stop_threshold: float | None = None
-    stop_on_pass: bool = True  # stop once the select score clears the stop bar by...
-    pass_margin_z: float = 2.0  # ...this many binomial standard errors (see `pass_margin`)
-    patience: int | None = None  # stop after this many select evals below the bar, no new best
+    def trainable_count(self, module: nn.Module) -> int: ...
+
+    def prepare_optimizer(self, optimizer: Any, module: nn.Module) -> None: ...
 
 
 @dataclass
@@ -94,11 +64,6 @@ class TrialResult:
         return self.outcome == "pass"
 
 
-def wrap(problem: Problem, spec: TrialSpec) -> nn.Module:
-    """The model as the method trains it: all weights, a subspace, or LoRA adapters."""
-    return methods.get(spec.method).wrap(problem, spec)
-
-
 def resolve_device(preference: str) -> torch.device:
     """'auto': the GPU when there is one (a Ray trial sees only the GPUs it was given)."""
     if preference == "auto":
@@ -111,29 +76,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def check_trial(spec: TrialSpec) -> Problem:
-    """Raise SpecError for anything that would make the trial fail, before any training.
-    Returns the task it built to check, to train the trial on (`run_trial(problem=...)`)."""
-    info = check_task(spec.task, spec.model, spec.task_options)
-    problem = build_problem(spec.task, spec.model, spec.task_options)
-    if spec.method not in methods.METHODS:
-        names = list(methods.METHODS)
-        raise SpecError("method", f"unknown method {spec.method!r}; choose one of {names}")
-    if spec.method not in (runs := methods.supported(info.unsupported)):
-        raise SpecError("method", f"task {spec.task!r} supports {list(runs)}")
-    if spec.head not in HEAD_POLICIES:
-        raise SpecError("head", f"choose one of {list(HEAD_POLICIES)}")
-    if spec.train is not None:
-        check_settings(spec.train)
-    method = methods.get(spec.method)
-    if method.dim_name is None:
-        return problem
-    if spec.dim is None or spec.dim < 1:
-        raise SpecError("dim", f"{spec.method} needs a dimension ≥ 1, got {spec.dim}")
-    method.check(problem, spec)
-    return problem
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -155,11 +97,6 @@ def check_settings(settings: TrainSettings) -> None:
 
 WEIGHT_DECAY_ON = ("params", "theta")
 CHECKPOINTS = ("best_select", "final")
-
-
-def _decay(settings: TrainSettings) -> float:
-    """The optimizer's own weight decay: none when it is applied to θ in the loss."""
-    return settings.weight_decay if settings.weight_decay_on == "params" else 0.0
 
 
 def theta_penalty(module: nn.Module, method: str, weight_decay: float) -> torch.Tensor:
@@ -184,63 +121,45 @@ def theta_penalty(module: nn.Module, method: str, weight_decay: float) -> torch.
 
 
 def make_optimizer(settings: TrainSettings, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    name, decay, betas = settings.optimizer, _decay(settings), tuple(settings.adam_betas)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, betas=betas, weight_decay=decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, betas=betas, weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
-    if name == "plain_sgd":  # no momentum: each update is the step's (projected) gradient alone
-        return torch.optim.SGD(params, lr=settings.lr, weight_decay=decay)
-    if name == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=settings.lr,
-            max_iter=100,
-            history_size=100,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12,
-            tolerance_change=1e-16,
-        )
+    if settings.optimizer in OPTIMIZERS:
+        return OPTIMIZERS[settings.optimizer](settings, params)
+    name = settings.optimizer
     raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
 def run_trial(
-    spec: TrialSpec,
-    threads: int | None = None,
-    problem: Problem | None = None,
+    trial: Trial,
+    module: nn.Module,
+    problem: Problem,
+    method: MethodHooks,
+    *,
+    D: int,
+    lr: float | None = None,
     score: bool = True,
     report_final: bool = False,
 ) -> TrialResult:
-    """Train one (task, model, method, dim, seed) and keep its best checkpoint on `select`.
+    """Train `module` (the model as `trial`'s method wrapped it, seeded by the caller before
+    wrapping) and keep its best checkpoint on `select`.
 
-    `problem`: the task already built for this spec (its model is trained in place), so a
-    caller that needed it first does not load a transformer twice. `score=False` leaves the
-    `report` score to the caller (`score_report`): an LR search scores only the try it chose.
-    `report_final`: also score the last step's weights on `report` (`final_metric`), whatever
-    the checkpoint rule: a bench compares the two rules on one run.
+    `D`: the model's weight count before wrapping. `lr` overrides the trial's learning rate.
+    `score=False` leaves the `report` score to the caller (`score_report`): an LR search
+    scores only the try it chose. `report_final`: also score the last step's weights on
+    `report` (`final_metric`), whatever the checkpoint rule: a bench compares the two rules
+    on one run.
     """
     started = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(spec.seed)
-    if problem is None:
-        problem = build_problem(spec.task, spec.model, spec.task_options)
-    D = sum(p.numel() for p in problem.model.parameters())
     device = resolve_device(problem.device)
-    method = methods.get(spec.method)
-    module = method.wrap(problem, spec).to(device)
+    module = module.to(device)
     # before the first step: on a GPU this runs the fused kernel's self-test (once per process)
     kernel = module.kernel_choice() if isinstance(module, SubspaceModel) else (None, None)
-    settings = spec.train or problem.train_defaults(spec.method)
+    settings = trial.settings(problem, lr)
     check_settings(settings)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = make_optimizer(settings, params)
     method.prepare_optimizer(optimizer, module)
     accum = settings.grad_accum
-    batches = problem.batches(settings.batch_size // accum, spec.seed)
+    batches = problem.batches(settings.batch_size // accum, trial.seed)
     total_steps = settings.total_steps(problem.split_sizes.get("train"))
     decay_theta = settings.weight_decay if settings.weight_decay_on == "theta" else 0.0
     if decay_theta and isinstance(module, SubspaceModel):
@@ -255,7 +174,7 @@ def run_trial(
             with autocast(device):
                 loss = problem.loss(module, micro)
             if decay_theta:
-                loss = loss + theta_penalty(module, spec.method, decay_theta)
+                loss = loss + theta_penalty(module, trial.method, decay_theta)
             if accum > 1:
                 loss = loss / accum
             loss.backward()
@@ -296,12 +215,12 @@ def run_trial(
             checkpoint = {n: p.detach().clone() for n, p in named}
         else:
             stale += 1
-        bar = spec.threshold if spec.stop_threshold is None else spec.stop_threshold
-        margin = pass_margin(value, problem.split_sizes.get("select"), spec.pass_margin_z)
-        if spec.stop_on_pass and bar is not None and value >= bar + margin:
+        bar = trial.threshold if trial.stop_threshold is None else trial.stop_threshold
+        margin = pass_margin(value, problem.split_sizes.get("select"), trial.pass_margin_z)
+        if trial.stop_on_pass and bar is not None and value >= bar + margin:
             stop_reason = "pass_on_select"
             break
-        if spec.patience is not None and stale >= spec.patience:
+        if trial.patience is not None and stale >= trial.patience:
             stop_reason = "hopeless"  # a plateau below the bar: it is not going to get there
             break
     final_metric = math.nan
@@ -338,7 +257,7 @@ def run_trial(
         kernel_reason=kernel[1],
         final_metric=final_metric,
     )
-    return score_report(result, problem, spec.threshold) if score else result
+    return score_report(result, problem, trial.threshold) if score else result
 
 
 def pass_margin(value: float, n: int | None, z: float) -> float:
