@@ -239,7 +239,7 @@ def test_a_stored_trial_rebuilds_its_projection_with_the_generator_it_ran_with()
     """The trial's JSON carries its Fastfood generator, and its P is built with that one, not
     with whichever generator is current when a probe is replayed."""
     from sweeper.methods.run import wrap
-    from sweeper.projection.generator import VERSION
+    from sweeper.projection.fastfood.generator import VERSION
 
     stored = from_json({**json.loads(BYTES["did", "defaults"]), "generator": 3, "dim": 8})
     assert wrap(stored.build(), stored).config.generator == 3
