@@ -635,6 +635,8 @@ def run_family(setting: Setting, rules: tuple[str, ...], runs: int) -> dict:
             "covered": 0,
             "conditional_covered": 0,
             "found_outside": 0,
+            "below": 0,
+            "above": 0,
             "probes": [],
             "outcomes": Counter(),
         }
@@ -663,6 +665,8 @@ def run_family(setting: Setting, rules: tuple[str, ...], runs: int) -> dict:
             t["outcomes"][r.outcome] += 1
             hit = r.interval is not None and r.interval[0] <= truth <= r.interval[1]
             t["covered"] += hit
+            t["below"] += r.interval is not None and r.interval[1] < truth
+            t["above"] += r.interval is not None and r.interval[0] > truth
             t["conditional_covered"] += (
                 r.interval is not None and r.interval[0] <= own_truth <= r.interval[1]
             )
@@ -679,6 +683,8 @@ def run_family(setting: Setting, rules: tuple[str, ...], runs: int) -> dict:
             "covered": t["covered"],
             "conditional_covered": t["conditional_covered"],
             "found_outside": t["found_outside"],
+            "interval_below_truth": t["below"],
+            "interval_above_truth": t["above"],
             "mean_probes": statistics.fmean(t["probes"]),
             "median_probes": statistics.median(t["probes"]),
             "outcomes": dict(t["outcomes"]),
@@ -747,7 +753,7 @@ def family_main(args: argparse.Namespace) -> None:
         settings = family_settings(names)
         out = args.out or "bench/results/calibration_families.json"
     cells = "".join(
-        f" | {'found':>5}{'f.cov':>6}{'cover':>6}{'probes':>7}{'med':>4}" for _ in rules
+        f" | {'found':>5}{'f.cov':>6}{'cover':>6}{'<t/>t':>8}{'probes':>7}{'med':>4}" for _ in rules
     )
     print(f"{args.runs} searches per setting; rules: {' | '.join(rules)}")
     print(f"{'setting':<52}{'fam':<12}{'width':>6}" + cells)
@@ -763,10 +769,16 @@ def family_main(args: argparse.Namespace) -> None:
             t = row["rules"][rule]
             line += (
                 f" | {_share(t['found'], args.runs):>5}{_share(t['found_covered'], t['found']):>6}"
-                f"{_share(t['covered'], args.runs):>6}{t['mean_probes']:>7.1f}"
+                f"{_share(t['covered'], args.runs):>6}"
+                f"{t['interval_below_truth']:>4}/{t['interval_above_truth']:<3}"
+                f"{t['mean_probes']:>7.1f}"
                 f"{t['median_probes']:>4.0f}"
             )
         print(line, flush=True)
+    print(
+        "found: share ending `found`; f.cov: coverage among them; cover: over all results;"
+        " <t/>t: intervals wholly below / above the true d90"
+    )
     print(summary(rows, rules, args.runs))
     print(f"{time.perf_counter() - started:.0f} s")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
