@@ -92,13 +92,13 @@ coverage and its count of `found`s, the worst setting's all-results coverage, an
   plateau55    100   .52 (241) → .52 (161)  .44→.46  ×1.10    .33 (3) → 1.00 (1)     .48→.49  ×1.00
   seed-shift    30   .95 (123) → .97 (97)   .93→.93  ×1.16   1.00 (7) → 1.00 (5)     .90→.90  ×1.01
   two-piece    100   .91 (423) → .94 (367)  .75→.79  ×1.14    .92 (72) → .93 (44)    .81→.84  ×1.01
-  t3            10   .96 (50) → 1.00 (44)   .80→.90  ×1.18   1.00 (13) → 1.00 (10)   1.0→1.0  ×1.02
-  falls         10  1.00 (48) → 1.00 (46)   1.0→1.0  ×1.15   1.00 (18) → 1.00 (12)   .90→.90  ×1.03
-  slow-gumbel   10   .77 (30) → .92 (24)    .80→.90  ×1.12   1.00 (5) → 1.00 (3)     .90→.90  ×1.02
-  shared        10   .78 (49) → .76 (46)    .60→.60  ×1.17    .59 (17) → .58 (12)    .50→.60  ×1.04
+  t3            30   .97 (151) → 1.00 (134) .90→.97  ×1.18   1.00 (46) → .97 (30)    1.0→.97   ×1.03
+  falls         30   .97 (157) → .99 (149)  .90→.97  ×1.19   1.00 (46) → 1.00 (34)   .93→.93  ×1.02
+  slow-gumbel   30   .90 (99) → .95 (83)    .87→.93  ×1.12    .90 (10) → 1.00 (7)    .90→.93  ×1.01
+  shared        30   .80 (149) → .82 (137)  .70→.73  ×1.16    .57 (46) → .64 (33)    .50→.57  ×1.02
 
 No `found` answer lay outside its interval.  The robust rule costs most on sharp curves with
-one worker (×1.51 at width 0.05, 100 searches; up to ×1.6 on 10): it must rule wide curves out,
+one worker (×1.51 at width 0.05 on 100 searches, ×1.57 on `falls`): it must rule wide curves out,
 and a sharp curve's probes look just like a lucky run of a wide one's.  `plateau55` (45 % of
 seeds never train) is beyond the model's 30 % lapse rate and its d90 beyond any budget's reach:
 above it the pass rate never exceeds 0.55, so telling a larger d from it takes ≈ 620 probes at
