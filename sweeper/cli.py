@@ -245,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _ClosableStdout(args.command)
     console = Console(file=out, width=None if out.isatty() else 140)  # logs: don't fold the table
     resume = args.command == "resume"
-    summary = run_job(spec, resume=resume, console=console, force=resume and args.force)
+    summary = run_job(spec, resume=resume, console=console, force=args.force)
     table = Table(title=f"{spec.name}: answers (bar = {spec.threshold.describe()})")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
         table.add_column(col)
@@ -510,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job locally (embedded Ray, SQLite MLflow)")
     run.add_argument("job", help="job spec YAML")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="the experiment holds another job of this name (the spec was edited): start this "
+        "one beside it (same experiment)",
+    )
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")
