@@ -425,6 +425,27 @@ def _yaml12_numbers(loader: type[yaml.SafeLoader]) -> None:
 
 _yaml12_numbers(_UniqueKeyLoader)
 
+# YAML 1.1's other booleans: text in YAML 1.2. A boolean field given one is refused by name.
+YAML11_BOOLEANS = frozenset(
+    word for w in ("yes", "no", "on", "off", "y", "n") for word in (w, w.capitalize(), w.upper())
+)
+
+
+def _yaml12_booleans(loader: type[yaml.SafeLoader]) -> None:
+    """Booleans as YAML 1.2 reads them: only true and false (any case form PyYAML knows);
+    `yes`, `no`, `on`, `off` are text, as `y` and `n` already were, so `name: no` names a job
+    "no" and `on_pass: off` is refused naming the field rather than read as false."""
+    for resolvers in loader.yaml_implicit_resolvers.values():
+        resolvers[:] = [(tag, r) for tag, r in resolvers if tag != "tag:yaml.org,2002:bool"]
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+
+
+_yaml12_booleans(_UniqueKeyLoader)
+
 
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
 
@@ -568,6 +589,12 @@ def parse_spec(data: Any) -> JobSpec:
             message = "unknown field; check its spelling against docs/reference/job-spec.md"
             if first["loc"][-1] == "train_head":
                 message = "moved: the head is one policy for every method, `head: train` at the top"
+        word = first.get("input")
+        if first["type"] == "bool_type" and isinstance(word, str) and word in YAML11_BOOLEANS:
+            message = (
+                f"{first['input']!r} is text in YAML 1.2, which job specs follow (YAML 1.1 read "
+                "it as a boolean); write true or false"
+            )
         if first["type"] in ("less_than_equal", "string_too_long"):
             message += " (a cap: more would exhaust memory or never finish)"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""

@@ -597,6 +597,21 @@ def test_a_sexagesimal_number_is_text_and_refused_by_field(work):
     validate_refuses(work, _raw_job("{lo: 2, hi: 16}", "train: {steps: 1:30}\n"), "train.steps")
 
 
+@pytest.mark.parametrize("word", ["off", "no", "On", "YES", "n"])
+def test_yaml_1_1_booleans_are_text_and_a_boolean_field_refuses_them(work, word):
+    """YAML 1.1 read `off` as false; a spec says what it means in YAML 1.2 or is refused."""
+    early = f"early_stop: {{on_pass: {word}}}\n"
+    message = validate_refuses(work, _raw_job("{lo: 2, hi: 16}", early), "early_stop.on_pass")
+    assert "true or false" in message, message
+
+
+def test_a_yaml_1_1_boolean_word_is_text_where_text_goes(work):
+    spec = _raw_job("{lo: 2, hi: 16}").replace("name: hostile", "name: no")
+    done = sweeper("validate", str(write_job(work, spec)), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "valid job 'no'" in done.stdout, done.stdout  # YAML 1.1: False, refused as a name
+
+
 def test_validate_refuses_grad_accum_without_a_batch_size_it_can_check(work):
     """The task's default batch is known only once its model is built; a grad_accum that did
     not divide it validated, and then every probe raised."""
