@@ -184,11 +184,13 @@ def _fastfood_caveat(task, method) -> str | None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from sweeper import methods
     from sweeper.preflight import check_run
-    from sweeper.spec import check_bar, load_spec
+    from sweeper.spec import check_bar, check_budget, load_spec
 
     spec = load_spec(args.job)
     where = check_run(spec, this_machine=not args.cluster)  # as `run` checks it
-    if not args.cluster:
+    budget = None
+    if not args.cluster:  # both build a model: on the machine that runs it
+        budget = check_budget(spec)  # first: it times a cold build
         check_bar(spec)
     print(f"{args.job}: valid job {spec.name!r}")
     print(
@@ -200,6 +202,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"on `select`; θ0: {spec.init}"
     )
     print("  writes: " + "; ".join(where.lines()))
+    if budget:
+        print(f"  {budget}")
     searches = spec.searches()  # once: a grid of 10,000 pairs is listed in linear time
     for model, task, method in searches:
         m = getattr(spec.methods, method).search

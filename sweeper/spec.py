@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -511,6 +512,41 @@ def check_bar(spec: JobSpec) -> None:
                 f"{bar:g} is at or below chance on {task.name} ({chance:.4g}, a constant guess "
                 "on its report set): a bar there measures nothing; raise it",
             )
+
+
+def check_budget(spec: JobSpec) -> str | None:
+    """A wall-time budget shorter than one baseline trial cannot finish any: refused. What a
+    trial takes is known only once it runs, but a part of it is measured here: building the
+    first pair's data and model in this process, as each trial does again in a fresh worker
+    (imports included) before its first step, after the driver has started Ray. A budget
+    below that floor is refused; above it, the run may still end before the baseline (it then
+    exits 1 naming the field). Returns the line `validate` prints, None without a budget or
+    where the pair's assets are not fetched (`run` refuses that itself)."""
+    budget = spec.budget.max_wall_seconds
+    if budget is None:
+        return None
+    from sweeper.tasks import build_problem
+    from sweeper.tasks import check_ready as check_pair
+
+    model, task = spec.pairs()[0]
+    try:
+        check_pair(task.name, model, dict(task.options))
+    except SpecError:
+        return None
+    started = time.perf_counter()
+    build_problem(task.name, model, dict(task.options))
+    floor = time.perf_counter() - started
+    where = f"building {model}/{task.name} took {floor:.2g} s here"
+    if budget <= floor:
+        raise SpecError(
+            "budget.max_wall_seconds",
+            f"{budget:g} s cannot finish one baseline trial: {where}, which each trial does "
+            "again before its first step, after Ray starts; raise it (or remove it)",
+        )
+    return (
+        f"budget: {budget:g} s of wall time from the driver's start; a baseline trial takes "
+        f"more than {floor:.2g} s ({where}), how much more is known only once it runs"
+    )
 
 
 def _check_names(spec: JobSpec) -> None:

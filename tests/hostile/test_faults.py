@@ -161,6 +161,22 @@ def test_a_baseline_that_learns_nothing_is_refused_at_chance_not_passed_by_every
     assert not runs(store(tmp_path), S.tag_is(S.TAG_KIND, S.KIND_PROBE))
 
 
+def test_a_wall_budget_that_ends_before_the_baseline_is_an_error_naming_it(tmp_path):
+    """It ran nothing and exited 0 as `no_baseline`. How long a baseline takes is known only
+    once it runs (`validate` refuses what it can measure: tests/hostile/test_inputs.py), so a
+    run whose budget ends first exits 1, its last line naming the field and the fix."""
+    job = tiny_job(tmp_path / "run", name="no-time", budget={"max_wall_seconds": 0.01})
+    done = Sweeper(tmp_path, "run", str(write(tmp_path, job)))
+    try:
+        assert done.wait(300) == 1, done.output[-3000:]
+    finally:
+        done.kill_all()
+    last = done.output.strip().splitlines()[-1]
+    assert last.startswith("error: budget.max_wall_seconds (0.01 s) ran out before"), last
+    assert "raise it" in last and "Traceback" not in done.output, done.output[-3000:]
+    assert not runs(store(tmp_path), S.tag_is(S.TAG_KIND, S.KIND_PROBE))
+
+
 def test_lora_targets_the_model_lacks_are_refused_before_anything_runs(tmp_path):
     """They used to make every probe raise, counted as fails: `not_bracketed_hi_fails`, exit 0."""
     job = tiny_job(tmp_path / "run", name="targets")

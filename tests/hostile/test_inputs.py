@@ -612,6 +612,20 @@ def test_a_yaml_1_1_boolean_word_is_text_where_text_goes(work):
     assert "valid job 'no'" in done.stdout, done.stdout  # YAML 1.1: False, refused as a name
 
 
+def test_validate_refuses_a_wall_budget_below_what_one_trial_is_measured_to_take(work):
+    """How long a baseline takes is known only once it runs; validate times the part it can
+    (a cold build of the first pair's data and model, which each trial repeats) and refuses a
+    budget below it, and says the floor for one above it."""
+    digits = {"grid": [{"models": ["mlp"], "tasks": ["digits"]}]}
+    validate_refuses(
+        work, job(budget={"max_wall_seconds": 0.01}, **digits), "budget.max_wall_seconds", "s"
+    )
+    hour = write_job(work, job(budget={"max_wall_seconds": 3600}))
+    done = sweeper("validate", str(hour), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "budget: 3600 s of wall time" in done.stdout, done.stdout
+
+
 def test_validate_refuses_grad_accum_without_a_batch_size_it_can_check(work):
     """The task's default batch is known only once its model is built; a grad_accum that did
     not divide it validated, and then every probe raised."""
