@@ -234,11 +234,13 @@ def _fastfood_caveat(task, method) -> str | None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from sweeper import methods
     from sweeper.preflight import check_run
-    from sweeper.spec import check_bar, load_spec
+    from sweeper.spec import check_bar, check_budget, load_spec
 
     spec = load_spec(args.job)
     where = check_run(spec, this_machine=not args.cluster)  # as `run` checks it
-    if not args.cluster:
+    budget = None
+    if not args.cluster:  # both build a model: on the machine that runs it
+        budget = check_budget(spec)  # first: it times a cold build
         check_bar(spec)
     print(f"{args.job}: valid job {spec.name!r}")
     stops = spec.early_stop.on_pass
@@ -254,6 +256,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     stop = "stop-on-pass at the same rule made on `select`" if stops else "no stop-on-pass"
     print(f"  bar: {spec.threshold.describe()} on `report`; {stop}; θ0: {spec.init}")
     print("  writes: " + "; ".join(where.lines()))
+    if budget:
+        print(f"  {budget}")
     searches = spec.searches()  # once: a grid of 10,000 pairs is listed in linear time
     for model, task, method in searches:
         m = getattr(spec.methods, method).search
@@ -299,7 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _ClosableStdout(args.command)
     console = Console(file=out, width=None if out.isatty() else 140)  # logs: don't fold the table
     resume = args.command == "resume"
-    summary = run_job(spec, resume=resume, console=console, force=resume and args.force)
+    summary = run_job(spec, resume=resume, console=console, force=args.force)
     table = Table(title=f"{spec.name}: answers (bar = {spec.threshold.describe()})")
     for col in ("model", "task", "method", "answer", "interval", "status", "probes"):
         table.add_column(col)
@@ -551,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job locally (embedded Ray, SQLite MLflow)")
     run.add_argument("job", help="job spec YAML")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="the experiment holds another job of this name (the spec was edited): start this "
+        "one beside it (same experiment)",
+    )
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="finish an interrupted job; finished probes are reused")

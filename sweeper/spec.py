@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -425,6 +426,27 @@ def _yaml12_numbers(loader: type[yaml.SafeLoader]) -> None:
 
 _yaml12_numbers(_UniqueKeyLoader)
 
+# YAML 1.1's other booleans: text in YAML 1.2. A boolean field given one is refused by name.
+YAML11_BOOLEANS = frozenset(
+    word for w in ("yes", "no", "on", "off", "y", "n") for word in (w, w.capitalize(), w.upper())
+)
+
+
+def _yaml12_booleans(loader: type[yaml.SafeLoader]) -> None:
+    """Booleans as YAML 1.2 reads them: only true and false (any case form PyYAML knows);
+    `yes`, `no`, `on`, `off` are text, as `y` and `n` already were, so `name: no` names a job
+    "no" and `on_pass: off` is refused naming the field rather than read as false."""
+    for resolvers in loader.yaml_implicit_resolvers.values():
+        resolvers[:] = [(tag, r) for tag, r in resolvers if tag != "tag:yaml.org,2002:bool"]
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+
+
+_yaml12_booleans(_UniqueKeyLoader)
+
 
 _UNION_TAGS = {"int", "float", "str", "bool"}  # pydantic names union members in error paths
 
@@ -490,6 +512,41 @@ def check_bar(spec: JobSpec) -> None:
                 f"{bar:g} is at or below chance on {task.name} ({chance:.4g}, a constant guess "
                 "on its report set): a bar there measures nothing; raise it",
             )
+
+
+def check_budget(spec: JobSpec) -> str | None:
+    """A wall-time budget shorter than one baseline trial cannot finish any: refused. What a
+    trial takes is known only once it runs, but a part of it is measured here: building the
+    first pair's data and model in this process, as each trial does again in a fresh worker
+    (imports included) before its first step, after the driver has started Ray. A budget
+    below that floor is refused; above it, the run may still end before the baseline (it then
+    exits 1 naming the field). Returns the line `validate` prints, None without a budget or
+    where the pair's assets are not fetched (`run` refuses that itself)."""
+    budget = spec.budget.max_wall_seconds
+    if budget is None:
+        return None
+    from sweeper.tasks import build_problem
+    from sweeper.tasks import check_ready as check_pair
+
+    model, task = spec.pairs()[0]
+    try:
+        check_pair(task.name, model, dict(task.options))
+    except SpecError:
+        return None
+    started = time.perf_counter()
+    build_problem(task.name, model, dict(task.options))
+    floor = time.perf_counter() - started
+    where = f"building {model}/{task.name} took {floor:.2g} s here"
+    if budget <= floor:
+        raise SpecError(
+            "budget.max_wall_seconds",
+            f"{budget:g} s cannot finish one baseline trial: {where}, which each trial does "
+            "again before its first step, after Ray starts; raise it (or remove it)",
+        )
+    return (
+        f"budget: {budget:g} s of wall time from the driver's start; a baseline trial takes "
+        f"more than {floor:.2g} s ({where}), how much more is known only once it runs"
+    )
 
 
 def _check_names(spec: JobSpec) -> None:
@@ -568,6 +625,12 @@ def parse_spec(data: Any) -> JobSpec:
             message = "unknown field; check its spelling against docs/reference/job-spec.md"
             if first["loc"][-1] == "train_head":
                 message = "moved: the head is one policy for every method, `head: train` at the top"
+        word = first.get("input")
+        if first["type"] == "bool_type" and isinstance(word, str) and word in YAML11_BOOLEANS:
+            message = (
+                f"{first['input']!r} is text in YAML 1.2, which job specs follow (YAML 1.1 read "
+                "it as a boolean); write true or false"
+            )
         if first["type"] in ("less_than_equal", "string_too_long"):
             message += " (a cap: more would exhaust memory or never finish)"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""

@@ -141,3 +141,11 @@ def test_a_baseline_seed_has_no_dim_and_a_missing_metric_reads_as_none():
     assert S.ProbeRow.from_run(run) == row
     run.data.tags.pop(S.TAG_OUTCOME)
     assert S.ProbeRow.from_run(run).outcome == "error"  # a failed run without its outcome tag
+
+
+def test_the_parent_run_tag_is_mlflows_own():
+    """Written out in the schema (importing mlflow there doubled a short command's start-up);
+    this keeps it MLflow's key, so a rename breaks here instead of reading back as missing."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    assert S.TAG_PARENT_RUN_ID == MLFLOW_PARENT_RUN_ID

@@ -171,9 +171,10 @@ def run_job(
     """Run (or resume) a job to the end and return its summary; everything is in MLflow.
 
     Only one driver at a time writes an experiment to a store (`Tracker.claim`): a second one
-    exits before it touches anything, naming the running one. A resume whose spec defines
-    another job than the stored one is refused, unless `force` starts it beside that one. The
-    process environment is the caller's to set first (`driver_environment`; `sweeper run` does).
+    exits before it touches anything, naming the running one. A run or resume whose spec
+    defines another job than the stored one is refused, unless `force` starts it beside that
+    one. The process environment is the caller's to set first (`driver_environment`; `sweeper
+    run` does).
     """
     started = time.monotonic()
     logging.getLogger("mlflow").setLevel(logging.WARNING)

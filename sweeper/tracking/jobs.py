@@ -2,9 +2,10 @@
 never silently starts another one beside it.
 
 Every start records its spec on the experiment (a tag per job, keyed by the digest of the
-fields that define the job). A budget (`max_probes`, `max_wall_seconds`), the resources a trial
-gets and where results go can change between starts of one job; anything else makes another
-job, which `resume` refuses unless told `--force`.
+fields that define the job). A field defines the job when it changes which probes run or how
+their answers are decided. A budget (`max_probes`, `max_wall_seconds`), the resources a trial
+gets, where results go and the unused `seeds.boundary` can change between starts of one job;
+anything else makes another job, which `run` and `resume` refuse unless told `--force`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from sweeper.digest import digest
 from sweeper.errors import SpecError
 
 TAG_PREFIX = "sweeper.job."  # + the job's defining digest: its record (JSON)
-TAG_BESIDE = "sweeper.beside"  # on the parent runs of a job `resume --force` started beside one
+TAG_BESIDE = "sweeper.beside"  # on the parent runs of a job `--force` started beside one
 # Fields that may change between starts of one job: how long it may run, how a trial is
-# placed, where it writes. Everything else defines the job.
+# placed, where it writes, and `seeds.boundary`, which the search accepts and never reads.
+# Everything else defines the job: it is in the probes' config hashes (`fastfood_kernel`
+# too) or in how the search decides (tolerance, seeds, max_probes aside).
 FREE = ("budget.", "resources.cpus_per_trial", "resources.gpus_per_trial")
-FREE += ("resources.max_concurrent", "tracking.")
+FREE += ("resources.max_concurrent", "tracking.", "seeds.boundary")
+UNUSED = ("seeds.boundary",)
 MAX_RECORD = 19_000  # MLflow keeps experiment tag values up to 20,000 characters
 SHOWN = 4  # changed fields named in the refusal's one line
 
@@ -98,6 +102,12 @@ def changes(old: dict[str, Any], new: dict[str, Any], free: bool) -> list[str]:
     return out
 
 
+def _alike(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The same job by its recorded fields, though its key differs: a record written while
+    another set of fields was free (its key digested one more of them)."""
+    return old.get("fields") is not None and not changes(old, new, free=False)
+
+
 def budget_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """How a changed budget applies to the probes the store already holds."""
     notes = []
@@ -111,6 +121,8 @@ def budget_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             )
         elif path == "budget.max_wall_seconds":
             notes.append(f"{change}: counted from this start; stored probes take none of it")
+        elif path in UNUSED:
+            notes.append(f"{change}: unused by the search; nothing changes")
         elif not path.startswith("tracking."):
             notes.append(f"{change}: applies to the trials this start runs")
     return notes
@@ -119,24 +131,26 @@ def budget_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def check_start(
     records: list[dict[str, Any]], mine: dict[str, Any], *, resume: bool, force: bool, uri: str
 ) -> tuple[str | None, list[str]]:
-    """(the job this start is put beside, or None; lines to print). A `resume` whose spec
-    defines another job than the experiment's is refused in one line naming what changed."""
-    same = [r for r in records if r.get("key") == mine["key"]]
+    """(the job this start is put beside, or None; lines to print). A `run` or `resume` whose
+    spec defines another job than the experiment's is refused in one line naming what changed
+    (a `run` would otherwise write a second job into the same experiment unannounced)."""
+    same = [r for r in records if r.get("key") == mine["key"] or _alike(r, mine)]
     if same:
         return None, budget_notes(same[-1], mine)
-    if not resume or not records:
+    if not records:
         return None, []
     latest = records[-1]
+    command = "resume" if resume else "run"
     if force:
         return latest.get("job_id"), [
-            f"starting job {mine['job_id']} beside job {latest.get('job_id')} (resume --force); "
-            "the report labels its searches so"
+            f"starting job {mine['job_id']} beside job {latest.get('job_id')} ({command} "
+            "--force); the report labels its searches so"
         ]
     changed = changes(latest, mine, free=False) or ["(fields not recorded)"]
     more = f" (and {len(changed) - SHOWN} more)" if len(changed) > SHOWN else ""
     raise SpecError(
         "JOB",
         f"the spec changed since job {latest.get('job_id')} started in {uri}: "
-        f"{'; '.join(changed[:SHOWN])}{more}; resume that job with its own spec, start anew "
-        "under another `name:`, or `sweeper resume --force` to start a new job beside it",
+        f"{'; '.join(changed[:SHOWN])}{more}; {command} that job with its own spec, start anew "
+        f"under another `name:`, or `sweeper {command} --force` to start a new job beside it",
     )

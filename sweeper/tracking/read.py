@@ -113,7 +113,7 @@ class SearchRun:
     threshold_rule: str | None  # "0.9 × perf_full" or "absolute 0.9"
     method_note: str | None  # what to read beside the answer (LoRA: α and scale)
     probes: tuple[ProbeRow, ...]
-    beside: str | None = None  # the job `resume --force` started this one's job beside
+    beside: str | None = None  # the job `--force` started this one's job beside
 
     @property
     def label(self) -> str:
@@ -138,7 +138,7 @@ class SearchRun:
         words = STATUS_WORDS.get(self.status, self.status.replace("_", " "))
         words = words.format(dim=self.dim_name, run_status=self.run_status)
         if self.beside:
-            words += f" (a new job started beside job {self.beside} by `resume --force`)"
+            words += f" (a new job started beside job {self.beside} by `--force`)"
         return words
 
 

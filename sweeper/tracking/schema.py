@@ -13,8 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
 from sweeper.digest import digest
 
 if TYPE_CHECKING:
@@ -35,7 +33,10 @@ TAG_WRITER_LEASE = "sweeper.writer"
 
 # --- run tags ----------------------------------------------------------------------------------
 
-TAG_PARENT_RUN_ID = MLFLOW_PARENT_RUN_ID  # MLflow's own: nests a trial under its parent
+# MLflow's own (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, pinned equal by a test): nests a
+# trial under its parent. Written out, so that importing this module (every `sweeper validate`
+# does) does not import mlflow, half of a short command's start-up
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_KIND = "kind"  # one of the KIND_* values below
 TAG_JOB_ID = "job_id"
 TAG_MODEL = "model"  # parents

@@ -137,7 +137,7 @@ class Tracker:
             self.experiment_id = self._experiment(spec.name, artifacts)
         self._parents: dict[str, str] = {}
         self.patient = Patience(spec.tracking.retry_seconds)
-        self.beside: str | None = None  # the job a `resume --force` starts this one beside
+        self.beside: str | None = None  # the job `--force` starts this one beside
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         """The job's experiment, created if new; of two drivers creating it at once (on a
@@ -178,7 +178,7 @@ class Tracker:
     # --- which job this is -----------------------------------------------------------------
 
     def check_start(self, resume: bool, force: bool) -> list[str]:
-        """Refuse a `resume` whose spec defines another job than the experiment's (`jobs`),
+        """Refuse a start whose spec defines another job than the experiment's (`jobs`),
         record this start's spec on the experiment, and return what to tell the user."""
         from sweeper.errors import shown
         from sweeper.tracking import jobs

@@ -54,43 +54,28 @@ def _refused(run: Sweeper, job: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("second", ["run", "resume"])
-def test_a_second_start_of_a_running_job_exits_2_naming_it(tmp_path, second):
-    job_file = write_job(tmp_path)
-    jid = job_id(parse_spec(tiny_job(tmp_path / "run")))
-    first = Sweeper(tmp_path, "run", str(job_file))
-    try:
-        if second == "resume":  # resume needs finished trials to resume from
-            store = tmp_path / "run" / "mlflow.db"
-            first.wait_for(lambda: finished_runs(store) >= 1, 240, "a first trial in the store")
-        else:
-            time.sleep(0.3)  # the issue's case: two starts 0.3 s apart, no store yet
-        other = Sweeper(tmp_path, second, str(job_file))
-        codes = {other.wait(timeout=300), first.wait(timeout=300)}
-        assert codes == {0, 2}, first.output[-2000:] + other.output[-2000:]
-        _refused(other if other.proc.returncode == 2 else first, jid)
-        _assert_each_probe_once(_store(tmp_path))
-    finally:
-        first.kill_all()
-
-
-@pytest.mark.slow
-def test_a_second_spec_of_a_running_experiment_exits_2_naming_the_running_job(tmp_path):
-    """The issue's case: two specs of one name that differ only in an unused field (their job
-    ids differ) started 0.3 s apart in one folder: one runs, the other names it and leaves."""
+def test_second_starts_of_a_running_experiment_exit_2_naming_the_running_job(tmp_path):
+    """The issue's case: starts 0.3 s apart in one folder, no store yet — the same spec again,
+    and a spec of the same name that differs only in an unused field (its job id differs).
+    One runs; each other names it and leaves. (One job for both: each start is a process.)"""
     specs = {}
     for file, boundary in (("a.yaml", 1), ("b.yaml", 2)):
         seeds = {"baseline": 1, "probe": 1, "boundary": boundary}
         specs[file] = tiny_job(tmp_path / "run", seeds=seeds)
         (tmp_path / file).write_text(yaml.safe_dump(specs[file]))
-    first = Sweeper(tmp_path, "run", str(tmp_path / "a.yaml"))
+    files = ("a.yaml", "a.yaml", "b.yaml")
+    started = []
     try:
-        time.sleep(0.3)
-        other = Sweeper(tmp_path, "run", str(tmp_path / "b.yaml"))
-        codes = {other.wait(timeout=300), first.wait(timeout=300)}
-        assert codes == {0, 2}, first.output[-2000:] + other.output[-2000:]
-        refused, ran = (other, "a.yaml") if other.proc.returncode == 2 else (first, "b.yaml")
-        _refused(refused, job_id(parse_spec(specs[ran])))
+        for file in files:
+            started.append(Sweeper(tmp_path, "run", str(tmp_path / file)))
+            time.sleep(0.3)
+        codes = [run.wait(timeout=300) for run in started]
+        outputs = "".join(run.output[-2000:] for run in started)
+        assert sorted(codes) == [0, 2, 2], outputs
+        ran = files[codes.index(0)]
+        for run, code in zip(started, codes, strict=True):
+            if code == 2:
+                _refused(run, job_id(parse_spec(specs[ran])))
         _assert_each_probe_once(_store(tmp_path))
         seeds = MlflowClient(_store(tmp_path)).search_runs(
             [_probe_runs(_store(tmp_path), None)[0].info.experiment_id],
@@ -98,17 +83,26 @@ def test_a_second_spec_of_a_running_experiment_exits_2_naming_the_running_job(tm
         )
         assert len(seeds) == 1, f"{len(seeds)} baseline seed runs for one seed"
     finally:
-        first.kill_all()
+        for run in started:
+            run.kill_all()
 
 
 @pytest.mark.slow
-def test_a_sigkilled_driver_leaves_no_lock_behind(tmp_path):
+def test_a_resume_of_a_running_job_is_refused_and_a_sigkilled_driver_leaves_no_lock(tmp_path):
+    """`resume` while the job runs (it has finished trials to resume from) exits 2 naming it;
+    once the driver is SIGKILLed, `resume` gets the lock at once and finishes the job. The
+    driver is held (SIGSTOP) from its first trial on, so the job cannot end before both."""
     job_file = write_job(tmp_path)
+    jid = job_id(parse_spec(tiny_job(tmp_path / "run")))
     first = Sweeper(tmp_path, "run", str(job_file))
     try:
         store = tmp_path / "run" / "mlflow.db"
         first.wait_for(lambda: finished_runs(store) >= 1, 240, "a first trial in the store")
         driver = first.driver_pid() or first.proc.pid
+        os.kill(driver, signal.SIGSTOP)  # it holds its lock, as a running driver does
+        other = Sweeper(tmp_path, "resume", str(job_file))
+        other.wait(timeout=300)
+        _refused(other, jid)
         os.kill(driver, signal.SIGKILL)
         first.wait(timeout=60)
         done = subprocess.run(

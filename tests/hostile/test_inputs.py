@@ -597,6 +597,46 @@ def test_a_sexagesimal_number_is_text_and_refused_by_field(work):
     validate_refuses(work, _raw_job("{lo: 2, hi: 16}", "train: {steps: 1:30}\n"), "train.steps")
 
 
+def test_yaml_1_1_booleans_are_text_and_a_boolean_field_refuses_them(work):
+    """YAML 1.1 read `off` as false; a spec says what it means in YAML 1.2 or is refused.
+    One real process; every other YAML 1.1 word the same way, in this one."""
+    from sweeper.errors import SpecError
+    from sweeper.spec import load_spec
+
+    early = "early_stop: {on_pass: off}\n"
+    message = validate_refuses(work, _raw_job("{lo: 2, hi: 16}", early), "early_stop.on_pass")
+    assert "true or false" in message, message
+    for word in ("no", "No", "NO", "yes", "Yes", "YES", "on", "On", "ON", "Off", "OFF", "y", "n"):
+        path = write_job(work, _raw_job("{lo: 2, hi: 16}", f"early_stop: {{on_pass: {word}}}\n"))
+        with pytest.raises(SpecError, match="true or false") as refused:
+            load_spec(path)
+        assert refused.value.field == "early_stop.on_pass", word
+    for word, value in (("true", True), ("False", False), ("TRUE", True)):
+        path = write_job(work, _raw_job("{lo: 2, hi: 16}", f"early_stop: {{on_pass: {word}}}\n"))
+        assert load_spec(path).early_stop.on_pass is value
+
+
+def test_a_yaml_1_1_boolean_word_is_text_where_text_goes(work):
+    spec = _raw_job("{lo: 2, hi: 16}").replace("name: hostile", "name: no")
+    done = sweeper("validate", str(write_job(work, spec)), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "valid job 'no'" in done.stdout, done.stdout  # YAML 1.1: False, refused as a name
+
+
+def test_validate_refuses_a_wall_budget_below_what_one_trial_is_measured_to_take(work):
+    """How long a baseline takes is known only once it runs; validate times the part it can
+    (a cold build of the first pair's data and model, which each trial repeats) and refuses a
+    budget below it, and says the floor for one above it."""
+    digits = {"grid": [{"models": ["mlp"], "tasks": ["digits"]}]}
+    validate_refuses(
+        work, job(budget={"max_wall_seconds": 0.01}, **digits), "budget.max_wall_seconds", "s"
+    )
+    hour = write_job(work, job(budget={"max_wall_seconds": 3600}))
+    done = sweeper("validate", str(hour), cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "budget: 3600 s of wall time" in done.stdout, done.stdout
+
+
 def test_validate_refuses_grad_accum_without_a_batch_size_it_can_check(work):
     """The task's default batch is known only once its model is built; a grad_accum that did
     not divide it validated, and then every probe raised."""
