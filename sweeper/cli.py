@@ -18,6 +18,7 @@ from sweeper.errors import ClusterError, SpecError, StoreError
 
 EXIT_USAGE = 2
 EXIT_CLUSTER = 1  # the cluster cannot run the job: unreachable, wrong Ray, a package missing
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
 MAX_THREADS = 1024
 SEEDS = 2**32  # the projections' generator takes seeds in [0, 2^32)
 
@@ -612,6 +613,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sweeper {args.command}: interrupted; `sweeper resume` continues", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader left (`sweeper validate JOB | head -1`): it has what it wanted; exit as a
+        # SIGPIPE'd program does, and point stdout at /dev/null so the exit's flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -659,3 +659,25 @@ def test_a_merge_key_with_an_override_is_read_as_yaml_merges_it(work):
     done = sweeper("validate", str(write_job(work, spec)), cwd=work)
     assert done.returncode == 0, done.stderr
     assert "said: d in [2, 16]" in done.stdout and "did: d in [2, 8]" in done.stdout, done.stdout
+
+
+def test_validate_into_a_reader_that_leaves_prints_no_traceback(work):
+    """`sweeper validate JOB | head -1`: the reader takes one line and goes; validate stops
+    quietly with the shell's SIGPIPE status instead of a BrokenPipeError traceback."""
+    spec = write_job(work, job())
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left
+    with open(write_end, "wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeper.cli", "validate", str(spec)],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 141, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
