@@ -24,13 +24,15 @@ SEEDS = 2**32  # the projections' generator takes seeds in [0, 2^32)
 
 
 def _task_options(pairs: Sequence[str]) -> dict:
+    from sweeper.spec import load_yaml
+
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SpecError("--task-option", f"expected KEY=VALUE, got {pair!r}")
         try:
-            parsed = yaml.safe_load(value)  # data only: numbers, strings, booleans
+            parsed = load_yaml(value)  # as the spec reads it: `yes` is text, true a boolean
         except yaml.YAMLError:
             parsed = None  # `[1`, a tag: not a scalar either
         if not isinstance(parsed, int | float | str | bool) or (

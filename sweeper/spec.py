@@ -642,6 +642,11 @@ def parse_spec(data: Any) -> JobSpec:
     return spec
 
 
+def load_yaml(text: str) -> Any:
+    """YAML as a job spec reads it: safe, 1.2 scalars (`yes` is text), no duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a job spec file; every problem is a SpecError naming the field."""
     path = Path(path)
@@ -650,7 +655,7 @@ def load_spec(path: str | Path) -> JobSpec:
     except UnicodeDecodeError as e:
         raise SpecError(str(path), f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise SpecError(_yaml_where(e, text), f"YAML syntax error: {_one_line(e)}") from None
     except RecursionError:

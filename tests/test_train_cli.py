@@ -251,3 +251,17 @@ def test_a_fastfood_model_from_generator_3_restores_with_its_chunked_p(tmp_path)
             rebuilt.theta_d.copy_(loaded.tensors["theta_d"])
         for name, value in old.effective_parameters().items():
             torch.testing.assert_close(rebuilt.effective_parameters()[name], value)
+
+
+def test_task_option_values_read_as_a_job_spec_reads_them():
+    """YAML 1.2 scalars, as in a spec: `yes`/`on` are text (a boolean option then refuses it
+    naming the option), `true` is a boolean, 010 is ten."""
+    from sweeper.cli import _task_options
+
+    assert _task_options(["a=yes", "b=on", "c=true", "d=010", "e=0.5"]) == {
+        "a": "yes",
+        "b": "on",
+        "c": True,
+        "d": 10,
+        "e": 0.5,
+    }
