@@ -27,7 +27,7 @@ from sweeper import methods
 from sweeper.digest import digest
 from sweeper.engine import progress
 from sweeper.engine.plan import JobPlan, Request
-from sweeper.errors import StoreError
+from sweeper.errors import ClusterError, StoreError
 from sweeper.spec import JobSpec
 from sweeper.stops import stops
 from sweeper.tracking.write import Tracker
@@ -149,7 +149,16 @@ def _init_ray() -> None:
         address = "local"
         kwargs["num_cpus"] = os.cpu_count() or 1
     ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as e:  # Ray raises several types when its processes fail to come up in time
+        ray.shutdown()  # what did start goes with it: nothing is left listening
+        where = "the embedded Ray (in-process)" if address == "local" else f"Ray at {address}"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ClusterError(
+            f"{where} did not start: {reason} (load {os.getloadavg()[0]:.0f}); no trial ran: "
+            "start the job again once the machine is quieter"
+        ) from None
     for signum, handler in ours.items():
         if handler == stops.handler:
             # ray.init puts in its own SIGTERM handler (sys.exit mid-write, then tracebacks from
