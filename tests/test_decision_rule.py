@@ -18,7 +18,7 @@ from sweeper.engine.probe import run_probe
 from sweeper.spec import parse_spec
 from sweeper.tasks import TASKS, build_problem
 from sweeper.tasks import digits as digits_task
-from sweeper.tasks.base import stratified_split, three_way_split
+from sweeper.tasks.base import stratified_split, tensor_classification, three_way_split
 from sweeper.tracking.cache import Cache
 from sweeper.tracking.schema import family_hash as family
 
@@ -199,3 +199,19 @@ def test_results_decided_by_another_rule_or_head_policy_are_never_reused():
         for head in ("budget", "train")
     }
     assert len(hashes) == 2
+
+
+def test_accuracy_of_nine_in_ten_meets_a_bar_of_090_exactly():
+    """A model that gets 9,000 of 10,000 right has met an absolute 0.90 bar: the count over
+    the total is read in float64 (a float32 mean gives 0.89999998, a fail)."""
+    y = torch.zeros(10_000, dtype=torch.long)
+    y[:1_000] = 1  # the model below always says 0: 9,000 right
+    x = torch.zeros(10_000, 2)
+    data = {"train": (x, y), "report": (x, y)}
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.zero_()
+        module.bias.copy_(torch.tensor([1.0, 0.0]))
+    _, _, evaluate = tensor_classification(data)
+    accuracy = evaluate(module, "report")["accuracy"]
+    assert accuracy == 0.9 and accuracy >= 0.90
