@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -79,6 +80,7 @@ def _json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+@functools.cache
 def _option_fields() -> dict[str, tuple[Any, Any]]:
     """Every registered method's trial options that `sweeper train` offers, each once:
     name → (the dataclass field, its resolved type)."""
