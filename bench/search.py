@@ -282,9 +282,9 @@ def measure_ray_overhead() -> dict:
     seconds: list[float] = []
     original = driver.Tracker.log_trial
 
-    def counting(self, parent_id, request, result):
-        seconds.append(float(result.get("seconds", math.nan)))
-        return original(self, parent_id, request, result)
+    def counting(self, parent_id, trial):
+        seconds.append(math.nan if trial.row.seconds is None else float(trial.row.seconds))
+        return original(self, parent_id, trial)
 
     driver.Tracker.log_trial = counting
     run_dir = Path(tempfile.mkdtemp(prefix="sweeper-bench-"))

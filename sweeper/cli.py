@@ -255,7 +255,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     on_select += ["stop-on-pass"] * stops
     chosen = f"{', '.join(on_select)} on `select`, " if on_select else ""
     print(
-        f"  decided on held-out data: {chosen}pass/fail on `report`; head: {spec.head} "
+        f"  decided on held-out data: {chosen}pass/fail on `report`; head: {spec.head_policy} "
         "(the same for every method)"
     )
     stop = "stop-on-pass at the same rule made on `select`" if stops else "no stop-on-pass"

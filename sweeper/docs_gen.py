@@ -239,6 +239,11 @@ def _default(info: FieldInfo) -> str:
     return f"`{_number(value)}`"
 
 
+def _fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """A model's fields under the keys a spec writes them with (an alias, where one is set)."""
+    return [(info.alias or name, info) for name, info in model.model_fields.items()]
+
+
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models an annotation holds, directly or in a list or union."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -272,7 +277,7 @@ def _sections() -> list[tuple[str, type[BaseModel], str]]:
             return
         seen.add(model)
         out.append((path, model, (model.__doc__ or "").strip()))
-        for name, info in model.model_fields.items():
+        for name, info in _fields(model):
             child = f"{path}.{name}" if path else name
             if path == "methods":
                 child = "methods.<method>"
@@ -302,7 +307,7 @@ def _anchor(path: str) -> str:
 def _field_rows(path: str, model: type[BaseModel], missing: list[str]) -> list[str]:
     readers = _method_readers() if path == "methods.<method>" else {}
     rows = []
-    for name, info in model.model_fields.items():
+    for name, info in _fields(model):
         full = f"{path}.{name}" if path else name
         text = info.description or FIELD_DOCS.get(_doc_key(full))
         if not text:

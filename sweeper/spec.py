@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -282,6 +283,10 @@ class ThresholdRule(_Strict):
 class JobSpec(_Strict):
     """A sweep: for each (model, task) of the grid, d90 / r90 for each method."""
 
+    # Fields read and dumped under their aliases (`head` for `head_policy`): the spec's keys as
+    # users write them, and so the same job id and job record as a spec of the same text.
+    model_config = ConfigDict(**STRICT, serialize_by_alias=True)
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     grid: Annotated[list[GridBlock], Field(min_length=1)]
     methods: Methods
@@ -289,7 +294,7 @@ class JobSpec(_Strict):
     # (docs/design/decision-rule.md): 'budget' puts it inside each method's budget (projected
     # for did/said, a LoRA adapter for lora; Li et al.), 'train' trains it directly in every
     # method and counts it (PEFT's modules_to_save; Aghajanyan et al.).
-    head: Literal[HEAD_POLICIES] = "budget"
+    head_policy: Annotated[Literal[HEAD_POLICIES], Field(alias="head")] = "budget"
     threshold: ThresholdRule = ThresholdRule(fraction=0.9)
     # θ0: `fixed` (the task's init_seed for every trial, so an interval is conditional on that
     # one initialisation) or `per_probe` (each trial draws its own from its seed)
@@ -561,7 +566,7 @@ def _check_names(spec: JobSpec) -> None:
     for name in named:
         if getattr(spec.methods, name).search is None:
             raise SpecError(f"methods.{name}.search", "required, e.g. {lo: 2, hi: 1024}")
-    for name in ("full", *named):
+    for name in (methods.BASELINE, *named):
         try:  # the job's train merged with the method's: each valid alone, maybe not together
             merged = spec.train_for(name)
         except ValidationError as e:
@@ -589,7 +594,7 @@ def _check_rule(spec: JobSpec) -> None:
     """The baseline is chosen by the same rule as the probes (docs/design/decision-rule.md): as
     many learning rates tried, the same evaluation schedule. A baseline that gets fewer chances
     than the probes tilts the bar toward passing."""
-    full = spec.train_for("full")
+    full = spec.train_for(methods.BASELINE)
     for name in spec.methods.searched():
         probe = spec.train_for(name)
         tries = (t.lr_search.tries if t.lr_search else 1 for t in (full, probe))

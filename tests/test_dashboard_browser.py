@@ -1,7 +1,7 @@
 """The report and the live dashboard in a real headless Chromium, on a real sweep's MLflow store.
 
 A small real job (toy-sums, did + said, Ray, MLflow SQLite) plus a GLUE-like experiment written
-the way sweeper.tracking writes it (LoRA answers and several model sizes, which toy-sums cannot
+by sweeper.tracking's writer (LoRA answers and several model sizes, which toy-sums cannot
 give, and a search still running). Needs Debian's `chromium` and `pip install playwright`; the
 screenshots land in the pytest tmp dir and their paths are printed.
 """
@@ -45,6 +45,7 @@ from dashboard_helpers import (  # noqa: E402
     add_probe,
     add_search,
     synthetic_experiment,
+    writer,
 )
 from helpers import toy_job  # noqa: E402
 
@@ -66,11 +67,11 @@ def store(tmp_path_factory):
     ray.shutdown()
     client = MlflowClient(summary.tracking_uri)
     synthetic_experiment(
-        client, "glue-sizes", models=MODELS, tasks=TASKS, probes_per_search=8, seed=1
+        client.tracking_uri, "glue-sizes", models=MODELS, tasks=TASKS, probes_per_search=8, seed=1
     )
-    glue = client.get_experiment_by_name("glue-sizes").experiment_id
+    glue = writer(client.tracking_uri, "glue-sizes")
     running = add_search(
-        client, glue, model="roberta-large", task="qnli", method="did", D=355_000_000,
+        glue, model="roberta-large", task="qnli", method="did", D=355_000_000,
         probes=[(16, 0, 0.45, "fail", 30.0), (16384, 0, 0.9, "pass", 40.0),
                 (512, 0, 0.8, "pass", 35.0)],
         running=True,
@@ -179,10 +180,10 @@ def test_live_dashboard_shows_running_searches_and_updates_as_probes_finish(
         assert "(16, 512]" in row.inner_text()  # the bracket of the probes finished so far
         assert page.locator("#running tr[data-live-search]").count() == 1
 
-        glue = client.get_experiment_by_name("glue-sizes").experiment_id
+        glue = writer(client.tracking_uri, "glue-sizes")
         add_probe(
-            client, glue, running, method="did", model="roberta-large", task="qnli",
-            D=355_000_000, dim=90, seed=0, metric=0.6, outcome="fail", seconds=20.0,
+            glue, running, method="did", model="roberta-large", task="qnli", D=355_000_000,
+            dim=90, seed=0, metric=0.6, outcome="fail", seconds=20.0,
         )  # fmt: skip
         page.wait_for_selector(
             f"#running tr[data-live-search='{running}'] [data-probes-done='4']", timeout=20_000
@@ -223,13 +224,13 @@ CROWDED = {
 def crowded_report(tmp_path) -> Path:
     (tmp_path / "store").mkdir()
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    experiment = client.create_experiment("crowded")
+    crowded = writer(client.tracking_uri, "crowded")
     for model, answers in CROWDED.items():
-        add_baseline(client, experiment, model=model, task="digits", perf_full=0.95)
+        add_baseline(crowded, model=model, task="digits", perf_full=0.95)
         for method, (answer, interval) in answers.items():
             low = max(1, interval[0] - 1)
             add_search(
-                client, experiment, model=model, task="digits", method=method, D=4810,
+                crowded, model=model, task="digits", method=method, D=4810,
                 probes=[(low, 0, 0.5, "fail", 1.0), (answer, 1, 0.9, "pass", 1.0)],
                 answer=answer, interval=interval, perf_full=0.95, threshold=0.855,
             )  # fmt: skip

@@ -1,6 +1,6 @@
-"""The dashboards' data layer on a real MLflow SQLite store laid out as `sweeper.tracking` writes
-it (docs/design/mlflow-layout.md): what every view gets, and the gaps (not bracketed, no
-baseline, an empty experiment, NaN metrics) said in words. No browser here; see
+"""The dashboards' data layer on a real MLflow SQLite store written by `sweeper.tracking`'s writer
+(docs/design/mlflow-layout.md): what every view gets, and the gaps (not bracketed, no baseline,
+an empty experiment, NaN metrics) said in words. No browser here; see
 test_dashboard_browser.py."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dashboard_helpers import UI, add_baseline, add_search
+from dashboard_helpers import UI, add_baseline, add_search, search_run, writer
 from mlflow.tracking import MlflowClient
 
 from sweeper.dashboard.cli import main
@@ -32,10 +32,10 @@ def store(tmp_path_factory):
     """One store: `glue` (two models, did/said/lora, found), `edges` (the gaps), `empty`."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     client = MlflowClient(uri)
-    glue = client.create_experiment("glue")
+    glue = writer(uri, "glue")
     ids = {}
     for model, D, scale in (("bert-base", 110_000_000, 1), ("bert-large", 335_000_000, 2)):
-        add_baseline(client, glue, model=model, task="mrpc", perf_full=0.86)
+        add_baseline(glue, model=model, task="mrpc", perf_full=0.86)
         for method, answer in (("did", 800 // scale), ("said", 500 // scale), ("lora", 8 // scale)):
             low, high = answer // 4, answer * 4
             probes = [
@@ -46,35 +46,36 @@ def store(tmp_path_factory):
                 (high, 0, 0.85, "pass", 30.0),
             ]
             ids[model, method] = add_search(
-                client, glue, model=model, task="mrpc", method=method, D=D, probes=probes,
+                glue, model=model, task="mrpc", method=method, D=D, probes=probes,
                 answer=answer, interval=(answer // 2, answer), perf_full=0.86, threshold=0.774,
             )  # fmt: skip
-    edges = client.create_experiment("edges")
-    add_baseline(client, edges, model="vector", task="toy-sums", perf_full=1.0)
+    edges = writer(uri, "edges")
+    add_baseline(edges, model="vector", task="toy-sums", perf_full=1.0)
     ids["lo_passes"] = add_search(
-        client, edges, model="vector", task="toy-sums", method="did", D=600,
+        edges, model="vector", task="toy-sums", method="did", D=600,
         probes=[(2, 0, 1.0, "pass", 1.0), (64, 0, 1.0, "pass", 1.0)],
         status="not_bracketed_lo_passes", perf_full=1.0, threshold=0.9,
     )  # fmt: skip
     ids["nan"] = add_search(
-        client, edges, model="vector", task="toy-sums", method="said", D=600,
+        edges, model="vector", task="toy-sums", method="said", D=600,
         probes=[(2, 0, None, "diverged", 1.0), (4, 0, math.nan, "fail", 1.0),
                 (8, 0, 1.0, "pass", math.nan), (16, 0, 1.0, "pass", 2.0)],
         answer=8, interval=(8, 16), perf_full=math.nan, threshold=math.nan,
     )  # fmt: skip
     ids["running"] = add_search(
-        client, edges, model="mlp", task="digits", method="did", D=9_000,
+        edges, model="mlp", task="digits", method="did", D=9_000,
         probes=[(2, 0, 0.2, "fail", 1.0), (1024, 0, 0.95, "pass", 1.0), (45, 0, 0.5, "fail", 1.0)],
         running=True,
     )  # fmt: skip
     ids["resumed"] = add_search(
-        client, edges, model="mlp", task="digits", method="said", D=9_000,
+        edges, model="mlp", task="digits", method="said", D=9_000,
         probes=[(2, 0, 0.2, "fail", 1.0), (1024, 0, 0.95, "pass", 1.0)],
         status="budget_exhausted", perf_full=0.97, threshold=0.873,
     )  # fmt: skip
-    client.update_run(ids["resumed"], status="RUNNING")  # as Tracker._parent does on resume
-    add_baseline(client, edges, model="mlp", task="digits", perf_full=0.97)
-    add_baseline(client, edges, model="big", task="digits", perf_full=None, running=True)
+    # resumed: a new driver of the job reopens the parent run
+    writer(uri, "edges").search_parent(search_run("mlp", "digits", "said"))
+    add_baseline(edges, model="mlp", task="digits", perf_full=0.97)
+    add_baseline(edges, model="big", task="digits", perf_full=None, running=True)
     client.create_experiment("empty")
     return client, ids
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from sweeper.engine.plan import Request, trial_config
 from sweeper.engine.probe import run_probe
+from sweeper.engine.records import trial_record
 from sweeper.errors import SpecError
 from sweeper.projection import fastfood, selftest
 from sweeper.spec import parse_spec
@@ -179,7 +180,7 @@ def test_a_probe_that_fell_back_is_tagged_in_mlflow_with_the_kernel_and_the_reas
     tracker = Tracker(spec, "job-kernel")
     parent = tracker.client.create_run(tracker.experiment_id).info.run_id
     request = Request("probe", f"{model}/{task.name}/said", 0, 12, config)
-    run_id = tracker.log_trial(parent, request, result)
+    run_id = tracker.log_trial(parent, trial_record(request, result))
     tags = MlflowClient(tracker.client.tracking_uri).get_run(run_id).data.tags
     assert tags[S.TAG_KERNEL] == "reference"
     assert tags[S.TAG_KERNEL_REASON] == result["kernel_reason"]

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.engine.driver import run_job
 from sweeper.engine.plan import Request
+from sweeper.engine.records import trial_record
 from sweeper.spec import parse_spec
 from sweeper.tracking import schema as S
 from sweeper.tracking.retry import Patience, TrackingUnavailable, unreachable
@@ -144,8 +145,9 @@ def test_a_repeated_trial_write_leaves_one_finished_run_and_drops_a_half_written
     cut_tags = {S.TAG_WRITE_ID: "w1", S.TAG_KIND: S.KIND_PROBE}
     cut = tracker.client.create_run(tracker.experiment_id, tags=cut_tags)
 
-    first = tracker.log_trial(parent, request, result, write_id="w1")
-    again = tracker.log_trial(parent, request, result, write_id="w1")  # the retry of a write
+    trial = trial_record(request, result)
+    first = tracker.log_trial(parent, trial, write_id="w1")
+    again = tracker.log_trial(parent, trial, write_id="w1")  # the retry of a write
     assert again == first
     (run,) = tracker.client.search_runs([tracker.experiment_id], S.tag_is(S.TAG_WRITE_ID, "w1"))
     assert run.info.run_id == first and run.info.status == "FINISHED"

@@ -332,12 +332,12 @@ def test_a_baseline_on_another_evaluation_schedule_is_refused(key):
 
 
 def test_the_head_is_one_job_level_policy_and_the_old_per_method_flag_says_where_it_went():
-    assert parse_spec(QUICKSTART).head == "budget"
+    assert parse_spec(QUICKSTART).head_policy == "budget"
     data = copy.deepcopy(QUICKSTART)
     data["methods"]["did"]["train_head"] = True
     error = spec_error(data)
     assert error.field == "methods.did.train_head" and "head: train" in error.message
-    assert parse_spec({**QUICKSTART, "head": "train"}).head == "train"
+    assert parse_spec({**QUICKSTART, "head": "train"}).head_policy == "train"
 
 
 def test_digest_is_stable_for_equal_data_and_differs_otherwise():

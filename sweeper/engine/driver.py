@@ -25,8 +25,8 @@ from rich.live import Live
 
 from sweeper import methods
 from sweeper.digest import digest
-from sweeper.engine import progress
-from sweeper.engine.plan import JobPlan, Request
+from sweeper.engine import progress, records
+from sweeper.engine.plan import JobPlan, PairState, Request, SearchState
 from sweeper.errors import ClusterError, StoreError
 from sweeper.spec import JobSpec
 from sweeper.stops import stops
@@ -268,7 +268,7 @@ class JobRunner:
         with stops.held():
             for pair, state in self.plan.searches():  # a wall-time budget may have cut searches
                 if state.threshold_search is not None and state.label not in self.logged:
-                    self.tracker.finish_search(state, pair, self.plan.result(state))
+                    self._finish_search(pair, state)
         return self._summary()
 
     # --- Tune's side (through PlanSearcher) ---------------------------------------------
@@ -281,10 +281,14 @@ class JobRunner:
                 self.trials_run += 1
             self._log_trial(request, result)
             if request.kind == "baseline":
-                parent = self.tracker.baseline_parent(self.plan.pair_of(request))
+                parent = self.tracker.baseline_parent(
+                    records.baseline_run(self.plan.pair_of(request))
+                )
             else:
-                parent = self.tracker.search_parent(self.plan.search_of(request))
-            row["run_id"] = self.tracker.log_trial(parent, request, result)
+                parent = self.tracker.search_parent(
+                    records.search_run(self.plan.search_of(request))
+                )
+            row["run_id"] = self.tracker.log_trial(parent, records.trial_record(request, result))
             self._finish_ready()
 
     def on_change(self) -> None:
@@ -295,7 +299,7 @@ class JobRunner:
         """Write each baseline and search verdict to MLflow as soon as it is final."""
         for pair in self.plan.pairs:
             if pair.done and not pair.pending and pair.label not in self.logged:
-                self.tracker.finish_baseline(pair)
+                self.tracker.finish_baseline(records.baseline_verdict(pair))
                 self.logged.add(pair.label)
         for pair, state in self.plan.searches():
             if (
@@ -303,8 +307,14 @@ class JobRunner:
                 and state.finished
                 and state.label not in self.logged
             ):
-                self.tracker.finish_search(state, pair, self.plan.result(state))
+                self._finish_search(pair, state)
                 self.logged.add(state.label)
+
+    def _finish_search(self, pair: PairState, state: SearchState) -> None:
+        """Write a started search's verdict (partial if a wall-time budget cut it)."""
+        result = self.plan.result(state)
+        if result is not None:  # None: no baseline, so no threshold to search against
+            self.tracker.finish_search(records.search_verdict(pair, state, result))
 
     def _fit(self) -> None:
         """Run the plan's trials with Tune until the plan is finished or its budget ends."""

@@ -166,7 +166,7 @@ def trial_config(spec: JobSpec, model: str, task: TaskRef, method: str) -> Trial
         # the decision rule and the head policy: part of every hash, so results chosen or
         # scored another way are never reused as if they were the same probe
         rule=RULE,
-        head_policy=spec.head,
+        head_policy=spec.head_policy,
         init=spec.init,
         # no early stop of any kind on baselines: perf_full is the bar every probe is held to
         stop_on_pass=spec.early_stop.on_pass and searched,

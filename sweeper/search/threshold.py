@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -41,7 +41,6 @@ Outcome = Literal[
     "error",  # set by the plan, never by the search: a probe raised, so there is no verdict
 ]
 
-_STATE_FORMAT = 4  # 4: settings name the stop rule (3: results keyed by dim; 2: by point)
 MONOTONE_ALPHA = 0.05
 """Evidence is called non-monotone when a monotone pass-rate curve explains it this badly
 (``estimate.monotone_p_value`` below this): a noisy but monotone metric is flagged in about
@@ -283,39 +282,6 @@ class ThresholdSearch:
             bracket=assessment.bracket,
             probes=len(self._results),
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain JSON data; non-finite metrics are stored as null (read back as nan)."""
-        return {
-            "format": _STATE_FORMAT,
-            "settings": asdict(self.settings),
-            "results": [
-                {
-                    "dim": r.dim,
-                    "seed": r.seed,
-                    "metric": r.metric if math.isfinite(r.metric) else None,
-                    "passed": bool(r.passed),
-                }
-                for _, r in sorted(self._results.items())
-            ],
-            "pending": [list(key) for key in sorted(self._pending)],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> ThresholdSearch:
-        """Only this format is read: a state is an in-memory snapshot (no store keeps one; a
-        job resumes by replaying its probes from MLflow)."""
-        if state.get("format") != _STATE_FORMAT:
-            raise ValueError(
-                f"unknown searcher state format {state.get('format')!r}; "
-                f"this sweeper reads format {_STATE_FORMAT}"
-            )
-        search = cls(SearchSettings(**state["settings"]))
-        for r in state["results"]:
-            metric = math.nan if r["metric"] is None else float(r["metric"])
-            search.record(ProbeResult(r["dim"], r["seed"], metric, r["passed"]))
-        search._pending = {(dim, seed) for dim, seed in state["pending"]}
-        return search
 
     def _finished(self, assessment: _Assessment) -> bool:
         out_of_budget = len(self._results) >= self.settings.max_probes

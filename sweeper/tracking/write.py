@@ -15,7 +15,6 @@ Every write the driver makes mid-job waits out a tracking server that is down (`
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -27,26 +26,31 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeper import methods
 from sweeper.errors import SpecError
 from sweeper.paths import confined
 from sweeper.store import default_uris
 from sweeper.tracking import schema as S
 from sweeper.tracking.cache import Cache
 from sweeper.tracking.read import all_runs, load_cache
+from sweeper.tracking.records import (
+    BaselineRun,
+    BaselineVerdict,
+    SearchRun,
+    SearchVerdict,
+    TrialRecord,
+)
 from sweeper.tracking.retry import Patience, unreachable
 
 if TYPE_CHECKING:  # annotations only
-    from sweeper.search import SearchResult, ThresholdSearch
-    from sweeper.spec import JobSpec, TaskRef
+    from sweeper.spec import JobSpec
 
 log = logging.getLogger("sweeper.tracking")
 LEASE_TTL_S = 60.0  # a tracking server's writer lease lasts this long without a heartbeat
@@ -54,61 +58,12 @@ LEASE_SETTLE_S = 2.0  # written, then read back after this: of two racing driver
 MAX_TAG = 7000  # MLflow keeps tag values up to 8000 characters
 
 
-class Request(Protocol):
-    """What the writer reads of a finished trial's request (the engine's `plan.Request`)."""
-
-    kind: str  # "baseline" | "probe"
-    label: str
-    seed: int
-    dim: int | None
-    config: dict[str, Any]
-
-    @property
-    def config_hash(self) -> str: ...
-
-
-class PairState(Protocol):
-    """What the writer reads of a (model, task) pair's baseline (the engine's `PairState`)."""
-
-    label: str
-    model: str
-    task: TaskRef
-    baseline_hash: str
-    results: dict[int, float]
-    reused: bool
-    error: str | None
-
-    @property
-    def perf_full(self) -> float: ...
-
-    @property
-    def perf_full_std(self) -> float: ...
-
-
-class SearchState(Protocol):
-    """What the writer reads of one search (the engine's `SearchState`)."""
-
-    label: str
-    model: str
-    task: TaskRef
-    method: str
-    base_config: Any  # a Trial: `Method.describe` reads it
-    threshold_search: ThresholdSearch | None
-    records: list[dict[str, Any]]
-    search_hash: str | None
-    stop_threshold: float | None
-    error: str | None
-
-    @property
-    def dim_name(self) -> str: ...
-
-
 def _tail(text: str, limit: int) -> str:
     """The last `limit` characters: a traceback's end says what raised."""
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
-def _lr_rule(config: dict[str, Any]) -> str:
+def _lr_rule(config: Mapping[str, Any]) -> str:
     search = config.get("lr_search")
     if search:
         return f"search(low={search['low']}, high={search['high']}, tries={search['tries']})"
@@ -260,113 +215,36 @@ class Tracker:
 
         self.patient("closing open runs", close)
 
-    def baseline_parent(self, pair: PairState) -> str:
+    def baseline_parent(self, run: BaselineRun) -> str:
         return self._parent(
             S.KIND_BASELINE,
-            f"{pair.label}/{methods.BASELINE}",
+            f"{run.label}/{run.method}",
             S.TAG_BASELINE_HASH,
-            pair.baseline_hash,
-            {S.TAG_MODEL: pair.model, S.TAG_TASK: pair.task.name, S.TAG_METHOD: methods.BASELINE},
+            run.baseline_hash,
+            {S.TAG_MODEL: run.model, S.TAG_TASK: run.task, S.TAG_METHOD: run.method},
         )
 
-    def search_parent(self, state: SearchState) -> str:
+    def search_parent(self, run: SearchRun) -> str:
         return self._parent(
             S.KIND_SEARCH,
-            state.label,
+            run.label,
             S.TAG_SEARCH_HASH,
-            state.search_hash,
-            {S.TAG_MODEL: state.model, S.TAG_TASK: state.task.name, S.TAG_METHOD: state.method},
+            run.search_hash,
+            {S.TAG_MODEL: run.model, S.TAG_TASK: run.task, S.TAG_METHOD: run.method},
         )
 
-    def log_trial(
-        self, parent_id: str, request: Request, result: dict[str, Any], write_id: str | None = None
-    ) -> str:
+    def log_trial(self, parent_id: str, trial: TrialRecord, write_id: str | None = None) -> str:
         """One finished trial as a complete child run, exactly once; returns its run id.
 
         The run carries a `write_id` tag (fresh unless given), so an attempt retried after an
         outage — or a second call with the same id — finds what an earlier one left: a finished
         run is kept, a half-written one is deleted and written again whole.
         """
-        config = request.config
-        dim_name = methods.dim_name(config["method"])
-        kind = S.KIND_PROBE if request.kind == "probe" else S.KIND_BASELINE_SEED
-        run_name = f"{config['method']} seed={request.seed}"
-        if request.dim is not None:
-            run_name = f"{config['method']} {dim_name}={request.dim} seed={request.seed}"
-        row = S.ProbeRow(
-            dim=request.dim,
-            seed=request.seed,
-            outcome=result.get("outcome", "error"),
-            passed=bool(result.get("passed")),
-            metric=result.get("metric"),
-            seconds=result.get("seconds"),
-            steps=result.get("steps"),
-            lr=result.get("lr"),
-            D=result.get("D"),
-            trainable_params=result.get("trainable_params"),
-        )
-        tags = {
-            S.TAG_PARENT_RUN_ID: parent_id,
-            S.TAG_KIND: kind,
-            S.TAG_JOB_ID: self.job_id,
-            S.TAG_CONFIG_HASH: request.config_hash,
-            S.TAG_SEARCH: request.label,
-            **row.to_tags(),
-            S.TAG_WRITE_ID: write_id or uuid.uuid4().hex,
-        }
-        if request.kind == "probe":
-            tags[S.TAG_THRESHOLD_RULE] = self.spec.threshold.describe()
-        if result.get("outcome") == "error":  # what went wrong stays with the run
-            tags[S.TAG_ERROR] = _tail(str(result.get("error", "")), 2000)
-            tags[S.TAG_TRACEBACK] = _tail(str(result.get("traceback", "")), MAX_TAG)
-        if result.get("kernel"):  # subspace probes: the Fastfood kernel that trained, and why
-            tags |= {
-                S.TAG_KERNEL: result["kernel"],
-                S.TAG_KERNEL_REASON: result["kernel_reason"][:5000],
-            }
-        tags[S.TAG_SEARCH_HASH if kind == S.KIND_PROBE else S.TAG_BASELINE_HASH] = S.family_hash(
-            config
-        )
-        params = {
-            S.PARAM_METHOD: config["method"],
-            S.PARAM_MODEL: config["model"],
-            S.PARAM_TASK: config["task"],
-            **row.to_params(dim_name),
-            S.PARAM_PROJECTION: config.get("projection", "-"),
-            S.PARAM_LAYOUT: config.get("layout", "-"),
-            S.PARAM_OPTIMIZER: config["train"].get("optimizer", "task default"),
-            S.PARAM_METRIC_NAME: result.get("metric_name"),
-            # the decision rule's settings (docs/design/decision-rule.md), so every number says
-            # how it was made
-            S.PARAM_RULE: config.get("rule"),
-            S.PARAM_HEAD: config.get("head"),
-            S.PARAM_LR_RULE: _lr_rule(config),
-            S.PARAM_STOP_ON_PASS: config.get("stop_on_pass"),
-            S.PARAM_PASS_MARGIN_Z: config.get("pass_margin_z"),
-            S.PARAM_HOPELESS_PATIENCE: config.get("patience"),
-            S.PARAM_THRESHOLD: config.get("threshold"),
-            S.PARAM_STOP_THRESHOLD: config.get("stop_threshold"),
-            S.PARAM_INIT: config.get("init", "fixed"),
-            **{S.split_size_param(p): n for p, n in (result.get("split_sizes") or {}).items()},
-        }
-        now = int(time.time() * 1000)
-        metrics = []
-        for step_row in result.get("history", []):
-            step = int(step_row["step"])
-            for key, value in step_row.items():
-                if key == "step" or not _finite(value):
-                    continue
-                metrics.append(Metric(S.step_metric(key), float(value), now, step))
-        for key, value in (result.get("report_metrics") or {}).items():
-            if _finite(value):
-                metrics.append(Metric(S.report_metric(key), float(value), now, 0))
-        step0 = row.to_metrics() | {
-            S.METRIC_SELECT: result.get("select_metric"),
-            S.METRIC_CHECKPOINT_STEP: result.get("checkpoint_step"),
-        }
-        metrics += [Metric(k, float(v), now, 0) for k, v in step0.items() if _finite(v)]
-        batch = [Param(k, str(v)) for k, v in params.items() if v is not None]
-        status = "FINISHED" if result.get("outcome") != "error" else "FAILED"
+        run_name = _trial_run_name(trial)
+        tags = self._trial_tags(parent_id, trial, write_id or uuid.uuid4().hex)
+        metrics = _trial_metrics(trial)
+        batch = [Param(k, str(v)) for k, v in _trial_params(trial).items() if v is not None]
+        status = "FAILED" if trial.row.outcome == "error" else "FINISHED"
 
         attempts = 0 if write_id is None else 1  # a fresh id has nothing to find at first
 
@@ -379,12 +257,33 @@ class Tracker:
                 self.experiment_id, run_name=run_name, tags=tags
             ).info.run_id
             self.client.log_batch(run_id, metrics=metrics, params=batch)
-            self._log_compressed(run_id, result)
+            self._log_compressed(run_id, trial.compressed)
             self.client.set_terminated(run_id, status)
             self._settle(tags[S.TAG_WRITE_ID])  # a second run left by MLflow's retry of create_run
             return run_id
 
         return self.patient(f"writing the trial {run_name}", write)
+
+    def _trial_tags(self, parent_id: str, trial: TrialRecord, write_id: str) -> dict[str, str]:
+        tags = {
+            S.TAG_PARENT_RUN_ID: parent_id,
+            S.TAG_KIND: trial.kind,
+            S.TAG_JOB_ID: self.job_id,
+            S.TAG_CONFIG_HASH: trial.config_hash,
+            S.TAG_SEARCH: trial.label,
+            **trial.row.to_tags(),
+            S.TAG_WRITE_ID: write_id,
+        }
+        if trial.kind == S.KIND_PROBE:
+            tags[S.TAG_THRESHOLD_RULE] = self.spec.threshold.describe()
+        if trial.row.outcome == "error":  # what went wrong stays with the run
+            tags[S.TAG_ERROR] = _tail(trial.error, 2000)
+            tags[S.TAG_TRACEBACK] = _tail(trial.traceback, MAX_TAG)
+        if trial.kernel:  # subspace probes: the Fastfood kernel that trained, and why
+            tags |= {S.TAG_KERNEL: trial.kernel, S.TAG_KERNEL_REASON: trial.kernel_reason[:5000]}
+        family = S.TAG_SEARCH_HASH if trial.kind == S.KIND_PROBE else S.TAG_BASELINE_HASH
+        tags[family] = S.family_hash(dict(trial.config))
+        return tags
 
     def _settle(self, write_id: str) -> str | None:
         """Delete the unfinished runs of one write; return the finished one, if any."""
@@ -396,78 +295,74 @@ class Tracker:
                 finished = run.info.run_id
         return finished
 
-    def _log_compressed(self, run_id: str, result: dict[str, Any]) -> None:
-        if result.get("compressed"):
+    def _log_compressed(self, run_id: str, compressed: bytes | None) -> None:
+        if compressed:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / S.ARTIFACT_THETA_D
-                path.write_bytes(base64.b64decode(result["compressed"]))
+                path.write_bytes(compressed)
                 self.client.log_artifact(run_id, str(path), S.ARTIFACT_COMPRESSED)
 
-    def finish_baseline(self, pair: PairState) -> None:
+    def finish_baseline(self, verdict: BaselineVerdict) -> None:
         metrics = _metric_batch(
-            {S.METRIC_PERF_FULL: pair.perf_full, S.METRIC_PERF_FULL_STD: pair.perf_full_std}
+            {S.METRIC_PERF_FULL: verdict.perf_full, S.METRIC_PERF_FULL_STD: verdict.perf_full_std}
         )
 
         def write() -> None:
-            run_id = self.baseline_parent(pair)
+            run_id = self.baseline_parent(verdict.run)
             self.client.log_batch(run_id, metrics=metrics)
-            self.client.set_tag(run_id, S.TAG_SEEDS, str(len(pair.results)))
-            if pair.reused:
+            self.client.set_tag(run_id, S.TAG_SEEDS, str(verdict.seeds))
+            if verdict.reused:
                 self.client.set_tag(run_id, S.TAG_REUSED, "true")
-            if pair.error is not None:
-                self.client.set_tag(run_id, S.TAG_ERROR, pair.error)
-            self.client.set_terminated(run_id, "FAILED" if pair.error else "FINISHED")
+            if verdict.error is not None:
+                self.client.set_tag(run_id, S.TAG_ERROR, verdict.error)
+            self.client.set_terminated(run_id, "FAILED" if verdict.error else "FINISHED")
 
-        self.patient(f"finishing the baseline {pair.label}", write)
+        self.patient(f"finishing the baseline {verdict.run.label}", write)
 
-    def finish_search(
-        self, state: SearchState, pair: PairState, result: SearchResult | None
-    ) -> None:
+    def finish_search(self, verdict: SearchVerdict) -> None:
         """Write the verdict, the probe table and the smallest passing θ_d to the parent run.
 
         Every step repeats harmlessly (same metric timestamps, tags and artifacts overwritten),
         so after an outage the whole verdict is simply written again.
         """
-        if result is None:  # no baseline: there is no threshold to search against
-            return
-        dim = state.dim_name
+        dim = verdict.dim_name
         metrics = {
-            S.METRIC_PERF_FULL: pair.perf_full,
-            S.METRIC_PERF_FULL_STD: pair.perf_full_std,
-            S.METRIC_THRESHOLD: state.threshold_search.settings.threshold,
-            S.METRIC_STOP_THRESHOLD: state.stop_threshold,
-            S.METRIC_PROBES: result.probes,
+            S.METRIC_PERF_FULL: verdict.perf_full,
+            S.METRIC_PERF_FULL_STD: verdict.perf_full_std,
+            S.METRIC_THRESHOLD: verdict.threshold,
+            S.METRIC_STOP_THRESHOLD: verdict.stop_threshold,
+            S.METRIC_PROBES: verdict.probes,
         }
-        if result.answer is not None:
-            metrics[S.answer_metric(dim)] = result.answer
-        if result.interval is not None:
+        if verdict.answer is not None:
+            metrics[S.answer_metric(dim)] = verdict.answer
+        if verdict.interval is not None:
             lo, hi = S.interval_metrics(dim)
-            metrics[lo], metrics[hi] = result.interval
+            metrics[lo], metrics[hi] = verdict.interval
         batch = _metric_batch(metrics)
         tags = {
-            S.TAG_STATUS: result.outcome,
-            **({S.TAG_ERROR: _tail(state.error, 2000)} if state.error else {}),
-            S.TAG_BRACKET: str(list(result.bracket) if result.bracket else None),
+            S.TAG_STATUS: verdict.outcome,
+            **({S.TAG_ERROR: _tail(verdict.error, 2000)} if verdict.error else {}),
+            S.TAG_BRACKET: str(list(verdict.bracket) if verdict.bracket else None),
             S.TAG_THRESHOLD_RULE: self.spec.threshold.describe(),
             **_fraction_tag(self.spec),
             S.TAG_DIM_NAME: dim,
         }
-        if note := methods.get(state.method).describe(state.base_config):
-            tags[S.TAG_METHOD_NOTE] = note
+        if verdict.note:
+            tags[S.TAG_METHOD_NOTE] = verdict.note
 
         def write() -> None:
-            run_id = self.search_parent(state)
+            run_id = self.search_parent(verdict.run)
             self.client.log_batch(run_id, metrics=batch)
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
-            self._log_probe_table(run_id, state.records)
-            self._copy_smallest_pass(run_id, state.records)
-            status = "FAILED" if result.outcome == "error" else "FINISHED"
+            self._log_probe_table(run_id, verdict.table)
+            self._copy_smallest_pass(run_id, verdict.table)
+            status = "FAILED" if verdict.outcome == "error" else "FINISHED"
             self.client.set_terminated(run_id, status)
 
-        self.patient(f"finishing the search {state.label}", write)
+        self.patient(f"finishing the search {verdict.run.label}", write)
 
-    def _log_probe_table(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def _log_probe_table(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -478,7 +373,7 @@ class Tracker:
             pq.write_table(table, path)
             self.client.log_artifact(run_id, str(path))
 
-    def _copy_smallest_pass(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def _copy_smallest_pass(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> None:
         passing = [r for r in records if r["passed"] and r.get("run_id")]
         if not passing:
             return
@@ -496,6 +391,59 @@ class Tracker:
                 return
             self.client.log_artifacts(run_id, local, S.ARTIFACT_COMPRESSED)
             self.client.set_tag(run_id, S.TAG_COMPRESSED_FROM, best["run_id"])
+
+
+def _trial_run_name(trial: TrialRecord) -> str:
+    method, seed = trial.config["method"], trial.row.seed
+    if trial.row.dim is None:
+        return f"{method} seed={seed}"
+    return f"{method} {trial.dim_name}={trial.row.dim} seed={seed}"
+
+
+def _trial_params(trial: TrialRecord) -> dict[str, Any]:
+    """A child run's params (None values are not logged), the decision rule's settings among
+    them (docs/design/decision-rule.md), so every number says how it was made."""
+    config = trial.config
+    return {
+        S.PARAM_METHOD: config["method"],
+        S.PARAM_MODEL: config["model"],
+        S.PARAM_TASK: config["task"],
+        **trial.row.to_params(trial.dim_name),
+        S.PARAM_PROJECTION: config.get("projection", "-"),
+        S.PARAM_LAYOUT: config.get("layout", "-"),
+        S.PARAM_OPTIMIZER: config["train"].get("optimizer", "task default"),
+        S.PARAM_METRIC_NAME: trial.metric_name,
+        S.PARAM_RULE: config.get("rule"),
+        S.PARAM_HEAD: config.get("head"),
+        S.PARAM_LR_RULE: _lr_rule(config),
+        S.PARAM_STOP_ON_PASS: config.get("stop_on_pass"),
+        S.PARAM_PASS_MARGIN_Z: config.get("pass_margin_z"),
+        S.PARAM_HOPELESS_PATIENCE: config.get("patience"),
+        S.PARAM_THRESHOLD: config.get("threshold"),
+        S.PARAM_STOP_THRESHOLD: config.get("stop_threshold"),
+        S.PARAM_INIT: config.get("init", "fixed"),
+        **{S.split_size_param(p): n for p, n in trial.split_sizes.items()},
+    }
+
+
+def _trial_metrics(trial: TrialRecord) -> list[Metric]:
+    """Per-eval-step metrics at their steps, then the report set's and the row's at step 0; one
+    timestamp, fixed before any retry. What is not finite is left out."""
+    now = int(time.time() * 1000)
+    metrics = []
+    for step_row in trial.history:
+        step = int(step_row["step"])
+        for key, value in step_row.items():
+            if key != "step" and _finite(value):
+                metrics.append(Metric(S.step_metric(key), float(value), now, step))
+    for key, value in trial.report_metrics.items():
+        if _finite(value):
+            metrics.append(Metric(S.report_metric(key), float(value), now, 0))
+    step0 = trial.row.to_metrics() | {
+        S.METRIC_SELECT: trial.select_metric,
+        S.METRIC_CHECKPOINT_STEP: trial.checkpoint_step,
+    }
+    return metrics + [Metric(k, float(v), now, 0) for k, v in step0.items() if _finite(v)]
 
 
 def _fraction_tag(spec: JobSpec) -> dict[str, str]:

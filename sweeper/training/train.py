@@ -154,90 +154,14 @@ def run_trial(
     kernel = module.kernel_choice() if isinstance(module, SubspaceModel) else (None, None)
     settings = trial.settings(problem, lr)
     check_settings(settings)
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    optimizer = make_optimizer(settings, params)
-    method.prepare_optimizer(optimizer, module)
-    accum = settings.grad_accum
-    batches = problem.batches(settings.batch_size // accum, trial.seed)
-    total_steps = settings.total_steps(problem.split_sizes.get("train"))
-    decay_theta = settings.weight_decay if settings.weight_decay_on == "theta" else 0.0
-    if decay_theta and isinstance(module, SubspaceModel):
-        module.keep_weights = True
-
-    def compute_loss() -> torch.Tensor:
-        """One step's loss and gradient, summed over its micro-batches (the mean over the
-        whole batch, as if it were one): the closure L-BFGS re-evaluates."""
-        optimizer.zero_grad()
-        losses = []
-        for micro in step_batches:
-            with autocast(device):
-                loss = problem.loss(module, micro)
-            if decay_theta:
-                loss = loss + theta_penalty(module, trial.method, decay_theta)
-            if accum > 1:
-                loss = loss / accum
-            loss.backward()
-            losses.append(loss.detach())
-        return losses[0] if accum == 1 else torch.stack(losses).sum()
-
-    history: list[dict[str, float]] = []
-    best, best_step, checkpoint = -math.inf, None, None
-    loss_value, stop_reason, step, stale = math.nan, "steps", 0, 0
-    module.train()
-    for step in range(1, total_steps + 1):
-        step_batches = [next(batches) for _ in range(accum)]
-        if settings.optimizer == "lbfgs":
-            # Restarted L-BFGS (a fresh memory every step of up to 100 iterations), with
-            # SAID's λ·θ_d scale symmetry rebalanced at each restart: otherwise it drifts to
-            # λ → 0 and stalls. Measured on toy-sums (groups 5–30, 4 seeds, DID at groups and
-            # SAID at groups + 1, each also one below): 64/64 right; 58/64 with 20 iterations.
-            if isinstance(module, SubspaceModel):
-                module.rebalance()
-            optimizer = make_optimizer(settings, params)
-            loss_value = float(optimizer.step(compute_loss).detach())
-        else:
-            loss_value = float(compute_loss())
-            optimizer.step()
-        if not math.isfinite(loss_value):
-            stop_reason = "diverged"
-            break
-        if step % settings.eval_every and step != total_steps:
-            continue
-        module.eval()
-        with autocast(device):
-            metrics = problem.evaluate(module, "select")
-        module.train()
-        history.append({"step": step, "train/loss": loss_value, **metrics})
-        value = metrics[problem.metric]
-        if value > best:  # the first best wins a tie: the earlier checkpoint
-            best, best_step, stale = value, step, 0
-            checkpoint = {n: p.detach().clone() for n, p in named}
-        else:
-            stale += 1
-        bar = trial.threshold if trial.stop_threshold is None else trial.stop_threshold
-        margin = pass_margin(value, problem.split_sizes.get("select"), trial.pass_margin_z)
-        if trial.stop_on_pass and bar is not None and value >= bar + margin:
-            stop_reason = "pass_on_select"
-            break
-        if trial.patience is not None and stale >= trial.patience:
-            stop_reason = "hopeless"  # a plateau below the bar: it is not going to get there
-            break
+    loop = _Loop(trial, module, problem, settings, device, method)
+    run = _train(loop, settings.total_steps(problem.split_sizes.get("train")))
     final_metric = math.nan
-    if report_final and history and stop_reason != "diverged":
+    if report_final and run.history and run.stop_reason != "diverged":
         module.eval()
         with torch.no_grad(), autocast(device):
             final_metric = problem.evaluate(module, "report")[problem.metric]
-    if settings.checkpoint == "final":  # the weights as training left them
-        checkpoint = None
-        if history and stop_reason != "diverged":
-            best, best_step = history[-1][problem.metric], history[-1]["step"]
-        else:
-            best, best_step = -math.inf, None
-    if checkpoint is not None:
-        with torch.no_grad():
-            for (_, p), saved in zip(named, checkpoint.values(), strict=True):
-                p.copy_(saved)
+    _keep_checkpoint(loop, run)
     module.eval()
     result = TrialResult(
         outcome="unscored",
@@ -245,19 +169,152 @@ def run_trial(
         metric_name=problem.metric,
         D=D,
         trainable_params=method.trainable_count(module),
-        steps=step,
-        loss=loss_value,
+        steps=run.steps,
+        loss=run.loss,
         seconds=time.perf_counter() - started,
-        history=history,
-        select_metric=best if math.isfinite(best) else math.nan,
-        checkpoint_step=best_step,
-        stop_reason=stop_reason,
+        history=run.history,
+        select_metric=run.best if math.isfinite(run.best) else math.nan,
+        checkpoint_step=run.best_step,
+        stop_reason=run.stop_reason,
         module=module,
         kernel=kernel[0],
         kernel_reason=kernel[1],
         final_metric=final_metric,
     )
     return score_report(result, problem, trial.threshold) if score else result
+
+
+class _Loop:
+    """What a trial steps: the wrapped model on its device, its trainable parameters, the
+    optimizer and the stream of batches."""
+
+    def __init__(
+        self,
+        trial: Trial,
+        module: nn.Module,
+        problem: Problem,
+        settings: TrainSettings,
+        device: torch.device,
+        method: MethodHooks,
+    ) -> None:
+        self.trial, self.module, self.problem = trial, module, problem
+        self.settings, self.device = settings, device
+        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
+        self.optimizer = make_optimizer(settings, self.params)
+        method.prepare_optimizer(self.optimizer, module)
+        self.accum = settings.grad_accum
+        self.batches = problem.batches(settings.batch_size // self.accum, trial.seed)
+        self.decay_theta = settings.weight_decay if settings.weight_decay_on == "theta" else 0.0
+        if self.decay_theta and isinstance(module, SubspaceModel):
+            module.keep_weights = True
+        self.step_batches: list[Any] = []
+
+    def step(self) -> float:
+        """One optimizer step on the next batch; its loss."""
+        self.step_batches = [next(self.batches) for _ in range(self.accum)]
+        if self.settings.optimizer == "lbfgs":
+            # Restarted L-BFGS (a fresh memory every step of up to 100 iterations), with
+            # SAID's λ·θ_d scale symmetry rebalanced at each restart: otherwise it drifts to
+            # λ → 0 and stalls. Measured on toy-sums (groups 5–30, 4 seeds, DID at groups and
+            # SAID at groups + 1, each also one below): 64/64 right; 58/64 with 20 iterations.
+            if isinstance(self.module, SubspaceModel):
+                self.module.rebalance()
+            self.optimizer = make_optimizer(self.settings, self.params)
+            return float(self.optimizer.step(self._loss).detach())
+        loss = float(self._loss())
+        self.optimizer.step()
+        return loss
+
+    def _loss(self) -> torch.Tensor:
+        """One step's loss and gradient, summed over its micro-batches (the mean over the
+        whole batch, as if it were one): the closure L-BFGS re-evaluates."""
+        self.optimizer.zero_grad()
+        losses = []
+        for micro in self.step_batches:
+            with autocast(self.device):
+                loss = self.problem.loss(self.module, micro)
+            if self.decay_theta:
+                loss = loss + theta_penalty(self.module, self.trial.method, self.decay_theta)
+            if self.accum > 1:
+                loss = loss / self.accum
+            loss.backward()
+            losses.append(loss.detach())
+        return losses[0] if self.accum == 1 else torch.stack(losses).sum()
+
+    def evaluate_select(self) -> dict[str, float]:
+        self.module.eval()
+        with autocast(self.device):
+            metrics = self.problem.evaluate(self.module, "select")
+        self.module.train()
+        return metrics
+
+
+@dataclass
+class _Run:
+    """Where the loop got to: its `select` history, the best score and its weights."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float = -math.inf
+    best_step: int | None = None
+    checkpoint: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # evaluations since the best
+    steps: int = 0
+    loss: float = math.nan
+    stop_reason: str = "steps"
+
+
+def _train(loop: _Loop, total_steps: int) -> _Run:
+    """Step to the end, evaluating on `select` every `eval_every` steps and at the last one,
+    unless the loss diverges or an evaluation stops the trial (`_stop_reason`)."""
+    run = _Run()
+    loop.module.train()
+    for step in range(1, total_steps + 1):
+        run.steps = step
+        run.loss = loop.step()
+        if not math.isfinite(run.loss):
+            run.stop_reason = "diverged"
+            break
+        if step % loop.settings.eval_every and step != total_steps:
+            continue
+        metrics = loop.evaluate_select()
+        run.history.append({"step": step, "train/loss": run.loss, **metrics})
+        value = metrics[loop.problem.metric]
+        if value > run.best:  # the first best wins a tie: the earlier checkpoint
+            run.best, run.best_step, run.stale = value, step, 0
+            run.checkpoint = {n: p.detach().clone() for n, p in loop.named}
+        else:
+            run.stale += 1
+        if reason := _stop_reason(loop.trial, value, run.stale, loop.problem):
+            run.stop_reason = reason
+            break
+    return run
+
+
+def _stop_reason(trial: Trial, value: float, stale: int, problem: Problem) -> str | None:
+    """Whether a `select` score ends the trial: a pass clear of the bar, or a plateau."""
+    bar = trial.threshold if trial.stop_threshold is None else trial.stop_threshold
+    margin = pass_margin(value, problem.split_sizes.get("select"), trial.pass_margin_z)
+    if trial.stop_on_pass and bar is not None and value >= bar + margin:
+        return "pass_on_select"
+    if trial.patience is not None and stale >= trial.patience:
+        return "hopeless"  # a plateau below the bar: it is not going to get there
+    return None
+
+
+def _keep_checkpoint(loop: _Loop, run: _Run) -> None:
+    """Leave the model at the checkpoint its rule chooses: the best `select` score's weights,
+    or (`final`) the weights as training left them."""
+    if loop.settings.checkpoint == "final":
+        run.checkpoint = None
+        if run.history and run.stop_reason != "diverged":
+            run.best, run.best_step = run.history[-1][loop.problem.metric], run.history[-1]["step"]
+        else:
+            run.best, run.best_step = -math.inf, None
+    if run.checkpoint is not None:
+        with torch.no_grad():
+            for (_, p), saved in zip(loop.named, run.checkpoint.values(), strict=True):
+                p.copy_(saved)
 
 
 def pass_margin(value: float, n: int | None, z: float) -> float:
