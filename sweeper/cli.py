@@ -287,11 +287,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sweeper.engine import supervisor
-
-    if supervisor.wanted():  # the job runs in a child; this process ends what it leaves behind
-        force = ["--force"] if getattr(args, "force", False) else []
-        return supervisor.run([args.command, args.job, *force])
     from sweeper.engine.driver import driver_environment, run_job
     from sweeper.preflight import check_resumable, check_run
     from sweeper.spec import check_bar, check_ready, load_spec
@@ -604,6 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    local_job = argv[:1] == ["run"] or (
+        argv[:1] == ["resume"] and any(Path(a).is_file() for a in argv[1:])
+    )
+    if local_job:
+        from sweeper.engine import supervisor
+
+        if supervisor.wanted():
+            # The driver child parses, checks and runs the job; building the parser here would
+            # import torch (the `train` flags) only to wait on that child.
+            return supervisor.run(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
