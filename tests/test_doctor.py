@@ -139,6 +139,7 @@ def test_a_real_mlflow_server_answers_takes_a_write_and_keeps_no_trace(tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the server and its workers end together
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner
     )
     try:
         deadline = time.monotonic() + 180

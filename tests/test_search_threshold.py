@@ -134,7 +134,7 @@ def test_searcher_finds_the_step_of_noise_free_data_within_tolerance(
     assert result.probes < search_settings.max_probes
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(search_problems(), workers, st.floats(2.0, 30.0), st.integers(0, 2**16), st.booleans())
 def test_the_answer_always_lies_inside_its_interval(
     problem, n_workers, steepness, noise_seed, stop_early
@@ -156,7 +156,7 @@ def test_the_answer_always_lies_inside_its_interval(
         assert upper == lower or upper <= (lower - 1) * (1 + search_settings.tolerance)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     search_problems(),
     workers,
@@ -291,7 +291,7 @@ def test_widening_down_stops_at_hard_lo():
     assert min(r["dim"] for r in state_dict(search)["results"]) == 6
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(search_problems(), workers, st.integers(0, 2**16), st.integers(0, 12))
 def test_replaying_results_in_any_order_gives_same_state(problem, n_workers, noise_seed, n_rounds):
     search_settings, answer = problem
@@ -314,7 +314,7 @@ def test_replaying_results_in_any_order_gives_same_state(problem, n_workers, noi
     assert replayed.result() == original.result() == restored.result()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(search_problems(), workers, st.integers(0, 2**16), st.integers(0, 2**16))
 def test_search_is_deterministic_regardless_of_completion_order(
     problem, n_workers, noise_seed, other_seed
@@ -331,7 +331,7 @@ def test_search_is_deterministic_regardless_of_completion_order(
     assert first.result() == second.result()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(2, 10_000), st.integers(2, 8))
 def test_more_workers_take_fewer_rounds(answer, n_workers):
     def rounds(w: int) -> int:

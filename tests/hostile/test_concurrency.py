@@ -134,7 +134,12 @@ def mlflow_server(tmp_path_factory):
     command += ["--artifacts-destination", str(folder / "artifacts")]
     with open(folder / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # no job runner: its five consumer processes would compete with the jobs under test
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

@@ -88,21 +88,28 @@ def uninterrupted(tmp_path_factory) -> str:
 # --- class 3: resume equals no interruption ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("stop_after", "sig"), [(1, signal.SIGINT), (6, signal.SIGTERM)])
-def test_resume_after_a_stop_reruns_nothing_and_equals_the_uninterrupted_run(
-    tmp_path, uninterrupted, stop_after, sig
-):
-    job = write(tmp_path, search_job(tmp_path / "run"))
-    uri = store(tmp_path)
-    run = Sweeper(tmp_path, "run", str(job))
+def _stop_at(run: Sweeper, uri: str, probes: int, sig: signal.Signals) -> set[str]:
+    """Send `sig` once `probes` probes are in the store; the finished probes' hashes."""
     try:
-        run.wait_for(lambda: len(finished_probes(uri)) >= stop_after, 600, f"{stop_after} probes")
+        run.wait_for(lambda: len(finished_probes(uri)) >= probes, 600, f"{probes} probes")
         run.proc.send_signal(sig)  # most likely in the middle of a round
         assert run.wait(300) != 0
     finally:
         run.kill_all()
-    before = {r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(uri)}
-    assert before and not runs(uri, "attributes.status = 'RUNNING'")  # parents closed, KILLED
+    assert not runs(uri, "attributes.status = 'RUNNING'")  # parents closed, KILLED
+    return {r.data.tags[S.TAG_CONFIG_HASH] for r in finished_probes(uri)}
+
+
+def test_resume_after_stops_reruns_nothing_and_equals_the_uninterrupted_run(
+    tmp_path, uninterrupted
+):
+    """One job stopped twice: by SIGINT after its first probe, then its resume by SIGTERM
+    later; the second resume finishes it."""
+    job = write(tmp_path, search_job(tmp_path / "run"))
+    uri = store(tmp_path)
+    before = _stop_at(Sweeper(tmp_path, "run", str(job)), uri, 1, signal.SIGINT)
+    assert before
+    before |= _stop_at(Sweeper(tmp_path, "resume", str(job)), uri, 6, signal.SIGTERM)
 
     resumed = Sweeper(tmp_path, "resume", str(job))
     try:

@@ -18,24 +18,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_fork import sweeper_call
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 
 def sweeper(*argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m sweeper.cli ARGV…` in `cwd`, with this checkout first on the path."""
+    """`sweeper ARGV…` as its own process in `cwd`, with this checkout first on the path
+    (`cli_fork`: forked from an interpreter that has imported the CLI, except run/resume)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return sweeper_call(list(argv), cwd, env, timeout)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
