@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dashboard_helpers import UI, add_baseline, add_search, search_run, writer
+from dashboard_helpers import UI, add_baseline, add_probe, add_search, search_run, writer
 from mlflow.tracking import MlflowClient
 
 from sweeper.dashboard.cli import main
@@ -144,6 +144,25 @@ def test_summary_sums_probe_seconds_and_links_the_parent_run(store):
     assert (row["perf_full"], row["threshold"], row["status"]) == (0.86, 0.774, "found")
     assert row["url"].endswith(f"/runs/{ids['bert-large', 'said']}?workflowType=machine_learning")
     assert row["url"].startswith(f"{UI}/#/experiments/")
+
+
+def test_the_summary_counts_the_probes_behind_the_verdict_not_every_child_run(tmp_path):
+    """A resume whose stored probe changed outcome takes another path and leaves earlier
+    probes in the store, outside the search: the answer's probe count is the verdict's."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = writer(uri, "resumed")
+    add_baseline(tracker, model="vector", task="toy-sums", perf_full=1.0)
+    probes = [(2, 0, 0.0, "fail", 1.0), (4, 1, 1.0, "pass", 1.0), (3, 2, 1.0, "pass", 1.0)]
+    parent = add_search(
+        tracker, model="vector", task="toy-sums", method="did", D=600, probes=probes,
+        answer=3, interval=(3, 4), perf_full=1.0, threshold=0.9,
+    )  # fmt: skip
+    add_probe(
+        tracker, parent, method="did", model="vector", task="toy-sums", D=600, dim=5, seed=3,
+        metric=1.0, outcome="pass",
+    )  # fmt: skip
+    row = by_run(snapshot_view(MlflowClient(uri), "resumed")["summary"], parent)
+    assert row["probes"] == 3 and row["compute_seconds"] == 4.0
 
 
 # --- the gaps, in words -------------------------------------------------------------------------

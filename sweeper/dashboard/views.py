@@ -281,7 +281,7 @@ def summary_rows(
             "answer": s.answer,
             "interval_lo": s.interval[0] if s.interval else None,
             "interval_hi": s.interval[1] if s.interval else None,
-            "probes": len(s.probes),
+            "probes": s.probe_count,
             "perf_full": _perf_full(s, baselines or {}),
             "threshold": s.threshold,
             "threshold_rule": s.threshold_rule,

@@ -114,6 +114,9 @@ class SearchRun:
     method_note: str | None  # what to read beside the answer (LoRA: α and scale)
     probes: tuple[ProbeRow, ...]
     beside: str | None = None  # the job `--force` started this one's job beside
+    # the probes its verdict counted; fewer than `probes` when a resume took another path (a
+    # stored probe's outcome changed) and left earlier probes outside the search
+    verdict_probes: int | None = None
 
     @property
     def label(self) -> str:
@@ -122,6 +125,13 @@ class SearchRun:
     @property
     def running(self) -> bool:
         return self.run_status == "RUNNING"
+
+    @property
+    def probe_count(self) -> int:
+        """The probes behind the answer: the verdict's count once there is one."""
+        if self.running or self.verdict_probes is None:
+            return len(self.probes)
+        return self.verdict_probes
 
     @property
     def compute_seconds(self) -> float:
@@ -260,6 +270,7 @@ def _search(run, experiment: str, probes: list[ProbeRow]) -> SearchRun:
         method_note=tags.get(S.TAG_METHOD_NOTE),
         probes=tuple(probes),
         beside=tags.get(TAG_BESIDE),
+        verdict_probes=_point(metrics.get(S.METRIC_PROBES)),
     )
 
 
