@@ -51,6 +51,43 @@ def test_cpu_kernel_regenerates_the_numpy_permutation_and_gaussians_bit_for_bit(
         assert np.array_equal(g, g_ref[0])
 
 
+@pytest.mark.parametrize("log2n", [8, 9, 12, 13])  # the (hi, lo) grid square and unbalanced
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_kernel_passes_gather_by_the_permutation_and_its_inverse(log2n, dtype):
+    """Π as transposing passes (one per Feistel round) is x ∘ π, and the adjoint's x ∘ π⁻¹."""
+    n = 2**log2n
+    rounds = np.empty((gen.PERM_ROUNDS, fastfood_cpu.ROUND_TABLE), np.uint16)
+    x = np.random.default_rng(log2n).standard_normal(n).astype(dtype)
+    for seed, chunk, block in [(0, 0, 0), (2**32 - 1, 3, 17)]:
+        key = int(gen.block_key(seed, chunk, block))
+        lo_bits, _ = fastfood_cpu._perm_tables(key, log2n, rounds)
+        perm = gen.block_states(seed, chunk, [block], n)[2][0]
+        inv = inverse_perms(seed, chunk, [block], n)[0]
+        scratch = np.empty_like(x)
+        got = fastfood_cpu._permute_passes(x.copy(), scratch, rounds, lo_bits, log2n, 0)
+        assert np.array_equal(got, x[perm])
+        last = gen.PERM_ROUNDS - 1
+        got = fastfood_cpu._unpermute_passes(x.copy(), scratch, rounds, lo_bits, log2n, last)
+        assert np.array_equal(got, x[inv])
+
+
+@pytest.mark.parametrize(("D", "d"), [(3000, 100_000), (2**18 + 777, 2**18)])  # n = 2^17, 2^18
+def test_float32_large_blocks_with_pi_as_passes_match_the_reference(D, d):
+    """fp32 blocks from PASS_MIN on run Π as passes, the last fused with G and the rows'
+    transforms (with AVX-512; else this pins the gather path)."""
+    n = block_size(d)
+    assert n >= fastfood_cpu.PASS_MIN
+    gen_ = torch.Generator().manual_seed(3)
+    x, y = torch.randn(d, generator=gen_), torch.randn(D, generator=gen_)
+    want = fastfood_reference(x.double(), D, 2)
+    got = fastfood_cpu.forward(x, D, 2, 1.0, n).double()
+    assert ((got - want).abs().max() / want.abs().max()) < 1e-5
+    xd = x.double().requires_grad_(True)
+    adj = torch.autograd.grad(fastfood_reference(xd, D, 2), xd, y.double())[0]
+    got = fastfood_cpu.adjoint(y, d, 2, 1.0, n).double()
+    assert ((got - adj).abs().max() / adj.abs().max()) < 1e-5
+
+
 # --- as good as random ---------------------------------------------------------------------------
 
 

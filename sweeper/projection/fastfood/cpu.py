@@ -31,7 +31,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
 from sweeper.projection.fastfood import generator as gen
 from sweeper.projection.fastfood.generator import MAX_BLOCK
@@ -51,6 +51,12 @@ assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
 # are regenerated a row at a time, and π's gather is fused with the row transform after it.
 SMALL_MAX = 2**15
 ROW = 2**12
+# From PASS_MIN on, a block's Π is not a gather through π(j): the source no longer fits L2 and
+# every value costs a cache miss. The block is viewed as a 2^⌈k/2⌉ × 2^⌊k/2⌋ grid (hi, lo), in
+# which each Feistel round permutes within rows or within columns; Π runs as one streaming,
+# transposing pass per round (`_permute_passes`, `_unpermute_passes`).
+PASS_MIN = 2**17
+LINE = 64  # bytes per cache line: a pass moves tiles of one line × one line of values
 assert SMALL_MAX <= 2**16 and ROW <= SMALL_MAX
 
 
@@ -128,15 +134,16 @@ _wht64 = _wht_in_registers(4)
 PERM_LANES = 32
 
 
-def _vector_perm() -> bool:
-    """Whether numba compiles for a CPU with AVX-512 BW: the host's features, unless
-    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another target (portable caches)."""
+def _cpu_has(feature: str) -> bool:
+    """Whether numba compiles for a CPU with `feature` (e.g. avx512bw): the host's features,
+    unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another target (portable caches)."""
     if numba.config.CPU_NAME is None:
-        return bool(llvm.get_host_cpu_features().get("avx512bw", False))
-    return "+avx512bw" in (numba.config.CPU_FEATURES or "")
+        return bool(llvm.get_host_cpu_features().get(feature, False))
+    return f"+{feature}" in (numba.config.CPU_FEATURES or "")
 
 
-VECTOR_PERM = _vector_perm()
+VECTOR_PERM = _cpu_has("avx512bw")
+VECTOR_PASS = _cpu_has("avx512f")  # one vpermps / vpermpd per line in Π's passes
 # Largest log2 n the vector permuter serves. Its tables grow with n (2^⌈log2 n / 2⌉ entries per
 # round, 64 per vpermi2w): at n = 2^19 and 2^20 a round takes 8-16 lookups and merges per 32
 # indices, and the scalar lookups (six loads from L1 per index) are faster — measured 1.31 vs
@@ -442,6 +449,188 @@ def _columns(x, scale):
                 lo[j], hi[j] = scale * (p + q), scale * (p - q)
 
 
+def _tile_transposer(xor_first: bool):
+    """An intrinsic f(src, soff, dst, doff, lows) moving one T × T tile, T = `_tile(src)` (one
+    cache line of values): loads the T-value vectors src[soff[i] : soff[i] + T], transposes
+    them as a matrix (vector j of the result holds lane j of every input), and stores vector j
+    at dst[doff[j]]. Lane t of vector i is first replaced by lane t ^ lows[i] (xor_first, Π's
+    rounds, before the transpose) or, after it, lane t of output vector j by lane t ^ lows[j]
+    (π⁻¹'s).
+
+    The XOR is log2 T conditional swaps of lanes at distance 1, 2, 4, … and the transpose log2 T
+    butterfly stages of two-vector shuffles: constant shuffles and selects, which LLVM turns
+    into a few vector instructions per line where numba's scalar loop moves a value at a time.
+    soff, doff and lows are int64 arrays of at least T entries.
+    """
+
+    @intrinsic
+    def tile(typingctx, src, soff, dst, doff, lows):
+        sig = types.void(src, soff, dst, doff, lows)
+
+        def codegen(context, builder, signature, args):
+            srcty, offty, dstty, _, lowty = signature.args
+            i64 = ir.IntType(64)
+            align = srcty.dtype.bitwidth // 8
+            T = LINE // align
+            lanes = ir.VectorType(ir.IntType(32), T)
+            vty = ir.VectorType(context.get_data_type(srcty.dtype), T)
+
+            def entry(arrty, arr, t):
+                return builder.load(_pointer(context, builder, arrty, arr, ir.Constant(i64, t)))
+
+            def vector_at(arrty, arr, offset):
+                return builder.bitcast(
+                    _pointer(context, builder, arrty, arr, offset), vty.as_pointer()
+                )
+
+            ity = ir.IntType(align * 8)
+            iota = ir.Constant(ir.VectorType(ity, T), list(range(T)))
+            permvar = None
+            if VECTOR_PASS:
+                name = "llvm.x86.avx512.permvar." + ("sf" if align == 4 else "df") + ".512"
+                permvar = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vty, [vty, iota.type]), name
+                )
+
+            def xor_lanes(v, low):
+                """v with lane t replaced by lane t ^ low: one vpermps / vpermpd where AVX-512
+                has it, else a lane at a time (LLVM has no portable variable shuffle)."""
+                low = builder.trunc(low, ity)
+                if permvar is not None:
+                    splat = builder.insert_element(
+                        ir.Constant(iota.type, None), low, ir.Constant(ir.IntType(32), 0)
+                    )
+                    splat = builder.shuffle_vector(splat, splat, ir.Constant(lanes, [0] * T))
+                    return builder.call(permvar, [v, builder.xor(iota, splat)])
+                out = v
+                for t in range(T):
+                    lane = builder.extract_element(v, builder.xor(ir.Constant(ity, t), low))
+                    out = builder.insert_element(out, lane, ir.Constant(ity, t))
+                return out
+
+            v = [
+                builder.load(vector_at(srcty, args[0], entry(offty, args[1], i)), align=align)
+                for i in range(T)
+            ]
+            if xor_first:
+                v = [xor_lanes(x, entry(lowty, args[4], i)) for i, x in enumerate(v)]
+            s = 1
+            while s < T:  # swap bit s of the row index with bit s of the lane index
+                keep = ir.Constant(lanes, [T + (t ^ s) if t & s else t for t in range(T)])
+                take = ir.Constant(lanes, [T + t if t & s else t | s for t in range(T)])
+                for i in range(T):
+                    if not i & s:
+                        a, b = v[i], v[i | s]
+                        v[i] = builder.shuffle_vector(a, b, keep)
+                        v[i | s] = builder.shuffle_vector(a, b, take)
+                s *= 2
+            if not xor_first:
+                v = [xor_lanes(x, entry(lowty, args[4], j)) for j, x in enumerate(v)]
+            for j, x in enumerate(v):
+                builder.store(x, vector_at(dstty, args[2], entry(offty, args[3], j)), align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_xor_then_transpose = _tile_transposer(xor_first=True)
+_transpose_then_xor = _tile_transposer(xor_first=False)
+
+
+@register_jitable
+def _tile(x):
+    """Side of a pass's tiles: the values in one cache line."""
+    return LINE // x.itemsize
+
+
+@register_jitable
+def _passes(n, x):
+    """Whether a block of n values like x's runs Π as passes (`_permute_passes`): from PASS_MIN
+    on, for 4-byte values, with AVX-512's vpermps. With 8-byte values a pass moves twice the
+    bytes per value and the gather through π(j) stays faster."""
+    return VECTOR_PASS and n >= PASS_MIN and x.itemsize == 4
+
+
+@njit(cache=True)
+def _xor_rows_transposed(src, rows, cols, k, dst, first, last):
+    """Rows [first, last) of dst[c, r] = src[r, c ^ k[r]]: one round of Π that permutes within
+    each row of src (a rows × cols grid), written transposed, so that the next round (which
+    permutes within columns) is row-local too.
+
+    first and last are multiples of T: an aligned run of T = `_tile(src)` output rows reads
+    one aligned T-run of each source row (XOR by k[r] maps aligned runs onto aligned
+    runs), so every source cache line is read once, whole, instead of once per value.
+    """
+    tile = _tile(src)
+    soff = np.empty(tile, np.int64)
+    doff = np.empty(tile, np.int64)
+    lows = np.empty(tile, np.int64)
+    for c0 in range(first, last, tile):
+        for r0 in range(0, rows, tile):
+            for i in range(tile):
+                kr = k[r0 + i]
+                soff[i] = (r0 + i) * cols + (c0 ^ (kr & -tile))
+                lows[i] = kr & (tile - 1)
+                doff[i] = (c0 + i) * rows + r0
+            _xor_then_transpose(src, soff, dst, doff, lows)
+
+
+@njit(cache=True)
+def _xor_cols_transposed(src, rows, cols, k, dst, first, last):
+    """Rows [first, last) of dst[c, r] = src[r ^ k[c], c]: one round of π⁻¹ that permutes
+    within each column of src (a rows × cols grid), written transposed (`_xor_rows_transposed`'s
+    adjoint). A run of T = `_tile(src)` output rows reads a T-wide column panel of src, each
+    source line once and whole, and writes whole aligned lines."""
+    tile = _tile(src)
+    soff = np.empty(tile, np.int64)
+    doff = np.empty(tile, np.int64)
+    lows = np.empty(tile, np.int64)
+    for c0 in range(first, last, tile):
+        for r0 in range(0, rows, tile):
+            for i in range(tile):
+                kc = k[c0 + i]
+                soff[i] = (r0 + i) * cols + c0
+                lows[i] = kc & (tile - 1)
+                doff[i] = (c0 + i) * rows + (r0 ^ (kc & -tile))
+            _transpose_then_xor(src, soff, dst, doff, lows)
+
+
+@njit(cache=True)
+def _permute_passes(x, scratch, rounds, lo_bits, log2n, last_round):
+    """Gather by Π's rounds PERM_ROUNDS − 1 down to last_round (`_xor_rows_transposed`), x to
+    scratch and back, starting from x in (hi, lo) order; returns the buffer holding the result
+    (transposed, (lo, hi) order, when an odd number of rounds ran). x ∘ π = x ∘ R5 ∘ … ∘ R0,
+    so the gather by the last round comes first; every round is its own inverse."""
+    short = 1 << lo_bits
+    tall = 1 << (log2n - lo_bits)
+    src, dst = x, scratch
+    for r in range(gen.PERM_ROUNDS - 1, last_round - 1, -1):
+        if r % 2:  # lo ^= F_r(hi): within the rows of the (hi, lo) grid
+            _xor_rows_transposed(src, tall, short, rounds[r], dst, 0, short)
+        else:  # hi ^= F_r(lo): within the rows of the (lo, hi) grid
+            _xor_rows_transposed(src, short, tall, rounds[r], dst, 0, tall)
+        src, dst = dst, src
+    return src
+
+
+@njit(cache=True)
+def _unpermute_passes(x, scratch, rounds, lo_bits, log2n, last_round):
+    """Gather by π⁻¹'s rounds 0 up to last_round (`_xor_cols_transposed`), x to scratch and
+    back, starting from x in (hi, lo) order; returns the buffer holding the result."""
+    short = 1 << lo_bits
+    tall = 1 << (log2n - lo_bits)
+    src, dst = x, scratch
+    for r in range(last_round + 1):
+        if r % 2:  # lo ^= F_r(hi): within the columns of the (lo, hi) grid
+            _xor_cols_transposed(src, short, tall, rounds[r], dst, 0, tall)
+        else:  # hi ^= F_r(lo): within the columns of the (hi, lo) grid
+            _xor_cols_transposed(src, tall, short, rounds[r], dst, 0, short)
+        src, dst = dst, src
+    return src
+
+
 @njit(cache=True)
 def _large_gauss(gkey, base, table, words, g):
     """G[base : base + ROW] into g, from ROW / 2 hash words (`words`, uint32)."""
@@ -453,9 +642,10 @@ def _large_gauss(gkey, base, table, words, g):
 
 
 @njit(cache=True)
-def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, rounds):
+def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, rounds, scratch):
     """dst = scale / ‖G‖ · H G Π H B th for one block of n > SMALL_MAX values (th: the chunk
-    of θ_d, zero-padded to n); u is scratch of n values."""
+    of θ_d, zero-padded to n); u is scratch of n values, and so is `scratch` where Π runs as
+    passes (`_passes`; else it is empty)."""
     width = th.shape[0]
     skey = gen.stream_key(key, gen.STREAM_SIGN)
     for base in range(0, n, ROW):  # u = H B x: rows, then columns
@@ -473,6 +663,21 @@ def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, round
     lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     total = 0.0
+    if scratch.shape[0] == n:  # Π's last pass fused with G and the row transforms
+        src = _permute_passes(u, scratch, rounds, lo_bits, log2n, 1)
+        span = max(ROW, _tile(u) << lo_bits)  # whole rows of the (hi, lo) grid, whole tiles
+        for start in range(0, n, span):
+            first, last = start >> lo_bits, (start + span) >> lo_bits
+            _xor_rows_transposed(src, 1 << lo_bits, n >> lo_bits, rounds[0], dst, first, last)
+            for base in range(start, start + span, ROW):
+                _large_gauss(gkey, base, table, words, g)
+                total += _sum_squares(g)
+                row = dst[base : base + ROW]
+                for j in range(ROW):
+                    row[j] = g[j] * row[j]
+                _fwht(row)
+        _columns(dst, scale / math.sqrt(total))
+        return
     for base in range(0, n, ROW):  # dst = H G Π u: the gather fused with the row transform
         _large_gauss(gkey, base, table, words, g)
         total += _sum_squares(g)
@@ -509,22 +714,32 @@ def _large_adjoint(gh, key, n, log2n, table, scale, z, part, g, idx, words, roun
         for j in range(ROW):
             row[j] *= g[j]
     lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
-    for base in range(0, n, ROW):
-        if VECTOR_PERM and log2n <= VECTOR_PERM_MAX_LOG2N:
-            _unpermute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
-        else:
+    if _passes(n, gh):  # Πᵀ as passes, the last fused with the row transforms, into gh
+        src = _unpermute_passes(gh, z, rounds, lo_bits, log2n, gen.PERM_ROUNDS - 2)
+        span = max(ROW, _tile(gh) << lo_bits)
+        for start in range(0, n, span):
+            first, last = start >> lo_bits, (start + span) >> lo_bits
+            _xor_cols_transposed(src, 1 << lo_bits, n >> lo_bits, rounds[5], gh, first, last)
+            for base in range(start, start + span, ROW):
+                _fwht(gh[base : base + ROW])
+        z = gh
+    else:
+        for base in range(0, n, ROW):
+            if VECTOR_PERM and log2n <= VECTOR_PERM_MAX_LOG2N:
+                _unpermute_row(rounds, log2n, lo_bits, idx, 0, base, ROW)
+            else:
+                for j in range(ROW):
+                    k = base + j
+                    hi = k >> lo_bits
+                    lo = k & lo_mask
+                    for r in range(gen.PERM_ROUNDS - 2, -1, -2):
+                        lo ^= rounds[r + 1, hi]
+                        hi ^= rounds[r, lo]
+                    idx[j] = (hi << lo_bits) | lo
+            row = z[base : base + ROW]
             for j in range(ROW):
-                k = base + j
-                hi = k >> lo_bits
-                lo = k & lo_mask
-                for r in range(gen.PERM_ROUNDS - 2, -1, -2):
-                    lo ^= rounds[r + 1, hi]
-                    hi ^= rounds[r, lo]
-                idx[j] = (hi << lo_bits) | lo
-        row = z[base : base + ROW]
-        for j in range(ROW):
-            row[j] = gh[idx[j]]
-        _fwht(row)
+                row[j] = gh[idx[j]]
+            _fwht(row)
     _columns(z, scale / math.sqrt(total))
     skey = gen.stream_key(key, gen.STREAM_SIGN)
     width = part.shape[0]
@@ -544,6 +759,7 @@ def _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last):
     norm = column_norm / math.sqrt(D)
     u = np.empty(n, theta.dtype)
     tmp = np.empty(n, theta.dtype)
+    scratch = np.empty(n if _passes(n, u) else 0, theta.dtype)
     g = np.empty(ROW, theta.dtype)
     idx = np.empty(ROW, np.int32)
     words = np.empty(ROW // 2, np.uint32)
@@ -556,7 +772,7 @@ def _forward_large_blocks(theta, out, seed, column_norm, n, table, first, last):
             th = theta[c * n : min(d, (c + 1) * n)]
             direct = rows == n and c == 0  # the block's own rows of `out` are the output
             dst = out[lo : lo + n] if direct else tmp
-            _large_forward(th, key, n, log2n, table, norm, u, dst, g, idx, words, rounds)
+            _large_forward(th, key, n, log2n, table, norm, u, dst, g, idx, words, rounds, scratch)
             if not direct:
                 block = out[lo : lo + rows]
                 if c == 0:
