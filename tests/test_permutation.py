@@ -71,7 +71,8 @@ def test_cpu_kernel_passes_gather_by_the_permutation_and_its_inverse(log2n, dtyp
         assert np.array_equal(got, x[inv])
 
 
-@pytest.mark.parametrize(("D", "d"), [(3000, 100_000), (2**18 + 777, 2**18)])  # n = 2^17, 2^18
+# n = 2^16, 2^17, 2^18 (two blocks, the second partial)
+@pytest.mark.parametrize(("D", "d"), [(1000, 2**15 + 1), (3000, 100_000), (2**18 + 777, 2**18)])
 def test_float32_large_blocks_with_pi_as_passes_match_the_reference(D, d):
     """fp32 blocks from PASS_MIN on run Π as passes, the last fused with G and the rows'
     transforms (with AVX-512; else this pins the gather path)."""

@@ -51,11 +51,12 @@ assert ROUND_TABLE <= 2**16, "Feistel round tables are uint16"
 # are regenerated a row at a time, and π's gather is fused with the row transform after it.
 SMALL_MAX = 2**15
 ROW = 2**12
-# From PASS_MIN on, a block's Π is not a gather through π(j): the source no longer fits L2 and
-# every value costs a cache miss. The block is viewed as a 2^⌈k/2⌉ × 2^⌊k/2⌋ grid (hi, lo), in
-# which each Feistel round permutes within rows or within columns; Π runs as one streaming,
-# transposing pass per round (`_permute_passes`, `_unpermute_passes`).
-PASS_MIN = 2**17
+# From PASS_MIN on (4-byte values), a block's Π is not a gather through π(j), which costs six
+# table lookups per value and, once the source outgrows L2, a cache miss per value. The block is
+# viewed as a 2^⌈k/2⌉ × 2^⌊k/2⌋ grid (hi, lo), in which each Feistel round permutes within rows
+# or within columns; Π runs as one transposing pass per round that moves whole cache lines
+# (`_permute_passes`, `_unpermute_passes`).
+PASS_MIN = 2**16
 LINE = 64  # bytes per cache line: a pass moves tiles of one line × one line of values
 assert SMALL_MAX <= 2**16 and ROW <= SMALL_MAX
 
@@ -449,42 +450,51 @@ def _columns(x, scale):
                 lo[j], hi[j] = scale * (p + q), scale * (p - q)
 
 
-def _tile_transposer(xor_first: bool):
-    """An intrinsic f(src, soff, dst, doff, lows) moving one T × T tile, T = `_tile(src)` (one
-    cache line of values): loads the T-value vectors src[soff[i] : soff[i] + T], transposes
-    them as a matrix (vector j of the result holds lane j of every input), and stores vector j
-    at dst[doff[j]]. Lane t of vector i is first replaced by lane t ^ lows[i] (xor_first, Π's
-    rounds, before the transpose) or, after it, lane t of output vector j by lane t ^ lows[j]
-    (π⁻¹'s).
+def _tile_transposer(row_rounds: bool):
+    """An intrinsic f(src, rows, cols, k, dst, r0, c0) moving one T × T tile of one of Π's
+    rounds, T = `_tile(src)` (a cache line of values), src a rows × cols grid, dst its
+    transpose, both flat:
 
-    The XOR is log2 T conditional swaps of lanes at distance 1, 2, 4, … and the transpose log2 T
-    butterfly stages of two-vector shuffles: constant shuffles and selects, which LLVM turns
-    into a few vector instructions per line where numba's scalar loop moves a value at a time.
-    soff, doff and lows are int64 arrays of at least T entries.
+    * row_rounds: dst[c, r] = src[r, c ^ k[r]] for r in [r0, r0 + T), c in [c0, c0 + T): T
+      lines, one per source row, each permuted by its row's k (vpermps), then transposed;
+    * else: dst[c, r] = src[r ^ k[c], c] for r ^ k[c] in [r0, r0 + T), c in [c0, c0 + T): the
+      T × T block of src transposed, each result line permuted by its row's k and stored at
+      its k's aligned run.
+
+    The transpose is log2 T butterfly stages of two-vector shuffles. The offsets are computed
+    here, not in numba, which would pass them through memory.
     """
 
     @intrinsic
-    def tile(typingctx, src, soff, dst, doff, lows):
-        sig = types.void(src, soff, dst, doff, lows)
+    def tile(typingctx, src, rows, cols, k, dst, r0, c0):
+        sig = types.void(src, rows, cols, k, dst, r0, c0)
 
         def codegen(context, builder, signature, args):
-            srcty, offty, dstty, _, lowty = signature.args
+            srcty, _, _, kty, dstty, _, _ = signature.args
+            src_arr, rows_, cols_, k_arr, dst_arr, r0_, c0_ = args
             i64 = ir.IntType(64)
             align = srcty.dtype.bitwidth // 8
             T = LINE // align
             lanes = ir.VectorType(ir.IntType(32), T)
             vty = ir.VectorType(context.get_data_type(srcty.dtype), T)
+            ity = ir.IntType(align * 8)
+            iota = ir.Constant(ir.VectorType(ity, T), list(range(T)))
+            high = ir.Constant(i64, -T)
+            low_bits = ir.Constant(i64, T - 1)
 
-            def entry(arrty, arr, t):
-                return builder.load(_pointer(context, builder, arrty, arr, ir.Constant(i64, t)))
+            def const(t):
+                return ir.Constant(i64, t)
+
+            def k_at(index):
+                return builder.zext(
+                    builder.load(_pointer(context, builder, kty, k_arr, index)), i64
+                )
 
             def vector_at(arrty, arr, offset):
                 return builder.bitcast(
                     _pointer(context, builder, arrty, arr, offset), vty.as_pointer()
                 )
 
-            ity = ir.IntType(align * 8)
-            iota = ir.Constant(ir.VectorType(ity, T), list(range(T)))
             permvar = None
             if VECTOR_PASS:
                 name = "llvm.x86.avx512.permvar." + ("sf" if align == 4 else "df") + ".512"
@@ -508,12 +518,25 @@ def _tile_transposer(xor_first: bool):
                     out = builder.insert_element(out, lane, ir.Constant(ity, t))
                 return out
 
-            v = [
-                builder.load(vector_at(srcty, args[0], entry(offty, args[1], i)), align=align)
-                for i in range(T)
-            ]
-            if xor_first:
-                v = [xor_lanes(x, entry(lowty, args[4], i)) for i, x in enumerate(v)]
+            v, store_at = [], []
+            for i in range(T):
+                r = builder.add(r0_, const(i))  # source row r0 + i
+                c = builder.add(c0_, const(i))  # output row c0 + i
+                if row_rounds:
+                    kr = k_at(r)
+                    col = builder.xor(c0_, builder.and_(kr, high))
+                    line = builder.load(
+                        vector_at(srcty, src_arr, builder.add(builder.mul(r, cols_), col)),
+                        align=align,
+                    )
+                    v.append(xor_lanes(line, builder.and_(kr, low_bits)))
+                    store_at.append((builder.add(builder.mul(c, rows_), r0_), None))
+                else:
+                    at = builder.add(builder.mul(r, cols_), c0_)
+                    v.append(builder.load(vector_at(srcty, src_arr, at), align=align))
+                    kc = k_at(c)
+                    run = builder.xor(r0_, builder.and_(kc, high))
+                    store_at.append((builder.add(builder.mul(c, rows_), run), kc))
             s = 1
             while s < T:  # swap bit s of the row index with bit s of the lane index
                 keep = ir.Constant(lanes, [T + (t ^ s) if t & s else t for t in range(T)])
@@ -524,10 +547,10 @@ def _tile_transposer(xor_first: bool):
                         v[i] = builder.shuffle_vector(a, b, keep)
                         v[i | s] = builder.shuffle_vector(a, b, take)
                 s *= 2
-            if not xor_first:
-                v = [xor_lanes(x, entry(lowty, args[4], j)) for j, x in enumerate(v)]
-            for j, x in enumerate(v):
-                builder.store(x, vector_at(dstty, args[2], entry(offty, args[3], j)), align=align)
+            for x, (at, kc) in zip(v, store_at, strict=True):
+                if kc is not None:
+                    x = xor_lanes(x, builder.and_(kc, low_bits))
+                builder.store(x, vector_at(dstty, dst_arr, at), align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -535,8 +558,8 @@ def _tile_transposer(xor_first: bool):
     return tile
 
 
-_xor_then_transpose = _tile_transposer(xor_first=True)
-_transpose_then_xor = _tile_transposer(xor_first=False)
+_row_round_tile = _tile_transposer(row_rounds=True)
+_column_round_tile = _tile_transposer(row_rounds=False)
 
 
 @register_jitable
@@ -564,17 +587,9 @@ def _xor_rows_transposed(src, rows, cols, k, dst, first, last):
     runs), so every source cache line is read once, whole, instead of once per value.
     """
     tile = _tile(src)
-    soff = np.empty(tile, np.int64)
-    doff = np.empty(tile, np.int64)
-    lows = np.empty(tile, np.int64)
     for c0 in range(first, last, tile):
         for r0 in range(0, rows, tile):
-            for i in range(tile):
-                kr = k[r0 + i]
-                soff[i] = (r0 + i) * cols + (c0 ^ (kr & -tile))
-                lows[i] = kr & (tile - 1)
-                doff[i] = (c0 + i) * rows + r0
-            _xor_then_transpose(src, soff, dst, doff, lows)
+            _row_round_tile(src, rows, cols, k, dst, r0, c0)
 
 
 @njit(cache=True)
@@ -584,17 +599,9 @@ def _xor_cols_transposed(src, rows, cols, k, dst, first, last):
     adjoint). A run of T = `_tile(src)` output rows reads a T-wide column panel of src, each
     source line once and whole, and writes whole aligned lines."""
     tile = _tile(src)
-    soff = np.empty(tile, np.int64)
-    doff = np.empty(tile, np.int64)
-    lows = np.empty(tile, np.int64)
     for c0 in range(first, last, tile):
         for r0 in range(0, rows, tile):
-            for i in range(tile):
-                kc = k[c0 + i]
-                soff[i] = (r0 + i) * cols + c0
-                lows[i] = kc & (tile - 1)
-                doff[i] = (c0 + i) * rows + (r0 ^ (kc & -tile))
-            _transpose_then_xor(src, soff, dst, doff, lows)
+            _column_round_tile(src, rows, cols, k, dst, r0, c0)
 
 
 @njit(cache=True)
