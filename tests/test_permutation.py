@@ -178,8 +178,9 @@ def test_validate_warns_about_toy_sums_layouts_fastfood_cannot_solve_at_d_groups
 
 @pytest.mark.slow  # compiles every CPU kernel again, for a generic x86-64 target
 def test_cpu_kernels_without_avx512_match_the_reference(tmp_path):
-    """The scalar π (CPUs without AVX-512 BW) on both block paths, in a process whose numba
-    compiles for a generic target; its cache goes to a folder of its own."""
+    """The scalar π (CPUs without AVX-512 BW) on both block paths, and Π's passes without
+    vpermps, in a process whose numba compiles for a generic target; its cache goes to a folder
+    of its own."""
     import os
     import subprocess
     import sys
@@ -198,6 +199,14 @@ for D, d in [(300, 50), (5000, 5000), (3000, 40000)]:
     adj = torch.autograd.grad(fastfood_reference(x, D, 2), x, y)[0]
     got = cpu.adjoint(y, d, 2, 1.0, n)
     assert ((got - adj).abs().max() / adj.abs().max()) < 1e-12
+from sweeper.projection.fastfood import generator as gen
+assert not cpu.VECTOR_PASS  # Π's passes permute lanes one at a time here
+rounds = np.empty((gen.PERM_ROUNDS, cpu.ROUND_TABLE), np.uint16)
+lo_bits, _ = cpu._perm_tables(int(gen.block_key(2, 0, 0)), 9, rounds)
+x = np.arange(512, dtype=np.float32)
+perm = gen.block_states(2, 0, [0], 512)[2][0]
+got = cpu._permute_passes(x.copy(), np.empty_like(x), rounds, lo_bits, 9, 0)
+assert np.array_equal(got, x[perm])
 print("ok")
 """
     env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
