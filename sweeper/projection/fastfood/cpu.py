@@ -711,7 +711,8 @@ def _large_adjoint(gh, key, n, log2n, table, scale, z, part, g, idx, words, roun
     """part += Bᵀ H Πᵀ (scale / ‖G‖) G hw for one block of n > SMALL_MAX values, given gh =
     hw = H w, the transformed output rows (overwritten by G hw); part is the chunk's slice of
     θ_d, z scratch of n values. Πᵀ as a gather: z[j] = (G hw)[π⁻¹(j)], fused with the rows'
-    transforms like the forward's Π."""
+    transforms like the forward's Π; or, where `_passes`, as passes between gh and z, the last
+    (fused with the rows' transforms) writing into gh."""
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     total = 0.0
     for base in range(0, n, ROW):  # G in order, hashed two values per word as the forward does
@@ -726,7 +727,7 @@ def _large_adjoint(gh, key, n, log2n, table, scale, z, part, g, idx, words, roun
         span = max(ROW, _tile(gh) << lo_bits)
         for start in range(0, n, span):
             first, last = start >> lo_bits, (start + span) >> lo_bits
-            _xor_cols_transposed(src, 1 << lo_bits, n >> lo_bits, rounds[5], gh, first, last)
+            _xor_cols_transposed(src, 1 << lo_bits, n >> lo_bits, rounds[-1], gh, first, last)
             for base in range(start, start + span, ROW):
                 _fwht(gh[base : base + ROW])
         z = gh
