@@ -652,7 +652,7 @@ def _large_gauss(gkey, base, table, words, g):
 def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, rounds, scratch):
     """dst = scale / ‖G‖ · H G Π H B th for one block of n > SMALL_MAX values (th: the chunk
     of θ_d, zero-padded to n); u is scratch of n values, and so is `scratch` where Π runs as
-    passes (`_passes`; else it is empty)."""
+    passes (`_passes`, the one rule that sizes it and picks the path; else it is empty)."""
     width = th.shape[0]
     skey = gen.stream_key(key, gen.STREAM_SIGN)
     for base in range(0, n, ROW):  # u = H B x: rows, then columns
@@ -670,7 +670,7 @@ def _large_forward(th, key, n, log2n, table, scale, u, dst, g, idx, words, round
     lo_bits, lo_mask = _perm_tables(key, log2n, rounds)
     gkey = gen.stream_key(key, gen.STREAM_GAUSS)
     total = 0.0
-    if scratch.shape[0] == n:  # Π's last pass fused with G and the row transforms
+    if _passes(n, u):  # Π's last pass fused with G and the row transforms
         src = _permute_passes(u, scratch, rounds, lo_bits, log2n, 1)
         span = max(ROW, _tile(u) << lo_bits)  # whole rows of the (hi, lo) grid, whole tiles
         for start in range(0, n, span):
